@@ -1,0 +1,187 @@
+//! The server runtime every service shares: gRPC with `grpc.health.v1`, optional TLS/mTLS,
+//! plain HTTP endpoints, and graceful shutdown with a drain period.
+//!
+//! Shutdown order, so that Envoy stops sending before we stop answering:
+//! 1. the [`Shutdown`] signal fires (SIGTERM, SIGINT, or a test);
+//! 2. health flips to NOT_SERVING at once;
+//! 3. after `drain` the listeners stop accepting, and in-flight calls finish.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::Routes;
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+use tonic_health::server::HealthReporter;
+
+/// A cloneable, level-triggered shutdown signal.
+#[derive(Clone, Debug)]
+pub struct Shutdown {
+    tx: std::sync::Arc<watch::Sender<bool>>,
+    rx: watch::Receiver<bool>,
+}
+
+impl Default for Shutdown {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Shutdown {
+    pub fn new() -> Self {
+        let (tx, rx) = watch::channel(false);
+        Shutdown {
+            tx: std::sync::Arc::new(tx),
+            rx,
+        }
+    }
+
+    pub fn trigger(&self) {
+        self.tx.send_replace(true);
+    }
+
+    pub fn is_triggered(&self) -> bool {
+        *self.rx.borrow()
+    }
+
+    /// Resolves once [`Shutdown::trigger`] has been called (immediately if it already was).
+    pub async fn wait(&self) {
+        let mut rx = self.rx.clone();
+        // An error means every sender is gone, which we also treat as shutdown.
+        let _ = rx.wait_for(|stop| *stop).await;
+    }
+
+    /// Resolves `drain` after the signal: when listeners should stop accepting.
+    pub async fn drained(&self, drain: Duration) {
+        self.wait().await;
+        tokio::time::sleep(drain).await;
+    }
+
+    /// Triggers this signal on SIGTERM or SIGINT. Runs in the background.
+    pub fn trigger_on_signals(&self) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("shutdown signal received; draining");
+            this.trigger();
+        });
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            // Without signal handlers the process is stopped by SIGKILL; never resolve.
+            tracing::warn!("cannot install signal handlers");
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// TLS for a listener; with `client_ca` set, clients must present a certificate it signed.
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("reading TLS file {path}: {source}")]
+    TlsFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("HTTP server: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl TlsFiles {
+    fn server_config(&self) -> Result<ServerTlsConfig, ServeError> {
+        let read = |path: &PathBuf| {
+            std::fs::read(path).map_err(|source| ServeError::TlsFile {
+                path: path.clone(),
+                source,
+            })
+        };
+        let mut config = ServerTlsConfig::new()
+            .identity(Identity::from_pem(read(&self.cert)?, read(&self.key)?));
+        if let Some(ca) = &self.client_ca {
+            config = config.client_ca_root(Certificate::from_pem(read(ca)?));
+        }
+        Ok(config)
+    }
+}
+
+/// Options for [`serve_grpc`].
+#[derive(Clone, Debug, Default)]
+pub struct GrpcOptions {
+    pub tls: Option<TlsFiles>,
+    /// Time between NOT_SERVING and closing the listener.
+    pub drain: Duration,
+    /// Close connections after this age so clients rebalance across replicas.
+    pub max_connection_age: Option<Duration>,
+}
+
+/// Serves `routes` plus `grpc.health.v1` on `listener` until `shutdown`, then drains.
+pub async fn serve_grpc(
+    listener: TcpListener,
+    routes: Routes,
+    health: HealthReporter,
+    options: GrpcOptions,
+    shutdown: Shutdown,
+) -> Result<(), ServeError> {
+    let mut builder = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)));
+    if let Some(age) = options.max_connection_age {
+        builder = builder.max_connection_age(age);
+    }
+    if let Some(tls) = &options.tls {
+        builder = builder.tls_config(tls.server_config()?)?;
+    }
+    let not_serving = {
+        let shutdown = shutdown.clone();
+        let health = health.clone();
+        async move {
+            shutdown.wait().await;
+            health
+                .set_service_status("", tonic_health::ServingStatus::NotServing)
+                .await;
+            tokio::time::sleep(options.drain).await;
+        }
+    };
+    builder
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), not_serving)
+        .await?;
+    Ok(())
+}
+
+/// Serves a plain HTTP router until `shutdown` plus `drain`.
+pub async fn serve_http(
+    listener: TcpListener,
+    router: axum::Router,
+    drain: Duration,
+    shutdown: Shutdown,
+) -> Result<(), ServeError> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move { shutdown.drained(drain).await })
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,198 @@
+//! gatehouse-ratelimit: Envoy's rate-limit service (`envoy.service.ratelimit.v3`), a drop-in
+//! replacement for envoyproxy/ratelimit with exact counting on Redis and an in-memory store.
+//!
+//! Layers, top to bottom: [`grpc`]/[`http`] (transport) → [`service`] (ShouldRateLimit
+//! semantics) → [`rules`] (the rule tree) and [`storage`] (atomic counters).
+
+pub mod clock;
+pub mod grpc;
+pub mod health;
+pub mod http;
+pub mod rules;
+pub mod service;
+pub mod settings;
+pub mod stats;
+pub mod storage;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use gatehouse_common::config::ConfigErrors;
+use gatehouse_common::metrics::Metrics;
+use gatehouse_common::redis::{RedisConn, RedisSetupError};
+use gatehouse_common::reload::{Reloader, WatchSpec};
+use gatehouse_common::server::{self, GrpcOptions, ServeError, Shutdown};
+use tokio::net::TcpListener;
+
+use crate::clock::Clock;
+use crate::rules::RuleSet;
+use crate::service::{Options, RateLimiter};
+use crate::settings::{Backend, Settings};
+use crate::stats::Stats;
+use crate::storage::memory::MemoryStore;
+use crate::storage::redis::RedisStore;
+use crate::storage::{CounterStore, Mode};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("invalid rate limit config:\n{0}")]
+    Config(#[from] ConfigErrors),
+    #[error(transparent)]
+    Redis(#[from] RedisSetupError),
+    #[error(transparent)]
+    Serve(#[from] ServeError),
+}
+
+/// Loads every rule file in `dir`.
+pub fn load_rules(dir: &Path, ignore_dotfiles: bool, merge_domains: bool, stats: &Stats) -> Result<RuleSet, ConfigErrors> {
+    let files = rules::config_files(dir, ignore_dotfiles)?;
+    RuleSet::load(&files, merge_domains, stats)
+}
+
+/// The listeners a service instance serves on. Tests bind `127.0.0.1:0` and pass them in.
+#[derive(Debug)]
+pub struct Listeners {
+    pub grpc: TcpListener,
+    pub http: Option<TcpListener>,
+    pub debug: Option<TcpListener>,
+    pub prometheus: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// Binds the addresses `settings` names.
+    pub async fn bind(settings: &Settings) -> std::io::Result<Listeners> {
+        let prometheus = match &settings.prometheus {
+            Some((addr, _)) if *addr != settings.debug_addr => Some(TcpListener::bind(addr).await?),
+            _ => None,
+        };
+        Ok(Listeners {
+            grpc: TcpListener::bind(settings.grpc_addr).await?,
+            http: Some(TcpListener::bind(settings.http_addr).await?),
+            debug: Some(TcpListener::bind(settings.debug_addr).await?),
+            prometheus,
+        })
+    }
+}
+
+/// A built service: rules loaded, store connected (lazily), metrics registered.
+pub struct App {
+    pub limiter: Arc<RateLimiter>,
+    pub metrics: Metrics,
+    settings: Settings,
+    memory: Option<Arc<MemoryStore>>,
+}
+
+impl App {
+    pub async fn build(settings: Settings, clock: Clock) -> Result<App, StartError> {
+        let metrics = Metrics::new();
+        let stats = Stats::new(&metrics);
+        let initial = load_rules(&settings.config_dir, settings.ignore_dotfiles, settings.merge_domain_config, &stats)?;
+        let rules = Reloader::new(initial, &metrics, "ratelimit_service_config_load");
+        let mut memory = None;
+        let store: Arc<dyn CounterStore> = match &settings.backend {
+            Backend::Memory { max_keys } => {
+                let store = MemoryStore::new(*max_keys, clock.clone());
+                memory = Some(store.clone());
+                store
+            }
+            Backend::Redis => {
+                let conn = RedisConn::connect(&settings.redis).await?;
+                Arc::new(RedisStore::new(conn, settings.redis.timeout, settings.expiration_jitter_max_secs))
+            }
+        };
+        if settings.local_cache_size_bytes > 0 {
+            tracing::warn!("LOCAL_CACHE_SIZE_IN_BYTES is not supported yet and is ignored");
+        }
+        let options = Options {
+            cache_key_prefix: settings.cache_key_prefix.clone(),
+            near_limit_ratio: settings.near_limit_ratio,
+            mode: if settings.stop_increment_when_over_limit {
+                Mode::AllOrNothing
+            } else {
+                Mode::Independent
+            },
+            shadow_mode: settings.shadow_mode,
+            headers: settings.headers.clone(),
+            dynamic_metadata: settings.dynamic_metadata,
+            failure_mode: settings.failure_mode,
+        };
+        let limiter = Arc::new(RateLimiter::new(rules, store, clock, stats, options));
+        Ok(App {
+            limiter,
+            metrics,
+            settings,
+            memory,
+        })
+    }
+
+    /// Serves until `shutdown` fires, then drains and returns.
+    pub async fn serve(self, listeners: Listeners, shutdown: Shutdown) -> Result<(), StartError> {
+        let App {
+            limiter,
+            metrics,
+            settings,
+            memory,
+        } = self;
+        if let Some(memory) = &memory {
+            memory.spawn_sweeper(Duration::from_secs(1));
+        }
+
+        // Hot reload of the rule files.
+        let stats = limiter.stats().clone();
+        let dir = settings.config_dir.clone();
+        let (ignore_dotfiles, merge) = (settings.ignore_dotfiles, settings.merge_domain_config);
+        let mut spec = WatchSpec::new(vec![settings.config_dir.clone()]);
+        spec.watch_root = settings.watch_root.clone();
+        let watcher = limiter.rules().watch(
+            spec,
+            move || load_rules(&dir, ignore_dotfiles, merge, &stats),
+            {
+                let shutdown = shutdown.clone();
+                async move { shutdown.wait().await }
+            },
+        );
+
+        let health = health::Health::new(shutdown.clone(), limiter.rules().clone(), settings.healthy_with_at_least_one_config);
+        let (reporter, health_service) = tonic_health::server::health_reporter();
+        health.spawn_grpc_sync(reporter.clone());
+
+        let mut routes = tonic::service::Routes::new(health_service);
+        routes = routes.add_service(grpc::GrpcService::new(limiter.clone()));
+        let options = GrpcOptions {
+            tls: settings.grpc_tls.clone(),
+            drain: settings.drain,
+            max_connection_age: settings.grpc_max_connection_age,
+        };
+        let mut tasks = tokio::task::JoinSet::new();
+        tasks.spawn(server::serve_grpc(listeners.grpc, routes, reporter, options, shutdown.clone()));
+        if let Some(l) = listeners.http {
+            let router = http::api_router(limiter.clone(), health.clone());
+            tasks.spawn(server::serve_http(l, router, settings.drain, shutdown.clone()));
+        }
+        if let Some(l) = listeners.debug {
+            let router = http::debug_router(limiter.clone(), health.clone(), &metrics);
+            tasks.spawn(server::serve_http(l, router, settings.drain, shutdown.clone()));
+        }
+        if let (Some(l), Some((_, path))) = (listeners.prometheus, &settings.prometheus) {
+            tasks.spawn(server::serve_http(l, metrics.router(path), settings.drain, shutdown.clone()));
+        }
+        let mut result = Ok(());
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "server failed; shutting down");
+                    shutdown.trigger();
+                    result = Err(e.into());
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "server task panicked; shutting down");
+                    shutdown.trigger();
+                }
+                Ok(Ok(())) => {}
+            }
+        }
+        watcher.abort();
+        result
+    }
+}

@@ -1,0 +1,281 @@
+//! Settings from environment variables, with envoyproxy/ratelimit's names and defaults where
+//! they apply, so existing Deployments switch without edits. See docs/ratelimit-compat.md.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use gatehouse_common::config::{ConfigError, Env};
+use gatehouse_common::redis::{RedisSettings, RedisTls, Topology};
+use gatehouse_common::server::TlsFiles;
+use gatehouse_common::telemetry::LogFormat;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Memory { max_keys: usize },
+    Redis,
+}
+
+/// What to answer when the counter store cannot be reached in time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureMode {
+    /// Answer OK and count `ratelimit_service_backend_failure_allowed`.
+    Open,
+    /// Answer UNAVAILABLE; Envoy then applies its own `failure_mode_deny`.
+    Closed,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeaderFormat {
+    /// envoyproxy/ratelimit's `RateLimit-Limit`, `RateLimit-Remaining`, `RateLimit-Reset`.
+    Split,
+    /// draft-ietf-httpapi-ratelimit-headers: `RateLimit-Policy` and `RateLimit`.
+    Ietf,
+}
+
+#[derive(Clone, Debug)]
+pub struct ResponseHeaders {
+    pub enabled: bool,
+    pub format: HeaderFormat,
+    pub limit: String,
+    pub remaining: String,
+    pub reset: String,
+}
+
+/// Everything the service is configured with.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub debug_addr: SocketAddr,
+    /// Serve /metrics on its own address (USE_PROMETHEUS); it is on the debug port too.
+    pub prometheus: Option<(SocketAddr, String)>,
+    pub grpc_tls: Option<TlsFiles>,
+    pub grpc_max_connection_age: Option<Duration>,
+    pub drain: Duration,
+
+    /// The directory holding `*.yaml` rule files.
+    pub config_dir: PathBuf,
+    /// Where symlink swaps are watched from (RUNTIME_WATCH_ROOT).
+    pub watch_root: Option<PathBuf>,
+    pub ignore_dotfiles: bool,
+    pub merge_domain_config: bool,
+    pub healthy_with_at_least_one_config: bool,
+
+    pub backend: Backend,
+    pub redis: RedisSettings,
+    pub failure_mode: FailureMode,
+    pub local_cache_size_bytes: usize,
+    pub near_limit_ratio: f64,
+    pub cache_key_prefix: String,
+    pub stop_increment_when_over_limit: bool,
+    pub expiration_jitter_max_secs: u64,
+    pub shadow_mode: bool,
+    pub headers: ResponseHeaders,
+    pub dynamic_metadata: bool,
+
+    pub log_level: String,
+    pub log_format: LogFormat,
+}
+
+impl Settings {
+    pub fn from_env(env: &Env) -> Result<Settings, ConfigError> {
+        let addr = |host_var: &str, port_var: &str, port: u16| -> Result<SocketAddr, ConfigError> {
+            let host = env.string(host_var, "0.0.0.0");
+            let port = env.parse::<u16>(port_var, port)?;
+            let text = if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
+            text.parse().map_err(|e| env.error(host_var, format!("not an IP address: {e}")))
+        };
+
+        let runtime_root = PathBuf::from(env.string("RUNTIME_ROOT", "/srv/runtime_data/current"));
+        let config_dir = runtime_root
+            .join(env.string("RUNTIME_SUBDIRECTORY", ""))
+            .join(env.string("RUNTIME_APPDIRECTORY", "config"));
+        let watch_root = if env.bool("RUNTIME_WATCH_ROOT", true)? {
+            runtime_root.parent().map(|p| p.to_path_buf())
+        } else {
+            None
+        };
+
+        let redis_url = env.get("REDIS_URL").map(str::to_string);
+        let backend = match env.get("BACKEND_TYPE").map(|b| b.to_ascii_lowercase()) {
+            Some(b) if b == "redis" => Backend::Redis,
+            Some(b) if b == "memory" => Backend::Memory {
+                max_keys: env.parse("MEMORY_MAX_KEYS", 1_000_000)?,
+            },
+            Some(b) if b == "memcache" => {
+                return Err(env.error("BACKEND_TYPE", "memcache is not supported; use redis or memory"));
+            }
+            Some(_) => return Err(env.error("BACKEND_TYPE", "expected redis or memory")),
+            // No backend named: Redis if it is configured, otherwise run on our own.
+            None if redis_url.is_some() => Backend::Redis,
+            None => Backend::Memory {
+                max_keys: env.parse("MEMORY_MAX_KEYS", 1_000_000)?,
+            },
+        };
+        if backend == Backend::Redis && redis_url.is_none() {
+            return Err(env.error("REDIS_URL", "BACKEND_TYPE=redis needs REDIS_URL (host:port)"));
+        }
+
+        let topology: Topology = env.parse("REDIS_TYPE", Topology::Single)?;
+        let redis_url = redis_url.unwrap_or_default();
+        let unix_socket = env.string("REDIS_SOCKET_TYPE", "tcp").eq_ignore_ascii_case("unix")
+            && topology == Topology::Single
+            && redis_url.starts_with('/');
+        let urls = if unix_socket {
+            vec![format!("unix:{redis_url}")]
+        } else {
+            redis_url.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()
+        };
+        let tls = if env.bool("REDIS_TLS", false)? {
+            Some(RedisTls {
+                ca_cert: env.get("REDIS_TLS_CACERT").map(PathBuf::from),
+                client_cert: env.get("REDIS_TLS_CLIENT_CERT").map(PathBuf::from),
+                client_key: env.get("REDIS_TLS_CLIENT_KEY").map(PathBuf::from),
+                skip_hostname_verification: env.bool("REDIS_TLS_SKIP_HOSTNAME_VERIFICATION", false)?,
+            })
+        } else {
+            None
+        };
+        let redis = RedisSettings {
+            topology,
+            urls,
+            auth: env.get("REDIS_AUTH").map(str::to_string),
+            tls,
+            pool_size: env.parse("REDIS_POOL_SIZE", 10usize)?.clamp(1, 256),
+            timeout: env.duration("REDIS_TIMEOUT", Duration::from_secs(10))?,
+        };
+
+        let failure_mode = match env.string("BACKEND_FAILURE_MODE", "closed").to_ascii_lowercase().as_str() {
+            "open" | "allow" => FailureMode::Open,
+            "closed" | "deny" => FailureMode::Closed,
+            _ => return Err(env.error("BACKEND_FAILURE_MODE", "expected open or closed")),
+        };
+
+        let near_limit_ratio = env.parse("NEAR_LIMIT_RATIO", 0.8f64)?;
+        if !(0.0..=1.0).contains(&near_limit_ratio) {
+            return Err(env.error("NEAR_LIMIT_RATIO", "expected a number between 0 and 1"));
+        }
+
+        let grpc_tls = if env.bool("GRPC_SERVER_USE_TLS", false)? {
+            let cert = env
+                .get("GRPC_SERVER_TLS_CERT")
+                .ok_or_else(|| env.error("GRPC_SERVER_TLS_CERT", "required when GRPC_SERVER_USE_TLS=true"))?;
+            let key = env
+                .get("GRPC_SERVER_TLS_KEY")
+                .ok_or_else(|| env.error("GRPC_SERVER_TLS_KEY", "required when GRPC_SERVER_USE_TLS=true"))?;
+            Some(TlsFiles {
+                cert: cert.into(),
+                key: key.into(),
+                client_ca: env.get("GRPC_CLIENT_TLS_CACERT").map(PathBuf::from),
+            })
+        } else {
+            None
+        };
+
+        let prometheus = if env.bool("USE_PROMETHEUS", false)? {
+            let addr_text = env.string("PROMETHEUS_ADDR", ":9090");
+            let addr_text = if addr_text.starts_with(':') { format!("0.0.0.0{addr_text}") } else { addr_text };
+            let addr = addr_text
+                .parse()
+                .map_err(|e| env.error("PROMETHEUS_ADDR", format!("expected host:port: {e}")))?;
+            Some((addr, env.string("PROMETHEUS_PATH", "/metrics")))
+        } else {
+            None
+        };
+
+        let format = match env.string("LIMIT_RESPONSE_HEADERS_FORMAT", "split").to_ascii_lowercase().as_str() {
+            "split" | "legacy" => HeaderFormat::Split,
+            "ietf" | "draft" => HeaderFormat::Ietf,
+            _ => return Err(env.error("LIMIT_RESPONSE_HEADERS_FORMAT", "expected split or ietf")),
+        };
+
+        Ok(Settings {
+            grpc_addr: addr("GRPC_HOST", "GRPC_PORT", 8081)?,
+            http_addr: addr("HOST", "PORT", 8080)?,
+            debug_addr: addr("DEBUG_HOST", "DEBUG_PORT", 6070)?,
+            prometheus,
+            grpc_tls,
+            grpc_max_connection_age: Some(env.duration("GRPC_MAX_CONNECTION_AGE", Duration::from_secs(24 * 3600))?)
+                .filter(|d| !d.is_zero()),
+            drain: env.duration("SHUTDOWN_DRAIN", Duration::from_secs(0))?,
+            config_dir,
+            watch_root,
+            ignore_dotfiles: env.bool("RUNTIME_IGNOREDOTFILES", false)?,
+            merge_domain_config: env.bool("MERGE_DOMAIN_CONFIG", false)?,
+            healthy_with_at_least_one_config: env.bool("HEALTHY_WITH_AT_LEAST_ONE_CONFIG_LOADED", false)?,
+            backend,
+            redis,
+            failure_mode,
+            local_cache_size_bytes: env.parse("LOCAL_CACHE_SIZE_IN_BYTES", 0usize)?,
+            near_limit_ratio,
+            cache_key_prefix: env.string("CACHE_KEY_PREFIX", ""),
+            stop_increment_when_over_limit: env.bool("STOP_CACHE_KEY_INCREMENT_WHEN_OVERLIMIT", false)?,
+            expiration_jitter_max_secs: env.parse("EXPIRATION_JITTER_MAX_SECONDS", 300u64)?,
+            shadow_mode: env.bool("SHADOW_MODE", false)?,
+            headers: ResponseHeaders {
+                enabled: env.bool("LIMIT_RESPONSE_HEADERS_ENABLED", false)?,
+                format,
+                limit: env.string("LIMIT_LIMIT_HEADER", "RateLimit-Limit"),
+                remaining: env.string("LIMIT_REMAINING_HEADER", "RateLimit-Remaining"),
+                reset: env.string("LIMIT_RESET_HEADER", "RateLimit-Reset"),
+            },
+            dynamic_metadata: env.bool("RESPONSE_DYNAMIC_METADATA", false)?,
+            log_level: env.string("LOG_LEVEL", "WARN"),
+            log_format: env.parse("LOG_FORMAT", LogFormat::Text)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_run_on_their_own() {
+        let s = Settings::from_env(&Env::default()).unwrap();
+        assert_eq!(s.grpc_addr, "0.0.0.0:8081".parse().unwrap());
+        assert_eq!(s.http_addr.port(), 8080);
+        assert_eq!(s.debug_addr.port(), 6070);
+        assert!(matches!(s.backend, Backend::Memory { .. }));
+        assert_eq!(s.config_dir, PathBuf::from("/srv/runtime_data/current/config"));
+        assert_eq!(s.headers.limit, "RateLimit-Limit");
+    }
+
+    #[test]
+    fn envoyproxy_ratelimit_redis_settings() {
+        let env = Env::from_pairs([
+            ("BACKEND_TYPE", "redis"),
+            ("REDIS_SOCKET_TYPE", "tcp"),
+            ("REDIS_URL", "redis.default:6379"),
+            ("REDIS_AUTH", "user:pass"),
+            ("REDIS_POOL_SIZE", "4"),
+            ("REDIS_TIMEOUT", "250ms"),
+            ("RUNTIME_ROOT", "/data"),
+            ("RUNTIME_SUBDIRECTORY", "ratelimit"),
+        ]);
+        let s = Settings::from_env(&env).unwrap();
+        assert_eq!(s.backend, Backend::Redis);
+        assert_eq!(s.redis.urls, vec!["redis.default:6379"]);
+        assert_eq!(s.redis.timeout, Duration::from_millis(250));
+        assert_eq!(s.config_dir, PathBuf::from("/data/ratelimit/config"));
+        assert_eq!(s.watch_root, Some(PathBuf::from("/")));
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        for (name, value, expected) in [
+            ("BACKEND_TYPE", "memcache", "memcache is not supported"),
+            ("REDIS_TYPE", "ring", "unknown Redis type"),
+            ("NEAR_LIMIT_RATIO", "2", "between 0 and 1"),
+            ("REDIS_TIMEOUT", "10", "missing unit"),
+            ("GRPC_PORT", "http", "invalid digit"),
+        ] {
+            let err = Settings::from_env(&Env::from_pairs([(name, value), ("REDIS_URL", "x:1")])).unwrap_err();
+            let text = err.to_string();
+            assert!(text.contains(name) && text.contains(expected), "{name}: {text}");
+        }
+        let err = Settings::from_env(&Env::from_pairs([("BACKEND_TYPE", "redis")])).unwrap_err();
+        assert!(err.to_string().contains("REDIS_URL"));
+    }
+}

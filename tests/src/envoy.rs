@@ -1,0 +1,179 @@
+//! Real Envoy, started from the reference config `envoy/gateway.yaml`.
+//!
+//! The template's `${NAME}` placeholders are filled from the values a test passes; ports are
+//! 0 and Envoy picks them, and the fixture reads the bound ports back from the admin API.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use tempfile::TempDir;
+
+use crate::{Process, binary, eventually, repo_root};
+
+pub fn envoy_binary() -> PathBuf {
+    binary("GATEHOUSE_ENVOY", ".venv/bin/envoy", "envoy")
+}
+
+/// Replaces every `${NAME}` in `template`; errors name any placeholder without a value.
+pub fn render(template: &str, vars: &BTreeMap<String, String>) -> Result<String, String> {
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    let mut missing = Vec::new();
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let Some(end) = after.find('}') else {
+            out.push_str(&rest[start..]);
+            rest = "";
+            break;
+        };
+        let name = &after[..end];
+        match vars.get(name) {
+            Some(v) => out.push_str(v),
+            None => missing.push(name.to_string()),
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    if missing.is_empty() {
+        Ok(out)
+    } else {
+        missing.sort();
+        missing.dedup();
+        Err(format!(
+            "no value for placeholder(s): {}",
+            missing.join(", ")
+        ))
+    }
+}
+
+/// A running Envoy.
+#[derive(Debug)]
+pub struct Envoy {
+    pub admin: String,
+    /// The `gateway` listener's port.
+    pub port: u16,
+    process: Process,
+    _dir: TempDir,
+}
+
+/// Values for the reference config; tests override what they need.
+pub fn default_vars() -> BTreeMap<String, String> {
+    [
+        ("ENVOY_ADMIN_PORT", "0"),
+        ("GATEWAY_PORT", "0"),
+        ("DEMO_UPSTREAM_PORT", "0"),
+        ("UPSTREAM_HOST", "127.0.0.1"),
+        ("UPSTREAM_PORT", "1"),
+        ("RATELIMIT_HOST", "127.0.0.1"),
+        ("RATELIMIT_PORT", "1"),
+        ("RATELIMIT_FAILURE_MODE_DENY", "false"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+impl Envoy {
+    /// Starts Envoy from `envoy/gateway.yaml` with `vars` and waits until it listens.
+    pub async fn start(vars: &BTreeMap<String, String>) -> Envoy {
+        let template_path = repo_root().join("envoy/gateway.yaml");
+        let template = std::fs::read_to_string(&template_path).expect("read envoy/gateway.yaml");
+        let config =
+            render(&template, vars).unwrap_or_else(|e| panic!("{}: {e}", template_path.display()));
+        let dir = tempfile::tempdir().expect("temp dir for envoy");
+        let config_path = dir.path().join("envoy.yaml");
+        let admin_path = dir.path().join("admin.txt");
+        std::fs::write(&config_path, config).expect("write envoy config");
+        let log = std::fs::File::create(dir.path().join("envoy.log")).expect("envoy log");
+        let mut cmd = Command::new(envoy_binary());
+        cmd.arg("-c")
+            .arg(&config_path)
+            .arg("--admin-address-path")
+            .arg(&admin_path)
+            .args([
+                "--disable-hot-restart",
+                "-l",
+                "warning",
+                "--concurrency",
+                "2",
+            ])
+            .stdout(Stdio::null())
+            .stderr(log);
+        let mut process = Process::spawn("envoy", &mut cmd)
+            .expect("start envoy (run scripts/install-test-deps.sh)");
+
+        let admin = eventually(Duration::from_secs(30), || {
+            let text = std::fs::read_to_string(&admin_path).ok();
+            async move { text.map(|t| t.trim().to_string()).filter(|t| !t.is_empty()) }
+        })
+        .await;
+        let Some(admin) = admin else {
+            let exited = process.exited();
+            let log = std::fs::read_to_string(dir.path().join("envoy.log")).unwrap_or_default();
+            panic!("envoy did not start (exited: {exited}):\n{log}");
+        };
+        let client = reqwest::Client::new();
+        let url = format!("http://{admin}/listeners?format=json");
+        let port = eventually(Duration::from_secs(30), || {
+            let req = client.get(&url).send();
+            async move {
+                let json: serde_json::Value = req.await.ok()?.json().await.ok()?;
+                json["listener_statuses"]
+                    .as_array()?
+                    .iter()
+                    .find(|l| l["name"] == "gateway")?["local_address"]["socket_address"]["port_value"]
+                    .as_u64()
+                    .map(|p| p as u16)
+                    .filter(|p| *p != 0)
+            }
+        })
+        .await
+        .expect("envoy gateway listener port");
+        Envoy {
+            admin,
+            port,
+            process,
+            _dir: dir,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// One admin stat's value, e.g. `cluster.upstream.ratelimit.over_limit`.
+    pub async fn stat(&self, name: &str) -> Option<u64> {
+        let url = format!(
+            "http://{}/stats?filter=^{}$",
+            self.admin,
+            name.replace('.', "\\.")
+        );
+        let text = reqwest::get(url).await.ok()?.text().await.ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+            .and_then(|v| v.trim().parse().ok())
+    }
+
+    pub fn process_name(&self) -> &str {
+        self.process.name()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn render_fills_and_reports_missing() {
+        let mut vars = BTreeMap::new();
+        vars.insert("A".to_string(), "1".to_string());
+        assert_eq!(render("x${A}y${A}", &vars).unwrap(), "x1y1");
+        assert_eq!(
+            render("${A}${B}${C}${B}", &vars).unwrap_err(),
+            "no value for placeholder(s): B, C"
+        );
+    }
+}
