@@ -130,11 +130,17 @@ pub fn load_yaml<T: DeserializeOwned>(file: &Path) -> Result<T, ConfigError> {
 /// the position is reported separately.
 fn yaml_message(e: &serde_saphyr::Error) -> String {
     let full = e.to_string();
-    let first = full.lines().next().unwrap_or("invalid YAML").trim();
-    // Drop a trailing "at line X column Y" that would repeat the position we print.
-    match first.find(" at line ") {
-        Some(i) => first[..i].to_string(),
-        None => first.to_string(),
+    let mut message = full.lines().next().unwrap_or("invalid YAML").trim();
+    message = message.strip_prefix("error: ").unwrap_or(message);
+    // Drop a leading "line X column Y: " that would repeat the position we print.
+    if message.starts_with("line ")
+        && let Some((_, rest)) = message.split_once(": ")
+    {
+        message = rest;
+    }
+    match message.find(" at line ") {
+        Some(i) => message[..i].to_string(),
+        None => message.to_string(),
     }
 }
 

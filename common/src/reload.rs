@@ -161,11 +161,12 @@ impl<T: Send + Sync + 'static> Reloader<T> {
     {
         let this = self.clone();
         let load = Arc::new(load);
+        // Taken before returning, so that a change right after this call is never missed.
+        let (tx, mut rx) = mpsc::unbounded_channel::<()>();
+        let mut fingerprint = fingerprint_now(&spec.paths);
+        let mut watcher = make_watcher(&spec, tx.clone());
         tokio::spawn(async move {
             tokio::pin!(shutdown);
-            let (tx, mut rx) = mpsc::unbounded_channel::<()>();
-            let mut fingerprint = fingerprint_paths(&spec.paths).await;
-            let mut watcher = make_watcher(&spec, tx.clone());
             let mut poll = tokio::time::interval(spec.poll_interval);
             poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             poll.tick().await;
@@ -261,15 +262,17 @@ fn dirs_to_watch(spec: &WatchSpec) -> Vec<PathBuf> {
 /// A hash of every regular file's path and content under `paths`, following symlinks.
 async fn fingerprint_paths(paths: &[PathBuf]) -> u64 {
     let paths = paths.to_vec();
-    tokio::task::spawn_blocking(move || {
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        for path in &paths {
-            hash_tree(path, &mut hasher, 0);
-        }
-        hasher.finish()
-    })
-    .await
-    .unwrap_or(0)
+    tokio::task::spawn_blocking(move || fingerprint_now(&paths))
+        .await
+        .unwrap_or(0)
+}
+
+fn fingerprint_now(paths: &[PathBuf]) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    for path in paths {
+        hash_tree(path, &mut hasher, 0);
+    }
+    hasher.finish()
 }
 
 fn hash_tree(path: &Path, hasher: &mut impl Hasher, depth: usize) {

@@ -45,7 +45,12 @@ pub enum StartError {
 }
 
 /// Loads every rule file in `dir`.
-pub fn load_rules(dir: &Path, ignore_dotfiles: bool, merge_domains: bool, stats: &Stats) -> Result<RuleSet, ConfigErrors> {
+pub fn load_rules(
+    dir: &Path,
+    ignore_dotfiles: bool,
+    merge_domains: bool,
+    stats: &Stats,
+) -> Result<RuleSet, ConfigErrors> {
     let files = rules::config_files(dir, ignore_dotfiles)?;
     RuleSet::load(&files, merge_domains, stats)
 }
@@ -87,7 +92,12 @@ impl App {
     pub async fn build(settings: Settings, clock: Clock) -> Result<App, StartError> {
         let metrics = Metrics::new();
         let stats = Stats::new(&metrics);
-        let initial = load_rules(&settings.config_dir, settings.ignore_dotfiles, settings.merge_domain_config, &stats)?;
+        let initial = load_rules(
+            &settings.config_dir,
+            settings.ignore_dotfiles,
+            settings.merge_domain_config,
+            &stats,
+        )?;
         let rules = Reloader::new(initial, &metrics, "ratelimit_service_config_load");
         let mut memory = None;
         let store: Arc<dyn CounterStore> = match &settings.backend {
@@ -98,7 +108,11 @@ impl App {
             }
             Backend::Redis => {
                 let conn = RedisConn::connect(&settings.redis).await?;
-                Arc::new(RedisStore::new(conn, settings.redis.timeout, settings.expiration_jitter_max_secs))
+                Arc::new(RedisStore::new(
+                    conn,
+                    settings.redis.timeout,
+                    settings.expiration_jitter_max_secs,
+                ))
             }
         };
         if settings.local_cache_size_bytes > 0 {
@@ -153,7 +167,11 @@ impl App {
             },
         );
 
-        let health = health::Health::new(shutdown.clone(), limiter.rules().clone(), settings.healthy_with_at_least_one_config);
+        let health = health::Health::new(
+            shutdown.clone(),
+            limiter.rules().clone(),
+            settings.healthy_with_at_least_one_config,
+        );
         let (reporter, health_service) = tonic_health::server::health_reporter();
         health.spawn_grpc_sync(reporter.clone());
 
@@ -165,17 +183,38 @@ impl App {
             max_connection_age: settings.grpc_max_connection_age,
         };
         let mut tasks = tokio::task::JoinSet::new();
-        tasks.spawn(server::serve_grpc(listeners.grpc, routes, reporter, options, shutdown.clone()));
+        tasks.spawn(server::serve_grpc(
+            listeners.grpc,
+            routes,
+            reporter,
+            options,
+            shutdown.clone(),
+        ));
         if let Some(l) = listeners.http {
             let router = http::api_router(limiter.clone(), health.clone());
-            tasks.spawn(server::serve_http(l, router, settings.drain, shutdown.clone()));
+            tasks.spawn(server::serve_http(
+                l,
+                router,
+                settings.drain,
+                shutdown.clone(),
+            ));
         }
         if let Some(l) = listeners.debug {
             let router = http::debug_router(limiter.clone(), health.clone(), &metrics);
-            tasks.spawn(server::serve_http(l, router, settings.drain, shutdown.clone()));
+            tasks.spawn(server::serve_http(
+                l,
+                router,
+                settings.drain,
+                shutdown.clone(),
+            ));
         }
         if let (Some(l), Some((_, path))) = (listeners.prometheus, &settings.prometheus) {
-            tasks.spawn(server::serve_http(l, metrics.router(path), settings.drain, shutdown.clone()));
+            tasks.spawn(server::serve_http(
+                l,
+                metrics.router(path),
+                settings.drain,
+                shutdown.clone(),
+            ));
         }
         let mut result = Ok(());
         while let Some(joined) = tasks.join_next().await {

@@ -12,7 +12,9 @@ use std::time::Duration;
 use envoy_types::pb::envoy::config::core::v3::HeaderValue;
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
-use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{Code, DescriptorStatus, RateLimit};
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{
+    Code, DescriptorStatus, RateLimit,
+};
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
 use envoy_types::pb::google::protobuf;
 use gatehouse_common::reload::Reloader;
@@ -63,7 +65,9 @@ pub struct RateLimiter {
 
 impl std::fmt::Debug for RateLimiter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RateLimiter").field("store", &self.store.name()).finish_non_exhaustive()
+        f.debug_struct("RateLimiter")
+            .field("store", &self.store.name())
+            .finish_non_exhaustive()
     }
 }
 
@@ -115,7 +119,13 @@ enum Resolved<'r> {
 }
 
 impl RateLimiter {
-    pub fn new(rules: Reloader<RuleSet>, store: Arc<dyn CounterStore>, clock: Clock, stats: Stats, options: Options) -> Self {
+    pub fn new(
+        rules: Reloader<RuleSet>,
+        store: Arc<dyn CounterStore>,
+        clock: Clock,
+        stats: Stats,
+        options: Options,
+    ) -> Self {
         RateLimiter {
             rules,
             store,
@@ -137,13 +147,18 @@ impl RateLimiter {
         self.store.name()
     }
 
-    pub async fn should_rate_limit(&self, request: &RateLimitRequest) -> Result<RateLimitResponse, Error> {
+    pub async fn should_rate_limit(
+        &self,
+        request: &RateLimitRequest,
+    ) -> Result<RateLimitResponse, Error> {
         self.stats.total_requests.inc();
         if request.domain.is_empty() {
             return Err(Error::InvalidRequest("rate limit domain must not be empty"));
         }
         if request.descriptors.is_empty() {
-            return Err(Error::InvalidRequest("rate limit descriptor list must not be empty"));
+            return Err(Error::InvalidRequest(
+                "rate limit descriptor list must not be empty",
+            ));
         }
         let rules = self.rules.load_guard();
         let domain = rules.domain(&request.domain);
@@ -190,7 +205,11 @@ impl RateLimiter {
                     unlimited[i] = true;
                     None
                 }
-                Resolved::Rule(rule, ..) if rule.name.as_deref().is_some_and(|n| replaced.contains(n)) => None,
+                Resolved::Rule(rule, ..)
+                    if rule.name.as_deref().is_some_and(|n| replaced.contains(n)) =>
+                {
+                    None
+                }
                 Resolved::Rule(rule, stats_key, cache_key) => Some(Check {
                     limits: LimitsRef::Rule(&rule.limits),
                     name: rule.name.as_deref(),
@@ -202,8 +221,10 @@ impl RateLimiter {
                     first_counter: push_counters(&mut batch, cache_key, &rule.limits, hits[i]),
                 }),
                 Resolved::Override(limit, cache_key) => {
-                    let stats_key = override_stats_key(&request.domain, &request.descriptors[i].entries);
-                    let first_counter = push_counters(&mut batch, cache_key, std::slice::from_ref(limit), hits[i]);
+                    let stats_key =
+                        override_stats_key(&request.domain, &request.descriptors[i].entries);
+                    let first_counter =
+                        push_counters(&mut batch, cache_key, std::slice::from_ref(limit), hits[i]);
                     Some(Check {
                         limits: LimitsRef::Override(limit.clone()),
                         name: None,
@@ -229,7 +250,9 @@ impl RateLimiter {
                 Err(e) => {
                     self.stats
                         .should_rate_limit_error
-                        .get_or_create(&crate::stats::ErrorLabels { err_type: "redis_error" })
+                        .get_or_create(&crate::stats::ErrorLabels {
+                            err_type: "redis_error",
+                        })
                         .inc();
                     return Err(e.into());
                 }
@@ -286,7 +309,8 @@ impl RateLimiter {
             && let Some((i, reset)) = header_source
         {
             let name = checks[i].as_ref().and_then(|c| c.name);
-            response.response_headers_to_add = headers(&self.options.headers, &response.statuses[i], reset, name);
+            response.response_headers_to_add =
+                headers(&self.options.headers, &response.statuses[i], reset, name);
         }
         if self.options.dynamic_metadata {
             response.dynamic_metadata = Some(request_metadata(request));
@@ -308,7 +332,12 @@ impl RateLimiter {
                 return Resolved::None;
             };
             let mut key = String::new();
-            write_plain_cache_key(&mut key, &self.options.cache_key_prefix, domain_name, &d.entries);
+            write_plain_cache_key(
+                &mut key,
+                &self.options.cache_key_prefix,
+                domain_name,
+                &d.entries,
+            );
             let limit = Limit {
                 requests_per_unit: o.requests_per_unit,
                 unit,
@@ -325,16 +354,34 @@ impl RateLimiter {
             return Resolved::Unlimited;
         }
         let mut key = String::with_capacity(64);
-        matched.write_cache_key(&mut key, &self.options.cache_key_prefix, domain_name, &d.entries);
-        Resolved::Rule(matched.rule, matched.stats_key(domain_name, &d.entries), key)
+        matched.write_cache_key(
+            &mut key,
+            &self.options.cache_key_prefix,
+            domain_name,
+            &d.entries,
+        );
+        Resolved::Rule(
+            matched.rule,
+            matched.stats_key(domain_name, &d.entries),
+            key,
+        )
     }
 
     /// The status of one checked descriptor, whether it is over limit, and its reset time.
-    fn descriptor_status(&self, check: &Check<'_>, states: &[CounterState], hits: u64) -> (DescriptorStatus, bool, Duration) {
+    fn descriptor_status(
+        &self,
+        check: &Check<'_>,
+        states: &[CounterState],
+        hits: u64,
+    ) -> (DescriptorStatus, bool, Duration) {
         let limits = check.limits.as_slice();
         let states = &states[check.first_counter..check.first_counter + limits.len()];
         // The limit that decides: the first one over, else the one with least remaining.
-        let Some((limit, state)) = limits.iter().zip(states).min_by_key(|(_, s)| (!s.over_limit, s.remaining)) else {
+        let Some((limit, state)) = limits
+            .iter()
+            .zip(states)
+            .min_by_key(|(_, s)| (!s.over_limit, s.remaining))
+        else {
             let ok = DescriptorStatus {
                 code: Code::Ok as i32,
                 ..Default::default()
@@ -483,7 +530,12 @@ fn header(key: &str, value: String) -> HeaderValue {
 }
 
 /// Rate-limit headers for the deciding descriptor. Reset is rounded up to whole seconds.
-fn headers(config: &ResponseHeaders, status: &DescriptorStatus, reset: Duration, name: Option<&str>) -> Vec<HeaderValue> {
+fn headers(
+    config: &ResponseHeaders,
+    status: &DescriptorStatus,
+    reset: Duration,
+    name: Option<&str>,
+) -> Vec<HeaderValue> {
     let Some(limit) = &status.current_limit else {
         return Vec::new();
     };
@@ -498,8 +550,14 @@ fn headers(config: &ResponseHeaders, status: &DescriptorStatus, reset: Duration,
             let policy = name.filter(|n| !n.is_empty()).unwrap_or("default");
             let window = unit_from_proto(limit.unit).map_or(1, Unit::seconds);
             vec![
-                header("RateLimit-Policy", format!("\"{policy}\";q={};w={window}", limit.requests_per_unit)),
-                header("RateLimit", format!("\"{policy}\";r={};t={reset_secs}", status.limit_remaining)),
+                header(
+                    "RateLimit-Policy",
+                    format!("\"{policy}\";q={};w={window}", limit.requests_per_unit),
+                ),
+                header(
+                    "RateLimit",
+                    format!("\"{policy}\";r={};t={reset_secs}", status.limit_remaining),
+                ),
             ]
         }
     }
@@ -508,8 +566,12 @@ fn headers(config: &ResponseHeaders, status: &DescriptorStatus, reset: Duration,
 /// RESPONSE_DYNAMIC_METADATA: the request as envoyproxy/ratelimit reports it.
 fn request_metadata(request: &RateLimitRequest) -> protobuf::Struct {
     use protobuf::value::Kind;
-    let string = |s: String| protobuf::Value { kind: Some(Kind::StringValue(s)) };
-    let number = |n: f64| protobuf::Value { kind: Some(Kind::NumberValue(n)) };
+    let string = |s: String| protobuf::Value {
+        kind: Some(Kind::StringValue(s)),
+    };
+    let number = |n: f64| protobuf::Value {
+        kind: Some(Kind::NumberValue(n)),
+    };
     let list = |values: Vec<protobuf::Value>| protobuf::Value {
         kind: Some(Kind::ListValue(protobuf::ListValue { values })),
     };
@@ -520,7 +582,12 @@ fn request_metadata(request: &RateLimitRequest) -> protobuf::Struct {
             let mut fields = std::collections::HashMap::new();
             fields.insert(
                 "entries".to_string(),
-                list(d.entries.iter().map(|e| string(format!("{}={}", e.key, e.value))).collect()),
+                list(
+                    d.entries
+                        .iter()
+                        .map(|e| string(format!("{}={}", e.key, e.value)))
+                        .collect(),
+                ),
             );
             if let Some(h) = &d.hits_addend {
                 fields.insert("hitsAddend".to_string(), number(h.value as f64));
@@ -534,7 +601,10 @@ fn request_metadata(request: &RateLimitRequest) -> protobuf::Struct {
     fields.insert("domain".to_string(), string(request.domain.clone()));
     fields.insert("descriptors".to_string(), list(descriptors));
     if request.hits_addend != 0 {
-        fields.insert("hitsAddend".to_string(), number(f64::from(request.hits_addend)));
+        fields.insert(
+            "hitsAddend".to_string(),
+            number(f64::from(request.hits_addend)),
+        );
     }
     protobuf::Struct { fields }
 }

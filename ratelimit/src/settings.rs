@@ -83,8 +83,13 @@ impl Settings {
         let addr = |host_var: &str, port_var: &str, port: u16| -> Result<SocketAddr, ConfigError> {
             let host = env.string(host_var, "0.0.0.0");
             let port = env.parse::<u16>(port_var, port)?;
-            let text = if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
-            text.parse().map_err(|e| env.error(host_var, format!("not an IP address: {e}")))
+            let text = if host.contains(':') {
+                format!("[{host}]:{port}")
+            } else {
+                format!("{host}:{port}")
+            };
+            text.parse()
+                .map_err(|e| env.error(host_var, format!("not an IP address: {e}")))
         };
 
         let runtime_root = PathBuf::from(env.string("RUNTIME_ROOT", "/srv/runtime_data/current"));
@@ -104,7 +109,10 @@ impl Settings {
                 max_keys: env.parse("MEMORY_MAX_KEYS", 1_000_000)?,
             },
             Some(b) if b == "memcache" => {
-                return Err(env.error("BACKEND_TYPE", "memcache is not supported; use redis or memory"));
+                return Err(env.error(
+                    "BACKEND_TYPE",
+                    "memcache is not supported; use redis or memory",
+                ));
             }
             Some(_) => return Err(env.error("BACKEND_TYPE", "expected redis or memory")),
             // No backend named: Redis if it is configured, otherwise run on our own.
@@ -114,25 +122,35 @@ impl Settings {
             },
         };
         if backend == Backend::Redis && redis_url.is_none() {
-            return Err(env.error("REDIS_URL", "BACKEND_TYPE=redis needs REDIS_URL (host:port)"));
+            return Err(env.error(
+                "REDIS_URL",
+                "BACKEND_TYPE=redis needs REDIS_URL (host:port)",
+            ));
         }
 
         let topology: Topology = env.parse("REDIS_TYPE", Topology::Single)?;
         let redis_url = redis_url.unwrap_or_default();
-        let unix_socket = env.string("REDIS_SOCKET_TYPE", "tcp").eq_ignore_ascii_case("unix")
+        let unix_socket = env
+            .string("REDIS_SOCKET_TYPE", "tcp")
+            .eq_ignore_ascii_case("unix")
             && topology == Topology::Single
             && redis_url.starts_with('/');
         let urls = if unix_socket {
             vec![format!("unix:{redis_url}")]
         } else {
-            redis_url.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()
+            redis_url
+                .split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect()
         };
         let tls = if env.bool("REDIS_TLS", false)? {
             Some(RedisTls {
                 ca_cert: env.get("REDIS_TLS_CACERT").map(PathBuf::from),
                 client_cert: env.get("REDIS_TLS_CLIENT_CERT").map(PathBuf::from),
                 client_key: env.get("REDIS_TLS_CLIENT_KEY").map(PathBuf::from),
-                skip_hostname_verification: env.bool("REDIS_TLS_SKIP_HOSTNAME_VERIFICATION", false)?,
+                skip_hostname_verification: env
+                    .bool("REDIS_TLS_SKIP_HOSTNAME_VERIFICATION", false)?,
             })
         } else {
             None
@@ -146,7 +164,11 @@ impl Settings {
             timeout: env.duration("REDIS_TIMEOUT", Duration::from_secs(10))?,
         };
 
-        let failure_mode = match env.string("BACKEND_FAILURE_MODE", "closed").to_ascii_lowercase().as_str() {
+        let failure_mode = match env
+            .string("BACKEND_FAILURE_MODE", "closed")
+            .to_ascii_lowercase()
+            .as_str()
+        {
             "open" | "allow" => FailureMode::Open,
             "closed" | "deny" => FailureMode::Closed,
             _ => return Err(env.error("BACKEND_FAILURE_MODE", "expected open or closed")),
@@ -158,12 +180,18 @@ impl Settings {
         }
 
         let grpc_tls = if env.bool("GRPC_SERVER_USE_TLS", false)? {
-            let cert = env
-                .get("GRPC_SERVER_TLS_CERT")
-                .ok_or_else(|| env.error("GRPC_SERVER_TLS_CERT", "required when GRPC_SERVER_USE_TLS=true"))?;
-            let key = env
-                .get("GRPC_SERVER_TLS_KEY")
-                .ok_or_else(|| env.error("GRPC_SERVER_TLS_KEY", "required when GRPC_SERVER_USE_TLS=true"))?;
+            let cert = env.get("GRPC_SERVER_TLS_CERT").ok_or_else(|| {
+                env.error(
+                    "GRPC_SERVER_TLS_CERT",
+                    "required when GRPC_SERVER_USE_TLS=true",
+                )
+            })?;
+            let key = env.get("GRPC_SERVER_TLS_KEY").ok_or_else(|| {
+                env.error(
+                    "GRPC_SERVER_TLS_KEY",
+                    "required when GRPC_SERVER_USE_TLS=true",
+                )
+            })?;
             Some(TlsFiles {
                 cert: cert.into(),
                 key: key.into(),
@@ -175,7 +203,11 @@ impl Settings {
 
         let prometheus = if env.bool("USE_PROMETHEUS", false)? {
             let addr_text = env.string("PROMETHEUS_ADDR", ":9090");
-            let addr_text = if addr_text.starts_with(':') { format!("0.0.0.0{addr_text}") } else { addr_text };
+            let addr_text = if addr_text.starts_with(':') {
+                format!("0.0.0.0{addr_text}")
+            } else {
+                addr_text
+            };
             let addr = addr_text
                 .parse()
                 .map_err(|e| env.error("PROMETHEUS_ADDR", format!("expected host:port: {e}")))?;
@@ -184,7 +216,11 @@ impl Settings {
             None
         };
 
-        let format = match env.string("LIMIT_RESPONSE_HEADERS_FORMAT", "split").to_ascii_lowercase().as_str() {
+        let format = match env
+            .string("LIMIT_RESPONSE_HEADERS_FORMAT", "split")
+            .to_ascii_lowercase()
+            .as_str()
+        {
             "split" | "legacy" => HeaderFormat::Split,
             "ietf" | "draft" => HeaderFormat::Ietf,
             _ => return Err(env.error("LIMIT_RESPONSE_HEADERS_FORMAT", "expected split or ietf")),
@@ -196,21 +232,25 @@ impl Settings {
             debug_addr: addr("DEBUG_HOST", "DEBUG_PORT", 6070)?,
             prometheus,
             grpc_tls,
-            grpc_max_connection_age: Some(env.duration("GRPC_MAX_CONNECTION_AGE", Duration::from_secs(24 * 3600))?)
-                .filter(|d| !d.is_zero()),
+            grpc_max_connection_age: Some(
+                env.duration("GRPC_MAX_CONNECTION_AGE", Duration::from_secs(24 * 3600))?,
+            )
+            .filter(|d| !d.is_zero()),
             drain: env.duration("SHUTDOWN_DRAIN", Duration::from_secs(0))?,
             config_dir,
             watch_root,
             ignore_dotfiles: env.bool("RUNTIME_IGNOREDOTFILES", false)?,
             merge_domain_config: env.bool("MERGE_DOMAIN_CONFIG", false)?,
-            healthy_with_at_least_one_config: env.bool("HEALTHY_WITH_AT_LEAST_ONE_CONFIG_LOADED", false)?,
+            healthy_with_at_least_one_config: env
+                .bool("HEALTHY_WITH_AT_LEAST_ONE_CONFIG_LOADED", false)?,
             backend,
             redis,
             failure_mode,
             local_cache_size_bytes: env.parse("LOCAL_CACHE_SIZE_IN_BYTES", 0usize)?,
             near_limit_ratio,
             cache_key_prefix: env.string("CACHE_KEY_PREFIX", ""),
-            stop_increment_when_over_limit: env.bool("STOP_CACHE_KEY_INCREMENT_WHEN_OVERLIMIT", false)?,
+            stop_increment_when_over_limit: env
+                .bool("STOP_CACHE_KEY_INCREMENT_WHEN_OVERLIMIT", false)?,
             expiration_jitter_max_secs: env.parse("EXPIRATION_JITTER_MAX_SECONDS", 300u64)?,
             shadow_mode: env.bool("SHADOW_MODE", false)?,
             headers: ResponseHeaders {
@@ -238,7 +278,10 @@ mod tests {
         assert_eq!(s.http_addr.port(), 8080);
         assert_eq!(s.debug_addr.port(), 6070);
         assert!(matches!(s.backend, Backend::Memory { .. }));
-        assert_eq!(s.config_dir, PathBuf::from("/srv/runtime_data/current/config"));
+        assert_eq!(
+            s.config_dir,
+            PathBuf::from("/srv/runtime_data/current/config")
+        );
         assert_eq!(s.headers.limit, "RateLimit-Limit");
     }
 
@@ -271,9 +314,13 @@ mod tests {
             ("REDIS_TIMEOUT", "10", "missing unit"),
             ("GRPC_PORT", "http", "invalid digit"),
         ] {
-            let err = Settings::from_env(&Env::from_pairs([(name, value), ("REDIS_URL", "x:1")])).unwrap_err();
+            let err = Settings::from_env(&Env::from_pairs([(name, value), ("REDIS_URL", "x:1")]))
+                .unwrap_err();
             let text = err.to_string();
-            assert!(text.contains(name) && text.contains(expected), "{name}: {text}");
+            assert!(
+                text.contains(name) && text.contains(expected),
+                "{name}: {text}"
+            );
         }
         let err = Settings::from_env(&Env::from_pairs([("BACKEND_TYPE", "redis")])).unwrap_err();
         assert!(err.to_string().contains("REDIS_URL"));

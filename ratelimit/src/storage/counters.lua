@@ -3,13 +3,15 @@
 --
 -- KEYS, per counter: fixed window: the window's key; sliding window: current and previous
 -- window keys; token bucket: the bucket key.
--- ARGV[1] = now in microseconds, ARGV[2] = 1 for all-or-nothing, then per counter 7 values:
+-- ARGV[1] = now in microseconds, ARGV[2] = mode: 0 independent, 1 all-or-nothing, 2 evaluate
+-- without writing (Cluster's pre-check across slots), then per counter 7 values:
 --   algorithm (1 fixed, 2 sliding, 3 token bucket), limit, period_ms, hits, burst,
 --   ttl_ms (windows), elapsed_ms (time since the window started).
 -- Reply, per counter: over_limit (0/1), used, remaining, reset_after in microseconds.
 
 local now_us = tonumber(ARGV[1])
-local all_or_nothing = ARGV[2] == '1'
+local all_or_nothing = ARGV[2] ~= '0'
+local dry_run = ARGV[2] == '2'
 local n = (#ARGV - 2) / 7
 
 local function get(key)
@@ -98,7 +100,7 @@ for i = 1, n do
   reply[#reply + 1] = reset
 end
 
-if all_or_nothing and not any_over then
+if all_or_nothing and not any_over and not dry_run then
   for _, w in ipairs(pending) do apply(w) end
 end
 return reply

@@ -9,7 +9,9 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use parking_lot::{Mutex, MutexGuard};
 
-use super::{Batch, CounterState, CounterStore, CounterUpdate, Mode, StorageError, Window, token_cost_us};
+use super::{
+    Batch, CounterState, CounterStore, CounterUpdate, Mode, StorageError, Window, token_cost_us,
+};
 use crate::clock::Clock;
 use crate::rules::Algorithm;
 
@@ -33,7 +35,9 @@ pub struct MemoryStore {
 
 impl std::fmt::Debug for MemoryStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MemoryStore").field("keys", &self.len()).finish_non_exhaustive()
+        f.debug_struct("MemoryStore")
+            .field("keys", &self.len())
+            .finish_non_exhaustive()
     }
 }
 
@@ -86,7 +90,11 @@ impl MemoryStore {
     }
 
     fn apply(&self, batch: &Batch, now_ms: u64) -> Vec<CounterState> {
-        let plans: Vec<Plan> = batch.counters.iter().map(|c| Plan::new(c, now_ms)).collect();
+        let plans: Vec<Plan> = batch
+            .counters
+            .iter()
+            .map(|c| Plan::new(c, now_ms))
+            .collect();
         let mut shard_ids: Vec<usize> = plans
             .iter()
             .flat_map(|p| [Some(&p.key), p.prev_key.as_ref()])
@@ -97,7 +105,10 @@ impl MemoryStore {
         shard_ids.dedup();
         // Locks are taken in shard order, so concurrent batches cannot deadlock.
         let mut txn = Txn {
-            guards: shard_ids.iter().map(|&i| (i, self.shards[i].lock())).collect(),
+            guards: shard_ids
+                .iter()
+                .map(|&i| (i, self.shards[i].lock()))
+                .collect(),
             store: self,
             now_ms,
         };
@@ -132,7 +143,11 @@ impl MemoryStore {
 }
 
 impl CounterStore for MemoryStore {
-    fn update<'a>(&'a self, batch: &'a Batch, now_ms: u64) -> BoxFuture<'a, Result<Vec<CounterState>, StorageError>> {
+    fn update<'a>(
+        &'a self,
+        batch: &'a Batch,
+        now_ms: u64,
+    ) -> BoxFuture<'a, Result<Vec<CounterState>, StorageError>> {
         let result = self.apply(batch, now_ms);
         Box::pin(std::future::ready(Ok(result)))
     }
@@ -200,7 +215,11 @@ impl<'c> Plan<'c> {
             }
             Algorithm::SlidingWindow => {
                 let current = txn.get(&self.key).unwrap_or(0);
-                let previous = self.prev_key.as_deref().and_then(|k| txn.get(k)).unwrap_or(0);
+                let previous = self
+                    .prev_key
+                    .as_deref()
+                    .and_then(|k| txn.get(k))
+                    .unwrap_or(0);
                 let estimate = sliding_estimate(previous, current, &self.window);
                 let over = estimate + c.hits > c.limit;
                 let used = if over { estimate } else { estimate + c.hits };
@@ -238,12 +257,20 @@ pub(crate) fn sliding_estimate(previous: u64, current: u64, window: &Window) -> 
 }
 
 /// GCRA on microsecond timestamps. Returns the state and, if admitted, the new `tat`.
-pub(crate) fn gcra(tat: f64, now_us: f64, cost: f64, burst: u64, hits: u64) -> (CounterState, Option<u64>) {
+pub(crate) fn gcra(
+    tat: f64,
+    now_us: f64,
+    cost: f64,
+    burst: u64,
+    hits: u64,
+) -> (CounterState, Option<u64>) {
     let new_tat = tat + hits as f64 * cost;
     let allow_at = new_tat - burst as f64 * cost;
     if allow_at > now_us {
         // Tokens available now, before this request.
-        let available = ((now_us - (tat - burst as f64 * cost)) / cost).floor().max(0.0) as u64;
+        let available = ((now_us - (tat - burst as f64 * cost)) / cost)
+            .floor()
+            .max(0.0) as u64;
         let state = CounterState {
             over_limit: true,
             used: burst - available.min(burst),
@@ -303,7 +330,10 @@ impl Txn<'_> {
         if shard.len() >= max {
             shard.retain(|_, s| s.expires_at_ms > now);
             if shard.len() >= max
-                && let Some(victim) = shard.iter().min_by_key(|(_, s)| s.expires_at_ms).map(|(k, _)| k.clone())
+                && let Some(victim) = shard
+                    .iter()
+                    .min_by_key(|(_, s)| s.expires_at_ms)
+                    .map(|(k, _)| k.clone())
             {
                 shard.remove(&victim);
             }

@@ -7,7 +7,8 @@
 //! Single node and Sentinel: the whole batch is one call, with envoyproxy/ratelimit's keys.
 //! Cluster: keys are prefixed with a hash tag of their descriptor (`{domain_key_value_}1700000000`)
 //! so that one descriptor's counters live in one slot, and each descriptor's counters are one
-//! atomic call. Across descriptors, [`Mode::AllOrNothing`] then holds per descriptor only.
+//! atomic call. [`Mode::AllOrNothing`] across descriptors is a check of every slot followed by
+//! the update.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -19,8 +20,7 @@ use super::{Batch, CounterState, CounterStore, CounterUpdate, Mode, StorageError
 use crate::rules::Algorithm;
 
 const SCRIPT: &str = include_str!("counters.lua");
-/// Values per counter in ARGV, and in the reply.
-const ARGS_PER_COUNTER: usize = 7;
+/// Values per counter in the script's reply.
 const REPLY_PER_COUNTER: usize = 4;
 
 pub struct RedisStore {
@@ -33,7 +33,9 @@ pub struct RedisStore {
 
 impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisStore").field("topology", &self.conn.topology()).finish_non_exhaustive()
+        f.debug_struct("RedisStore")
+            .field("topology", &self.conn.topology())
+            .finish_non_exhaustive()
     }
 }
 
@@ -55,16 +57,24 @@ impl RedisStore {
         if self.jitter_max_secs == 0 {
             return 0;
         }
-        let mut z = self.jitter_state.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
+        let mut z = self
+            .jitter_state
+            .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^= z >> 31;
         z % (self.jitter_max_secs * 1000)
     }
 
-    fn invocation(&self, counters: &[&CounterUpdate], mode: Mode, now_ms: u64, hash_tags: bool) -> redis::ScriptInvocation<'_> {
+    fn invocation(
+        &self,
+        counters: &[&CounterUpdate],
+        mode: ScriptMode,
+        now_ms: u64,
+        hash_tags: bool,
+    ) -> redis::ScriptInvocation<'_> {
         let mut call = self.script.prepare_invoke();
-        call.arg(now_ms * 1000).arg(u8::from(mode == Mode::AllOrNothing));
+        call.arg(now_ms * 1000).arg(mode as u8);
         for c in counters {
             let window = Window::of(now_ms, c.period_secs);
             let base = if hash_tags {
@@ -98,7 +108,13 @@ impl RedisStore {
         call
     }
 
-    async fn run(&self, counters: &[&CounterUpdate], mode: Mode, now_ms: u64, hash_tags: bool) -> Result<Vec<CounterState>, StorageError> {
+    async fn run(
+        &self,
+        counters: &[&CounterUpdate],
+        mode: ScriptMode,
+        now_ms: u64,
+        hash_tags: bool,
+    ) -> Result<Vec<CounterState>, StorageError> {
         let call = self.invocation(counters, mode, now_ms, hash_tags);
         let mut conn = self.conn.next();
         let reply: Vec<i64> = call
@@ -108,31 +124,56 @@ impl RedisStore {
         parse_reply(&reply, counters.len())
     }
 
-    async fn update_batch(&self, batch: &Batch, now_ms: u64) -> Result<Vec<CounterState>, StorageError> {
-        debug_assert!(ARGS_PER_COUNTER == 7);
+    async fn update_batch(
+        &self,
+        batch: &Batch,
+        now_ms: u64,
+    ) -> Result<Vec<CounterState>, StorageError> {
         if batch.counters.is_empty() {
             return Ok(Vec::new());
         }
+        let mode = ScriptMode::from(batch.mode);
         if self.conn.topology() != Topology::Cluster {
             let all: Vec<&CounterUpdate> = batch.counters.iter().collect();
-            return self.run(&all, batch.mode, now_ms, false).await;
+            return self.run(&all, mode, now_ms, false).await;
         }
-        // Cluster: one call per descriptor, concurrently.
-        let mut groups: Vec<(&str, Vec<usize>)> = Vec::new();
+        // Cluster: one call per descriptor (one hash slot), concurrently.
+        let mut groups: Vec<(&str, Vec<&CounterUpdate>, Vec<usize>)> = Vec::new();
         for (i, c) in batch.counters.iter().enumerate() {
             let tag = &c.key[..c.tag_len];
-            match groups.iter_mut().find(|(t, _)| *t == tag) {
-                Some((_, members)) => members.push(i),
-                None => groups.push((tag, vec![i])),
+            match groups.iter_mut().find(|(t, ..)| *t == tag) {
+                Some((_, counters, members)) => {
+                    counters.push(c);
+                    members.push(i);
+                }
+                None => groups.push((tag, vec![c], vec![i])),
             }
         }
-        let calls = groups.iter().map(|(_, members)| {
-            let counters: Vec<&CounterUpdate> = members.iter().map(|&i| &batch.counters[i]).collect();
-            async move { self.run(&counters, batch.mode, now_ms, true).await }
-        });
+        if mode == ScriptMode::AllOrNothing && groups.len() > 1 {
+            // Slots cannot be updated in one atomic step: check them all first, and write only
+            // if none is over. Concurrent requests may interleave between the two steps; each
+            // counter still never admits more than its limit.
+            let checked = self.run_groups(&groups, ScriptMode::DryRun, now_ms).await?;
+            if checked.iter().any(|s| s.over_limit) {
+                return Ok(checked);
+            }
+        }
+        self.run_groups(&groups, mode, now_ms).await
+    }
+
+    async fn run_groups(
+        &self,
+        groups: &[(&str, Vec<&CounterUpdate>, Vec<usize>)],
+        mode: ScriptMode,
+        now_ms: u64,
+    ) -> Result<Vec<CounterState>, StorageError> {
+        let calls = groups
+            .iter()
+            .map(|(_, counters, _)| self.run(counters, mode, now_ms, true));
         let replies = futures::future::join_all(calls).await;
-        let mut states = vec![None; batch.counters.len()];
-        for ((_, members), reply) in groups.iter().zip(replies) {
+        let total = groups.iter().map(|(_, c, _)| c.len()).sum();
+        let mut states = vec![None; total];
+        for ((_, _, members), reply) in groups.iter().zip(replies) {
             for (&i, state) in members.iter().zip(reply?) {
                 states[i] = Some(state);
             }
@@ -144,8 +185,30 @@ impl RedisStore {
     }
 }
 
+/// The script's mode argument.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ScriptMode {
+    Independent = 0,
+    AllOrNothing = 1,
+    /// Evaluate without writing.
+    DryRun = 2,
+}
+
+impl From<Mode> for ScriptMode {
+    fn from(mode: Mode) -> Self {
+        match mode {
+            Mode::Independent => ScriptMode::Independent,
+            Mode::AllOrNothing => ScriptMode::AllOrNothing,
+        }
+    }
+}
+
 impl CounterStore for RedisStore {
-    fn update<'a>(&'a self, batch: &'a Batch, now_ms: u64) -> BoxFuture<'a, Result<Vec<CounterState>, StorageError>> {
+    fn update<'a>(
+        &'a self,
+        batch: &'a Batch,
+        now_ms: u64,
+    ) -> BoxFuture<'a, Result<Vec<CounterState>, StorageError>> {
         Box::pin(async move {
             match tokio::time::timeout(self.timeout, self.update_batch(batch, now_ms)).await {
                 Ok(result) => result,

@@ -1,0 +1,373 @@
+//! Every storage behaviour, written once and run against memory, Redis and Redis Cluster.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use gatehouse_common::redis::{RedisConn, RedisSettings, Topology};
+use gatehouse_testkit::redis::{RedisCluster, RedisServer};
+
+use super::memory::MemoryStore;
+use super::redis::RedisStore;
+use super::*;
+use crate::clock::Clock;
+
+/// What a case gets: a store, the clock it runs on, and a key prefix unique to the run.
+struct Ctx {
+    store: Arc<dyn CounterStore>,
+    clock: Clock,
+    prefix: String,
+}
+
+impl Ctx {
+    fn counter(
+        &self,
+        name: &str,
+        algorithm: Algorithm,
+        limit: u64,
+        period_secs: u64,
+        hits: u64,
+    ) -> CounterUpdate {
+        let key = format!("{}_{name}_", self.prefix);
+        CounterUpdate {
+            tag_len: key.len(),
+            key,
+            algorithm,
+            limit,
+            period_secs,
+            burst: limit,
+            hits,
+        }
+    }
+
+    async fn one(&self, counter: &CounterUpdate) -> CounterState {
+        self.batch(vec![counter.clone()], Mode::Independent).await[0]
+    }
+
+    async fn batch(&self, counters: Vec<CounterUpdate>, mode: Mode) -> Vec<CounterState> {
+        let batch = Batch { counters, mode };
+        self.store
+            .update(&batch, self.clock.now_ms())
+            .await
+            .expect("store update")
+    }
+
+    /// (over_limit, remaining) for each of `n` single-hit calls.
+    async fn run(&self, counter: &CounterUpdate, n: usize) -> Vec<(bool, u64)> {
+        let mut out = Vec::new();
+        for _ in 0..n {
+            let s = self.one(counter).await;
+            out.push((s.over_limit, s.remaining));
+        }
+        out
+    }
+}
+
+async fn fixed_window_counts_and_resets(ctx: Ctx) {
+    let c = ctx.counter("fixed", Algorithm::FixedWindow, 3, 60, 1);
+    assert_eq!(
+        ctx.run(&c, 4).await,
+        vec![(false, 2), (false, 1), (false, 0), (true, 0)]
+    );
+    let s = ctx.one(&c).await;
+    assert_eq!(
+        s.reset_after,
+        Duration::from_secs(60),
+        "window started at the clock's start"
+    );
+    ctx.clock.advance_ms(60_000);
+    assert_eq!(
+        ctx.run(&c, 1).await,
+        vec![(false, 2)],
+        "a new window starts fresh"
+    );
+}
+
+async fn fixed_window_hits_addend(ctx: Ctx) {
+    let c = ctx.counter("addend", Algorithm::FixedWindow, 10, 60, 4);
+    assert_eq!(ctx.one(&c).await.remaining, 6);
+    assert_eq!(ctx.one(&c).await.remaining, 2);
+    let s = ctx.one(&c).await;
+    assert!(s.over_limit, "4 more would be 12 > 10");
+    // Like envoyproxy/ratelimit's INCRBY, the over-limit hits were counted...
+    let check = CounterUpdate {
+        hits: 0,
+        ..c.clone()
+    };
+    let s = ctx.one(&check).await;
+    assert_eq!(
+        (s.over_limit, s.used),
+        (true, 12),
+        "hits 0 checks without counting"
+    );
+    assert_eq!(ctx.one(&check).await.used, 12);
+}
+
+async fn all_or_nothing_counts_nothing_when_one_is_over(ctx: Ctx) {
+    let wide = ctx.counter("aon_wide", Algorithm::FixedWindow, 5, 60, 1);
+    let narrow = ctx.counter("aon_narrow", Algorithm::FixedWindow, 1, 60, 1);
+    let first = ctx
+        .batch(vec![wide.clone(), narrow.clone()], Mode::AllOrNothing)
+        .await;
+    assert!(!first[0].over_limit && !first[1].over_limit);
+    let second = ctx
+        .batch(vec![wide.clone(), narrow.clone()], Mode::AllOrNothing)
+        .await;
+    assert!(!second[0].over_limit && second[1].over_limit);
+    let check = CounterUpdate {
+        hits: 0,
+        ..wide.clone()
+    };
+    assert_eq!(
+        ctx.one(&check).await.used,
+        1,
+        "the refused request consumed nothing"
+    );
+
+    // Independent mode counts the wide limit even though the request is refused.
+    ctx.batch(vec![wide.clone(), narrow], Mode::Independent)
+        .await;
+    assert_eq!(ctx.one(&check).await.used, 2);
+}
+
+async fn sliding_window_weighs_the_previous_window(ctx: Ctx) {
+    let c = ctx.counter("sliding", Algorithm::SlidingWindow, 10, 10, 1);
+    let states = ctx.run(&c, 11).await;
+    assert_eq!(states.iter().filter(|(over, _)| !over).count(), 10);
+    assert!(states[10].0);
+    // Half-way into the next window, half of the previous window still counts.
+    ctx.clock.advance_ms(15_000);
+    let states = ctx.run(&c, 6).await;
+    assert_eq!(
+        states,
+        vec![
+            (false, 4),
+            (false, 3),
+            (false, 2),
+            (false, 1),
+            (false, 0),
+            (true, 0)
+        ],
+        "floor(10 * 0.5) = 5 already used"
+    );
+    // Refused hits are not counted: a later window sees only the 5 admitted.
+    ctx.clock.advance_ms(10_000);
+    let s = ctx
+        .one(&CounterUpdate {
+            hits: 0,
+            ..c.clone()
+        })
+        .await;
+    assert_eq!(s.used, 2, "floor(5 * 0.5) = 2");
+}
+
+async fn token_bucket_refills_continuously(ctx: Ctx) {
+    // 10 per second: one token every 100 ms, bucket of 5.
+    let c = CounterUpdate {
+        burst: 5,
+        ..ctx.counter("bucket", Algorithm::TokenBucket, 10, 1, 1)
+    };
+    let states = ctx.run(&c, 6).await;
+    assert_eq!(
+        states,
+        vec![
+            (false, 4),
+            (false, 3),
+            (false, 2),
+            (false, 1),
+            (false, 0),
+            (true, 0)
+        ]
+    );
+    let s = ctx.one(&c).await;
+    assert!(s.over_limit);
+    assert_eq!(
+        s.reset_after,
+        Duration::from_millis(100),
+        "next token in 100 ms"
+    );
+    ctx.clock.advance_ms(100);
+    assert_eq!(ctx.run(&c, 2).await, vec![(false, 0), (true, 0)]);
+    ctx.clock.advance_ms(2_000);
+    let s = ctx.one(&c).await;
+    assert_eq!(
+        (s.over_limit, s.remaining),
+        (false, 4),
+        "refilled to the burst, not beyond"
+    );
+    assert_eq!(
+        s.reset_after,
+        Duration::from_millis(100),
+        "full again in one token's time"
+    );
+}
+
+async fn concurrent_callers_never_exceed_the_limit(ctx: Ctx) {
+    let c = ctx.counter("exact", Algorithm::FixedWindow, 1000, 3600, 1);
+    let mut tasks = Vec::new();
+    for _ in 0..32 {
+        let store = ctx.store.clone();
+        let batch = Batch {
+            counters: vec![c.clone()],
+            mode: Mode::Independent,
+        };
+        let now = ctx.clock.now_ms();
+        tasks.push(tokio::spawn(async move {
+            let mut admitted = 0;
+            for _ in 0..50 {
+                if !store.update(&batch, now).await.expect("update")[0].over_limit {
+                    admitted += 1;
+                }
+            }
+            admitted
+        }));
+    }
+    let mut admitted = 0;
+    for t in tasks {
+        admitted += t.await.expect("task");
+    }
+    assert_eq!(admitted, 1000, "1600 calls at limit 1000");
+}
+
+type Case = fn(Ctx) -> futures::future::BoxFuture<'static, ()>;
+
+fn cases() -> Vec<(&'static str, Case)> {
+    vec![
+        ("fixed_window_counts_and_resets", |c| {
+            Box::pin(fixed_window_counts_and_resets(c))
+        }),
+        ("fixed_window_hits_addend", |c| {
+            Box::pin(fixed_window_hits_addend(c))
+        }),
+        ("all_or_nothing", |c| {
+            Box::pin(all_or_nothing_counts_nothing_when_one_is_over(c))
+        }),
+        ("sliding_window", |c| {
+            Box::pin(sliding_window_weighs_the_previous_window(c))
+        }),
+        ("token_bucket", |c| {
+            Box::pin(token_bucket_refills_continuously(c))
+        }),
+        ("concurrent_exact", |c| {
+            Box::pin(concurrent_callers_never_exceed_the_limit(c))
+        }),
+    ]
+}
+
+/// A manual clock at a minute boundary near real time, so Redis TTLs stay meaningful.
+fn aligned_clock() -> Clock {
+    let now = Clock::System.now_ms();
+    Clock::manual(now - now % 60_000 + 3_600_000)
+}
+
+async fn run_all(backend: &str, make: impl Fn(Clock) -> Arc<dyn CounterStore>) {
+    for (name, case) in cases() {
+        let clock = aligned_clock();
+        let ctx = Ctx {
+            store: make(clock.clone()),
+            clock,
+            prefix: format!("{backend}_{name}_{}", Clock::System.now_ms()),
+        };
+        eprintln!("{backend}: {name}");
+        case(ctx).await;
+    }
+}
+
+#[tokio::test]
+async fn memory_store() {
+    run_all("memory", |clock| {
+        MemoryStore::new(10_000, clock) as Arc<dyn CounterStore>
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn redis_store() {
+    let redis = RedisServer::start();
+    let settings = RedisSettings {
+        pool_size: 2,
+        ..RedisSettings::single(redis.addr())
+    };
+    let conn = RedisConn::connect(&settings).await.unwrap();
+    run_all("redis", |_| {
+        Arc::new(RedisStore::new(conn.clone(), Duration::from_secs(2), 0)) as Arc<dyn CounterStore>
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn redis_cluster_store() {
+    let cluster = RedisCluster::start();
+    let settings = RedisSettings {
+        topology: Topology::Cluster,
+        urls: cluster.addrs().split(',').map(str::to_string).collect(),
+        ..RedisSettings::single("")
+    };
+    let conn = RedisConn::connect(&settings).await.unwrap();
+    run_all("cluster", |_| {
+        Arc::new(RedisStore::new(conn.clone(), Duration::from_secs(2), 0)) as Arc<dyn CounterStore>
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn memory_store_is_bounded_and_swept() {
+    let clock = Clock::manual(1_000_000);
+    let store = MemoryStore::new(64 * 16, clock.clone());
+    for i in 0..5_000 {
+        let batch = Batch {
+            counters: vec![CounterUpdate {
+                key: format!("k{i}_"),
+                tag_len: 1,
+                algorithm: Algorithm::FixedWindow,
+                limit: 10,
+                period_secs: 1,
+                burst: 10,
+                hits: 1,
+            }],
+            mode: Mode::Independent,
+        };
+        store.update(&batch, clock.now_ms()).await.unwrap();
+    }
+    assert!(store.len() <= 64 * 16, "bounded: {}", store.len());
+    clock.advance_ms(1_000);
+    store.sweep();
+    assert!(store.is_empty(), "expired windows reclaimed");
+}
+
+#[tokio::test]
+async fn redis_outage_fails_within_the_timeout_and_recovers() {
+    let mut redis = RedisServer::start();
+    let conn = RedisConn::connect(&RedisSettings::single(redis.addr()))
+        .await
+        .unwrap();
+    let store = RedisStore::new(conn, Duration::from_millis(300), 0);
+    let batch = Batch {
+        counters: vec![CounterUpdate {
+            key: "outage_".into(),
+            tag_len: 7,
+            algorithm: Algorithm::FixedWindow,
+            limit: 100,
+            period_secs: 60,
+            burst: 100,
+            hits: 1,
+        }],
+        mode: Mode::Independent,
+    };
+    let now = || Clock::System.now_ms();
+    store.update(&batch, now()).await.unwrap();
+    redis.stop();
+    let started = std::time::Instant::now();
+    let err = store.update(&batch, now()).await.unwrap_err();
+    assert!(err.is_transient(), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_millis(1_000),
+        "failed in {:?}",
+        started.elapsed()
+    );
+    redis.restart();
+    let recovered = gatehouse_testkit::eventually(Duration::from_secs(10), || async {
+        store.update(&batch, now()).await.ok()
+    })
+    .await;
+    assert!(recovered.is_some(), "store reconnects by itself");
+}
