@@ -1,0 +1,22 @@
+# The two entry points: `make up` runs the local gateway, `make test` installs what the
+# tests need and runs every check CI runs.
+.PHONY: up test deps check lint unit bench bench-load
+
+up:
+	scripts/up.sh
+
+test: deps lint
+	cargo test --workspace --all-targets
+
+deps:
+	scripts/install-test-deps.sh
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+bench:
+	cargo bench -p gatehouse-ratelimit
+
+bench-load: deps
+	scripts/bench-ratelimit.sh

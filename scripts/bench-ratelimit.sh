@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Load benchmark of ShouldRateLimit with h2load and a pre-encoded gRPC body, on the memory
+# and Redis backends. Prints h2load's summary for each; results go in BENCHMARKS.md.
+#
+#   scripts/bench-ratelimit.sh            # defaults below
+#   N=200000 C=16 M=16 scripts/bench-ratelimit.sh
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+N=${N:-200000}
+C=${C:-16}
+M=${M:-16}
+work=$(mktemp -d)
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT INT TERM
+
+cargo build -q --release -p gatehouse-ratelimit
+bin=target/release/gatehouse-ratelimit
+
+mkdir -p "$work/rt/config"
+cat >"$work/rt/config/bench.yaml" <<'YAML'
+domain: bench
+descriptors:
+  - key: generic_key
+    value: bench
+    rate_limit: { unit: second, requests_per_unit: 1000000000 }
+YAML
+
+# RateLimitRequest{domain: "bench", descriptors: [{entries: [{key: "generic_key", value: "bench"}]}]}
+# as one length-prefixed gRPC message.
+python3 - "$work/req.bin" <<'PY'
+import struct, sys
+def field(num, payload):
+    return bytes([(num << 3) | 2, len(payload)]) + payload
+entry = field(1, b"generic_key") + field(2, b"bench")
+descriptor = field(1, entry)
+request = field(1, b"bench") + field(2, descriptor)
+open(sys.argv[1], "wb").write(b"\x00" + struct.pack(">I", len(request)) + request)
+PY
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+run() {
+    local name=$1; shift
+    local port; port=$(free_port)
+    env RUNTIME_ROOT="$work/rt" GRPC_HOST=127.0.0.1 GRPC_PORT="$port" HOST=127.0.0.1 PORT=0 \
+        DEBUG_HOST=127.0.0.1 DEBUG_PORT=0 LOG_LEVEL=error "$@" "$bin" &
+    pids+=($!)
+    for _ in $(seq 1 50); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
+        sleep 0.1
+    done
+    local url="http://127.0.0.1:$port/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit"
+    # Warm-up, then the measured run.
+    h2load -n 20000 -c "$C" -m "$M" -t 1 -d "$work/req.bin" -H 'content-type: application/grpc' -H 'te: trailers' "$url" >/dev/null
+    echo "=== $name: h2load -n $N -c $C -m $M -t 1 -d req.bin -H 'content-type: application/grpc' -H 'te: trailers' $url"
+    h2load -n "$N" -c "$C" -m "$M" -t 1 -d "$work/req.bin" -H 'content-type: application/grpc' -H 'te: trailers' "$url" \
+        | grep -E '^(finished in|requests:|status codes:|time for request:)' -A0
+    local rss; rss=$(awk '/VmRSS/{print $2" "$3}' "/proc/${pids[-1]}/status")
+    echo "RSS after run: $rss"
+    kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true
+}
+
+run memory BACKEND_TYPE=memory
+
+redis_port=$(free_port)
+redis-server --bind 127.0.0.1 --port "$redis_port" --save "" --appendonly no >/dev/null &
+pids+=($!)
+sleep 0.5
+run redis BACKEND_TYPE=redis REDIS_URL="127.0.0.1:$redis_port" REDIS_POOL_SIZE="${REDIS_POOL_SIZE:-2}"
