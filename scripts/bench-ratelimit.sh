@@ -59,8 +59,16 @@ run() {
     # Warm-up, then the measured run.
     h2load -n 20000 -c "$C" -m "$M" -t 1 -d "$work/req.bin" -H 'content-type: application/grpc' -H 'te: trailers' "$url" >/dev/null
     echo "=== $name: h2load -n $N -c $C -m $M -t 1 -d req.bin -H 'content-type: application/grpc' -H 'te: trailers' $url"
-    h2load -n "$N" -c "$C" -m "$M" -t 1 -d "$work/req.bin" -H 'content-type: application/grpc' -H 'te: trailers' "$url" \
+    h2load -n "$N" -c "$C" -m "$M" -t 1 -d "$work/req.bin" -H 'content-type: application/grpc' -H 'te: trailers' \
+        --log-file="$work/$name.log" "$url" \
         | grep -E '^(finished in|requests:|status codes:|time for request:)' -A0
+    # h2load's log: start time, status, latency in microseconds, one request per line.
+    python3 - "$work/$name.log" <<'PY'
+import sys
+lat = sorted(int(line.split()[2]) for line in open(sys.argv[1]) if line.strip())
+pct = lambda p: lat[min(len(lat) - 1, int(len(lat) * p))] / 1000
+print(f"latency ms: p50 {pct(0.50):.2f}  p90 {pct(0.90):.2f}  p99 {pct(0.99):.2f}  max {lat[-1] / 1000:.2f}")
+PY
     local rss; rss=$(awk '/VmRSS/{print $2" "$3}' "/proc/${pids[-1]}/status")
     echo "RSS after run: $rss"
     kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true

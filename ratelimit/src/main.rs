@@ -13,6 +13,11 @@ use gatehouse_ratelimit::settings::Settings;
 use gatehouse_ratelimit::stats::Stats;
 use gatehouse_ratelimit::{App, Listeners, load_rules, rules};
 
+/// mimalloc: the service allocates small, short-lived buffers per request from two threads;
+/// it measured faster than the system allocator in the load benchmark (BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "gatehouse-ratelimit",
