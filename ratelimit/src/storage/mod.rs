@@ -72,7 +72,7 @@ pub struct CounterState {
     pub reset_after: Duration,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum StorageError {
     #[error("counter store timed out after {0:?}")]
     Timeout(Duration),

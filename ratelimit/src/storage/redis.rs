@@ -1,8 +1,10 @@
 //! Counters in Redis: one Lua script call per request evaluates and updates every counter of
 //! the batch atomically, so any number of replicas sharing Redis admit exactly the limit.
 //!
-//! Concurrent requests' script calls share multiplexed connections and are written to the
-//! socket together, which coalesces them into pipelines without adding latency.
+//! Concurrent requests are coalesced: while calls are in flight, the requests that arrive are
+//! queued and sent together as one script call (each request still atomic on its own). Redis
+//! then parses and runs one script per batch instead of one per request, and nothing waits
+//! when the load is light.
 //!
 //! Single node and Sentinel: the whole batch is one call, with envoyproxy/ratelimit's keys.
 //! Cluster: keys are prefixed with a hash tag of their descriptor (`{domain_key_value_}1700000000`)
@@ -10,11 +12,13 @@
 //! atomic call. [`Mode::AllOrNothing`] across descriptors is a check of every slot followed by
 //! the update.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
 use gatehouse_common::redis::{RedisConn, Topology};
+use tokio::sync::{mpsc, oneshot};
 
 use super::{Batch, CounterState, CounterStore, CounterUpdate, Mode, StorageError, Window};
 use crate::rules::Algorithm;
@@ -22,30 +26,61 @@ use crate::rules::Algorithm;
 const SCRIPT: &str = include_str!("counters.lua");
 /// Values per counter in the script's reply.
 const REPLY_PER_COUNTER: usize = 4;
+/// Most requests coalesced into one script call.
+const MAX_COALESCED: usize = 64;
 
 pub struct RedisStore {
-    conn: RedisConn,
-    script: redis::Script,
+    shared: Arc<Shared>,
+    /// Single node and Sentinel: requests go through the coalescer.
+    coalescer: Option<mpsc::Sender<Job>>,
     timeout: Duration,
     jitter_max_secs: u64,
     jitter_state: AtomicU64,
 }
 
+struct Shared {
+    conn: RedisConn,
+    script: redis::Script,
+}
+
+/// One request's part of a script call: its keys and arguments, ready to send.
+struct Request {
+    keys: Vec<String>,
+    /// `now_us, mode, counters`, then 7 values per counter.
+    args: Vec<u64>,
+    counters: usize,
+}
+
+struct Job {
+    request: Request,
+    reply: oneshot::Sender<Result<Vec<CounterState>, StorageError>>,
+}
+
 impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisStore")
-            .field("topology", &self.conn.topology())
+            .field("topology", &self.shared.conn.topology())
             .finish_non_exhaustive()
     }
 }
 
 impl RedisStore {
     /// `timeout` bounds each call end to end; `jitter_max_secs` spreads fixed-window expiry
-    /// (EXPIRATION_JITTER_MAX_SECONDS).
+    /// (EXPIRATION_JITTER_MAX_SECONDS). Must be called inside a Tokio runtime.
     pub fn new(conn: RedisConn, timeout: Duration, jitter_max_secs: u64) -> Self {
-        RedisStore {
+        let cluster = conn.topology() == Topology::Cluster;
+        let shared = Arc::new(Shared {
             conn,
             script: redis::Script::new(SCRIPT),
+        });
+        let coalescer = (!cluster).then(|| {
+            let (tx, rx) = mpsc::channel(4096);
+            tokio::spawn(coalesce(shared.clone(), rx));
+            tx
+        });
+        RedisStore {
+            shared,
+            coalescer,
             timeout,
             jitter_max_secs,
             jitter_state: AtomicU64::new(0x9E37_79B9_7F4A_7C15),
@@ -66,15 +101,16 @@ impl RedisStore {
         z % (self.jitter_max_secs * 1000)
     }
 
-    fn invocation(
+    fn prepare(
         &self,
         counters: &[&CounterUpdate],
         mode: ScriptMode,
         now_ms: u64,
         hash_tags: bool,
-    ) -> redis::ScriptInvocation<'_> {
-        let mut call = self.script.prepare_invoke();
-        call.arg(now_ms * 1000).arg(mode as u8);
+    ) -> Request {
+        let mut keys = Vec::with_capacity(counters.len());
+        let mut args = Vec::with_capacity(3 + 7 * counters.len());
+        args.extend([now_ms * 1000, mode as u64, counters.len() as u64]);
         for c in counters {
             let window = Window::of(now_ms, c.period_secs);
             let base = if hash_tags {
@@ -84,44 +120,50 @@ impl RedisStore {
             };
             let (algorithm, ttl_ms) = match c.algorithm {
                 Algorithm::FixedWindow => {
-                    call.key(format!("{base}{}", window.start_secs));
+                    keys.push(format!("{base}{}", window.start_secs));
                     (1, window.period_ms + self.jitter_ms())
                 }
                 Algorithm::SlidingWindow => {
                     let (current, previous) = window.keys(&base);
-                    call.key(current).key(previous);
+                    keys.extend([current, previous]);
                     (2, 2 * window.period_ms)
                 }
                 Algorithm::TokenBucket => {
-                    call.key(base);
+                    keys.push(base);
                     (3, 0)
                 }
             };
-            call.arg(algorithm)
-                .arg(c.limit)
-                .arg(window.period_ms)
-                .arg(c.hits)
-                .arg(c.burst)
-                .arg(ttl_ms)
-                .arg(window.elapsed_ms);
+            args.extend([
+                algorithm,
+                c.limit,
+                window.period_ms,
+                c.hits,
+                c.burst,
+                ttl_ms,
+                window.elapsed_ms,
+            ]);
         }
-        call
+        Request {
+            keys,
+            args,
+            counters: counters.len(),
+        }
     }
 
-    async fn run(
-        &self,
-        counters: &[&CounterUpdate],
-        mode: ScriptMode,
-        now_ms: u64,
-        hash_tags: bool,
-    ) -> Result<Vec<CounterState>, StorageError> {
-        let call = self.invocation(counters, mode, now_ms, hash_tags);
-        let mut conn = self.conn.next();
-        let reply: Vec<i64> = call
-            .invoke_async(&mut conn)
-            .await
-            .map_err(|e| StorageError::Unavailable(e.to_string()))?;
-        parse_reply(&reply, counters.len())
+    /// Runs one request: through the coalescer, or directly (Cluster).
+    async fn run(&self, request: Request) -> Result<Vec<CounterState>, StorageError> {
+        match &self.coalescer {
+            Some(tx) => {
+                let (reply, rx) = oneshot::channel();
+                tx.send(Job { request, reply })
+                    .await
+                    .map_err(|_| StorageError::Unavailable("coalescer stopped".into()))?;
+                rx.await.map_err(|_| {
+                    StorageError::Unavailable("coalescer dropped the request".into())
+                })?
+            }
+            None => self.shared.call(&[&request]).await,
+        }
     }
 
     async fn update_batch(
@@ -133,9 +175,9 @@ impl RedisStore {
             return Ok(Vec::new());
         }
         let mode = ScriptMode::from(batch.mode);
-        if self.conn.topology() != Topology::Cluster {
+        if self.shared.conn.topology() != Topology::Cluster {
             let all: Vec<&CounterUpdate> = batch.counters.iter().collect();
-            return self.run(&all, mode, now_ms, false).await;
+            return self.run(self.prepare(&all, mode, now_ms, false)).await;
         }
         // Cluster: one call per descriptor (one hash slot), concurrently.
         let mut groups: Vec<(&str, Vec<&CounterUpdate>, Vec<usize>)> = Vec::new();
@@ -169,7 +211,7 @@ impl RedisStore {
     ) -> Result<Vec<CounterState>, StorageError> {
         let calls = groups
             .iter()
-            .map(|(_, counters, _)| self.run(counters, mode, now_ms, true));
+            .map(|(_, counters, _)| self.run(self.prepare(counters, mode, now_ms, true)));
         let replies = futures::future::join_all(calls).await;
         let total = groups.iter().map(|(_, c, _)| c.len()).sum();
         let mut states = vec![None; total];
@@ -182,6 +224,68 @@ impl RedisStore {
             .into_iter()
             .map(|s| s.ok_or_else(|| StorageError::Protocol("missing counter in reply".into())))
             .collect()
+    }
+}
+
+impl Shared {
+    /// One script call for `requests`; the reply holds their counters in order.
+    async fn call(&self, requests: &[&Request]) -> Result<Vec<CounterState>, StorageError> {
+        let mut call = self.script.prepare_invoke();
+        call.arg(requests.len());
+        for r in requests {
+            for key in &r.keys {
+                call.key(key.as_str());
+            }
+            for arg in &r.args {
+                call.arg(*arg);
+            }
+        }
+        let counters = requests.iter().map(|r| r.counters).sum();
+        let mut conn = self.conn.next();
+        let reply: Vec<i64> = call
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| StorageError::Unavailable(e.to_string()))?;
+        parse_reply(&reply, counters)
+    }
+}
+
+/// Takes queued requests and sends them as one script call, with a few calls in flight.
+/// Under light load each call carries one request and nothing waits; under heavy load the
+/// queue fills while calls are in flight, and each call carries many.
+async fn coalesce(shared: Arc<Shared>, mut rx: mpsc::Receiver<Job>) {
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(4));
+    while let Some(first) = rx.recv().await {
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            return;
+        };
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_COALESCED {
+            match rx.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let requests: Vec<&Request> = jobs.iter().map(|j| &j.request).collect();
+            let result = shared.call(&requests).await;
+            match result {
+                Ok(states) => {
+                    let mut states = states.into_iter();
+                    for job in jobs {
+                        let mine = states.by_ref().take(job.request.counters).collect();
+                        let _ = job.reply.send(Ok(mine));
+                    }
+                }
+                Err(e) => {
+                    for job in jobs {
+                        let _ = job.reply.send(Err(e.clone()));
+                    }
+                }
+            }
+            drop(permit);
+        });
     }
 }
 
@@ -218,7 +322,7 @@ impl CounterStore for RedisStore {
     }
 
     fn name(&self) -> &'static str {
-        match self.conn.topology() {
+        match self.shared.conn.topology() {
             Topology::Cluster => "redis-cluster",
             Topology::Sentinel => "redis-sentinel",
             Topology::Single => "redis",
