@@ -392,7 +392,7 @@ impl SentinelPool {
         }
         let client = SentinelClient::build(
             sentinel_infos,
-            master.trim().to_string(),
+            master.trim(),
             Some(node_info),
             SentinelServerType::Master,
         )?;

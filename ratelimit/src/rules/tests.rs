@@ -50,11 +50,14 @@ fn lookup(set: &RuleSet, entries: &[(&str, &str)]) -> Option<(String, String, Op
     ))
 }
 
+/// Request entries, and the expected (rule full key, cache key).
+type MatchCase<'a> = (&'a [(&'a str, &'a str)], Option<(&'a str, &'a str)>);
+
 #[test]
 fn descriptor_matching() {
     let set = rules();
     #[rustfmt::skip]
-    let cases: &[(&[(&str, &str)], Option<(&str, &str)>)] = &[
+    let cases: &[MatchCase<'_>] = &[
         // key-only: one counter per value
         (&[("remote_address", "10.0.0.1")], Some(("gateway.remote_address", "gateway_remote_address_10.0.0.1_"))),
         (&[("remote_address", "10.0.0.2")], Some(("gateway.remote_address", "gateway_remote_address_10.0.0.2_"))),
