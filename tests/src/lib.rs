@@ -9,6 +9,7 @@
 pub mod echo;
 pub mod envoy;
 pub mod redis;
+pub mod tls;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

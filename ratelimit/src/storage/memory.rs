@@ -206,6 +206,7 @@ impl<'c> Plan<'c> {
                     used: after,
                     remaining: c.limit.saturating_sub(after),
                     reset_after: self.window.remaining(),
+                    from_local_cache: false,
                 };
                 let write = (c.hits > 0).then_some(Write {
                     value: after,
@@ -228,6 +229,7 @@ impl<'c> Plan<'c> {
                     used,
                     remaining: c.limit.saturating_sub(used),
                     reset_after: self.window.remaining(),
+                    from_local_cache: false,
                 };
                 let write = (!over && c.hits > 0).then_some(Write {
                     value: current + c.hits,
@@ -276,6 +278,7 @@ pub(crate) fn gcra(
             used: burst - available.min(burst),
             remaining: 0,
             reset_after: Duration::from_micros((allow_at - now_us).ceil() as u64),
+            from_local_cache: false,
         };
         (state, None)
     } else {
@@ -285,6 +288,7 @@ pub(crate) fn gcra(
             used: burst - remaining,
             remaining,
             reset_after: Duration::from_micros((new_tat - now_us).max(0.0).ceil() as u64),
+            from_local_cache: false,
         };
         (state, Some(new_tat.ceil() as u64))
     }

@@ -16,6 +16,7 @@
 //! - token bucket (GCRA): a theoretical arrival time `tat`, each hit costing `period/limit`;
 //!   over limit iff `max(tat, now) + hits*cost - burst*cost > now`.
 
+pub mod local_cache;
 pub mod memory;
 pub mod redis;
 
@@ -70,6 +71,8 @@ pub struct CounterState {
     /// Until the window ends; for a token bucket, until the bucket is full again (admitted)
     /// or until this request would be admitted (over limit).
     pub reset_after: Duration,
+    /// Answered by the local over-limit cache, without asking the store.
+    pub from_local_cache: bool,
 }
 
 #[derive(Clone, Debug, thiserror::Error)]

@@ -345,6 +345,7 @@ fn parse_reply(reply: &[i64], counters: usize) -> Result<Vec<CounterState>, Stor
             used: c[1].max(0) as u64,
             remaining: c[2].max(0) as u64,
             reset_after: Duration::from_micros(c[3].max(0) as u64),
+            from_local_cache: false,
         })
         .collect())
 }

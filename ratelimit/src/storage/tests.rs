@@ -371,3 +371,37 @@ async fn redis_outage_fails_within_the_timeout_and_recovers() {
     .await;
     assert!(recovered.is_some(), "store reconnects by itself");
 }
+
+/// Once a fixed window is over its limit, the local cache answers until the window ends,
+/// without asking Redis (here, Redis has forgotten the counter and would admit).
+#[tokio::test]
+async fn local_over_limit_cache_answers_without_the_store() {
+    let redis = RedisServer::start();
+    let conn = RedisConn::connect(&RedisSettings::single(redis.addr()))
+        .await
+        .unwrap();
+    let store = super::local_cache::OverLimitCache::new(
+        RedisStore::new(conn, Duration::from_secs(2), 0),
+        1 << 20,
+    );
+    let clock = aligned_clock();
+    let ctx = Ctx {
+        store: Arc::new(store),
+        clock: clock.clone(),
+        prefix: "local_cache".into(),
+    };
+    let c = ctx.counter("hot", Algorithm::FixedWindow, 2, 60, 1);
+    assert_eq!(
+        ctx.run(&c, 3).await,
+        vec![(false, 1), (false, 0), (true, 0)]
+    );
+    redis.cli(&["FLUSHALL"]);
+    let s = ctx.one(&c).await;
+    assert!(s.over_limit && s.from_local_cache, "{s:?}");
+    clock.advance_ms(60_000);
+    let s = ctx.one(&c).await;
+    assert!(
+        !s.over_limit && !s.from_local_cache,
+        "a new window asks Redis again: {s:?}"
+    );
+}

@@ -1,0 +1,439 @@
+//! In-process tests of the served protocol: a real gRPC client against `App::serve` on
+//! loopback listeners, the memory store, and a rule directory in a temp dir.
+
+use std::time::Duration;
+
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::{
+    Entry, RateLimitOverride,
+};
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
+use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
+use envoy_types::pb::google::protobuf::UInt64Value;
+use gatehouse_common::config::Env;
+use gatehouse_common::server::Shutdown;
+use gatehouse_ratelimit::clock::Clock;
+use gatehouse_ratelimit::settings::Settings;
+use gatehouse_ratelimit::{App, Listeners};
+use tokio::net::TcpListener;
+use tonic::transport::Channel;
+
+const RULES: &str = r#"
+domain: test
+descriptors:
+  - key: k
+    value: limited
+    rate_limit: { unit: minute, requests_per_unit: 2, name: k_limited }
+  - key: k
+    value: free
+    rate_limit: { unlimited: true }
+  - key: k
+    value: general
+    rate_limit: { unit: minute, requests_per_unit: 1, name: general }
+  - key: k
+    value: specific
+    rate_limit:
+      unit: minute
+      requests_per_unit: 100
+      replaces: [{ name: general }]
+  - key: bucket
+    rate_limit: { unit: second, requests_per_unit: 1, algorithm: token_bucket, burst: 3, name: tb }
+"#;
+
+struct Server {
+    grpc: u16,
+    http: u16,
+    shutdown: Shutdown,
+    _rules: tempfile::TempDir,
+}
+
+impl Server {
+    async fn start(extra_env: &[(&str, &str)]) -> Server {
+        let rules = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(rules.path().join("config")).unwrap();
+        std::fs::write(rules.path().join("config/test.yaml"), RULES).unwrap();
+        let mut env = vec![
+            (
+                "RUNTIME_ROOT".to_string(),
+                rules.path().display().to_string(),
+            ),
+            ("RUNTIME_WATCH_ROOT".to_string(), "false".to_string()),
+        ];
+        env.extend(
+            extra_env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string())),
+        );
+        let settings = Settings::from_env(&Env::from_pairs(env)).unwrap();
+        let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let ports = (
+            grpc.local_addr().unwrap().port(),
+            http.local_addr().unwrap().port(),
+        );
+        let app = App::build(settings, Clock::System).await.unwrap();
+        let shutdown = Shutdown::new();
+        let listeners = Listeners {
+            grpc,
+            http: Some(http),
+            debug: None,
+            prometheus: None,
+        };
+        tokio::spawn(app.serve(listeners, shutdown.clone()));
+        Server {
+            grpc: ports.0,
+            http: ports.1,
+            shutdown,
+            _rules: rules,
+        }
+    }
+
+    async fn client(&self) -> RateLimitServiceClient<Channel> {
+        RateLimitServiceClient::connect(format!("http://127.0.0.1:{}", self.grpc))
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.shutdown.trigger();
+    }
+}
+
+fn descriptor(pairs: &[(&str, &str)]) -> RateLimitDescriptor {
+    RateLimitDescriptor {
+        entries: pairs
+            .iter()
+            .map(|(k, v)| Entry {
+                key: k.to_string(),
+                value: v.to_string(),
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+fn request(descriptors: Vec<RateLimitDescriptor>) -> RateLimitRequest {
+    RateLimitRequest {
+        domain: "test".into(),
+        descriptors,
+        hits_addend: 0,
+    }
+}
+
+async fn call(
+    client: &mut RateLimitServiceClient<Channel>,
+    req: RateLimitRequest,
+) -> RateLimitResponse {
+    client.should_rate_limit(req).await.unwrap().into_inner()
+}
+
+fn header(resp: &RateLimitResponse, name: &str) -> Option<String> {
+    resp.response_headers_to_add
+        .iter()
+        .find(|h| h.key == name)
+        .map(|h| h.value.clone())
+}
+
+#[tokio::test]
+async fn statuses_limits_and_headers() {
+    let server = Server::start(&[("LIMIT_RESPONSE_HEADERS_ENABLED", "true")]).await;
+    let mut client = server.client().await;
+
+    let limited = || request(vec![descriptor(&[("k", "limited")])]);
+    let first = call(&mut client, limited()).await;
+    assert_eq!(first.overall_code, Code::Ok as i32);
+    let status = &first.statuses[0];
+    let limit = status.current_limit.as_ref().unwrap();
+    assert_eq!(
+        (limit.name.as_str(), limit.requests_per_unit, limit.unit),
+        ("k_limited", 2, 2)
+    );
+    assert_eq!(status.limit_remaining, 1);
+    let reset = status.duration_until_reset.as_ref().unwrap().seconds;
+    assert!((0..=60).contains(&reset), "{reset}");
+    assert_eq!(header(&first, "RateLimit-Limit").as_deref(), Some("2"));
+    assert_eq!(header(&first, "RateLimit-Remaining").as_deref(), Some("1"));
+
+    call(&mut client, limited()).await;
+    let third = call(&mut client, limited()).await;
+    assert_eq!(third.overall_code, Code::OverLimit as i32);
+    assert_eq!(third.statuses[0].code, Code::OverLimit as i32);
+
+    // Unlimited: OK, no current_limit, remaining u32::MAX. Unknown descriptors: plain OK.
+    let resp = call(
+        &mut client,
+        request(vec![
+            descriptor(&[("k", "free")]),
+            descriptor(&[("nope", "x")]),
+        ]),
+    )
+    .await;
+    assert_eq!(resp.overall_code, Code::Ok as i32);
+    assert_eq!(resp.statuses[0].limit_remaining, u32::MAX);
+    assert!(resp.statuses[0].current_limit.is_none() && resp.statuses[1].current_limit.is_none());
+
+    // An unknown domain is not an error: everything is OK.
+    let mut other = limited();
+    other.domain = "unknown".into();
+    assert_eq!(call(&mut client, other).await.overall_code, Code::Ok as i32);
+}
+
+#[tokio::test]
+async fn hits_addend_override_and_replaces() {
+    let server = Server::start(&[]).await;
+    let mut client = server.client().await;
+
+    // Request-level hits_addend 3 against a limit of 2; per-descriptor 0 only checks.
+    let mut req = request(vec![descriptor(&[("k", "limited")])]);
+    req.hits_addend = 3;
+    assert_eq!(
+        call(&mut client, req).await.overall_code,
+        Code::OverLimit as i32
+    );
+    let mut check = descriptor(&[("k", "other-key")]);
+    check.limit = Some(RateLimitOverride {
+        requests_per_unit: 1,
+        unit: 4,
+    });
+    check.hits_addend = Some(UInt64Value { value: 0 });
+    for _ in 0..3 {
+        let resp = call(&mut client, request(vec![check.clone()])).await;
+        assert_eq!(
+            (resp.overall_code, resp.statuses[0].limit_remaining),
+            (Code::Ok as i32, 1),
+            "0 hits never count"
+        );
+    }
+    // The override applies its own limit (1 per day) to descriptors no rule matches.
+    check.hits_addend = None;
+    let first = call(&mut client, request(vec![check.clone()])).await;
+    assert_eq!(first.statuses[0].current_limit.as_ref().unwrap().unit, 4);
+    assert_eq!(
+        call(&mut client, request(vec![check])).await.overall_code,
+        Code::OverLimit as i32
+    );
+
+    // `specific` replaces `general`: with both in one request, only specific's 100 applies.
+    for _ in 0..3 {
+        let resp = call(
+            &mut client,
+            request(vec![
+                descriptor(&[("k", "general")]),
+                descriptor(&[("k", "specific")]),
+            ]),
+        )
+        .await;
+        assert_eq!(resp.overall_code, Code::Ok as i32);
+        assert!(
+            resp.statuses[0].current_limit.is_none(),
+            "replaced rule is not applied"
+        );
+    }
+    // Alone, general's limit of 1 applies.
+    let alone = || request(vec![descriptor(&[("k", "general")])]);
+    call(&mut client, alone()).await;
+    assert_eq!(
+        call(&mut client, alone()).await.overall_code,
+        Code::OverLimit as i32
+    );
+}
+
+#[tokio::test]
+async fn ietf_headers_metadata_and_token_bucket() {
+    let server = Server::start(&[
+        ("LIMIT_RESPONSE_HEADERS_ENABLED", "true"),
+        ("LIMIT_RESPONSE_HEADERS_FORMAT", "ietf"),
+        ("RESPONSE_DYNAMIC_METADATA", "true"),
+    ])
+    .await;
+    let mut client = server.client().await;
+    let resp = call(
+        &mut client,
+        request(vec![descriptor(&[("bucket", "tenant-a")])]),
+    )
+    .await;
+    assert_eq!(
+        header(&resp, "RateLimit-Policy").as_deref(),
+        Some("\"tb\";q=1;w=1")
+    );
+    assert_eq!(
+        header(&resp, "RateLimit").as_deref(),
+        Some("\"tb\";r=2;t=1")
+    );
+    let metadata = resp.dynamic_metadata.unwrap();
+    let domain = metadata.fields.get("domain").and_then(|v| v.kind.clone());
+    assert_eq!(
+        domain,
+        Some(envoy_types::pb::google::protobuf::value::Kind::StringValue(
+            "test".into()
+        ))
+    );
+    // Burst of 3, then refused with the time until the next token.
+    call(
+        &mut client,
+        request(vec![descriptor(&[("bucket", "tenant-a")])]),
+    )
+    .await;
+    call(
+        &mut client,
+        request(vec![descriptor(&[("bucket", "tenant-a")])]),
+    )
+    .await;
+    let refused = call(
+        &mut client,
+        request(vec![descriptor(&[("bucket", "tenant-a")])]),
+    )
+    .await;
+    assert_eq!(refused.overall_code, Code::OverLimit as i32);
+    let wait = refused.statuses[0].duration_until_reset.as_ref().unwrap();
+    assert!(
+        wait.seconds == 0 || (wait.seconds == 1 && wait.nanos == 0),
+        "{wait:?}"
+    );
+}
+
+#[tokio::test]
+async fn malformed_requests_get_invalid_argument() {
+    let server = Server::start(&[]).await;
+    let mut client = server.client().await;
+    let err = client.should_rate_limit(request(vec![])).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert_eq!(
+        err.message(),
+        "rate limit descriptor list must not be empty"
+    );
+    let mut req = request(vec![descriptor(&[("k", "limited")])]);
+    req.domain.clear();
+    let err = client.should_rate_limit(req).await.unwrap_err();
+    assert_eq!(
+        (err.code(), err.message()),
+        (
+            tonic::Code::InvalidArgument,
+            "rate limit domain must not be empty"
+        )
+    );
+}
+
+#[tokio::test]
+async fn json_endpoint_and_healthcheck() {
+    let server = Server::start(&[]).await;
+    let http = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{}", server.http);
+    let body = r#"{"domain":"test","descriptors":[{"entries":[{"key":"k","value":"limited"}]}]}"#;
+    let mut codes = Vec::new();
+    for _ in 0..3 {
+        let resp = http
+            .post(format!("{url}/json"))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        codes.push(resp.status().as_u16());
+        let json: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(
+            json["statuses"][0]["currentLimit"]["unit"], "MINUTE",
+            "{json}"
+        );
+    }
+    assert_eq!(codes, vec![200, 200, 429]);
+    let bad = http
+        .post(format!("{url}/json"))
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status().as_u16(), 400);
+    assert_eq!(bad.text().await.unwrap(), "Bad Request\n");
+
+    let health = http.get(format!("{url}/healthcheck")).send().await.unwrap();
+    assert_eq!(
+        (
+            health.status().as_u16(),
+            health.text().await.unwrap().as_str()
+        ),
+        (200, "OK")
+    );
+
+    // On shutdown, health fails at once, before the listeners close (SHUTDOWN_DRAIN).
+    let draining = Server::start(&[("SHUTDOWN_DRAIN", "2s")]).await;
+    let url = format!("http://127.0.0.1:{}/healthcheck", draining.http);
+    let channel = Channel::from_shared(format!("http://127.0.0.1:{}", draining.grpc))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc_health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let serving = grpc_health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "ratelimit".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
+    assert_eq!(
+        serving,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+    draining.shutdown.trigger();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(http.get(&url).send().await.unwrap().status().as_u16(), 500);
+    let status = grpc_health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "ratelimit".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
+    assert_eq!(
+        status,
+        tonic_health::pb::health_check_response::ServingStatus::NotServing as i32
+    );
+}
+
+/// GRPC_SERVER_USE_TLS with GRPC_CLIENT_TLS_CACERT: clients need a certificate from the CA.
+#[tokio::test]
+async fn tls_and_mtls_listener() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = gatehouse_testkit::tls::Pki::generate(dir.path());
+    let server = Server::start(&[
+        ("GRPC_SERVER_USE_TLS", "true"),
+        ("GRPC_SERVER_TLS_CERT", pki.server_cert.to_str().unwrap()),
+        ("GRPC_SERVER_TLS_KEY", pki.server_key.to_str().unwrap()),
+        ("GRPC_CLIENT_TLS_CACERT", pki.ca_cert.to_str().unwrap()),
+    ])
+    .await;
+    use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+    let ca = Certificate::from_pem(std::fs::read(&pki.ca_cert).unwrap());
+    let endpoint = || Channel::from_shared(format!("https://localhost:{}", server.grpc)).unwrap();
+
+    let identity = Identity::from_pem(
+        std::fs::read(&pki.client_cert).unwrap(),
+        std::fs::read(&pki.client_key).unwrap(),
+    );
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(ca.clone())
+        .domain_name("localhost")
+        .identity(identity);
+    let channel = endpoint().tls_config(tls).unwrap().connect().await.unwrap();
+    let mut client = RateLimitServiceClient::new(channel);
+    let resp = call(&mut client, request(vec![descriptor(&[("k", "limited")])])).await;
+    assert_eq!(resp.overall_code, Code::Ok as i32);
+
+    // Without a client certificate the handshake is refused.
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(ca)
+        .domain_name("localhost");
+    let refused = match endpoint().tls_config(tls).unwrap().connect().await {
+        Err(_) => true,
+        Ok(channel) => RateLimitServiceClient::new(channel)
+            .should_rate_limit(request(vec![descriptor(&[("k", "limited")])]))
+            .await
+            .is_err(),
+    };
+    assert!(refused, "a client without a certificate was served");
+}
