@@ -166,19 +166,23 @@ impl RedisStore {
         }
     }
 
-    async fn update_batch(
+    /// Single node and Sentinel: the whole batch is one request to the coalescer.
+    async fn update_single(
         &self,
         batch: &Batch,
         now_ms: u64,
     ) -> Result<Vec<CounterState>, StorageError> {
-        if batch.counters.is_empty() {
-            return Ok(Vec::new());
-        }
+        let all: Vec<&CounterUpdate> = batch.counters.iter().collect();
+        self.run(self.prepare(&all, ScriptMode::from(batch.mode), now_ms, false))
+            .await
+    }
+
+    async fn update_cluster(
+        &self,
+        batch: &Batch,
+        now_ms: u64,
+    ) -> Result<Vec<CounterState>, StorageError> {
         let mode = ScriptMode::from(batch.mode);
-        if self.shared.conn.topology() != Topology::Cluster {
-            let all: Vec<&CounterUpdate> = batch.counters.iter().collect();
-            return self.run(self.prepare(&all, mode, now_ms, false)).await;
-        }
         // Cluster: one call per descriptor (one hash slot), concurrently.
         let mut groups: Vec<(&str, Vec<&CounterUpdate>, Vec<usize>)> = Vec::new();
         for (i, c) in batch.counters.iter().enumerate() {
@@ -313,12 +317,22 @@ impl CounterStore for RedisStore {
         batch: &'a Batch,
         now_ms: u64,
     ) -> BoxFuture<'a, Result<Vec<CounterState>, StorageError>> {
-        Box::pin(async move {
-            match tokio::time::timeout(self.timeout, self.update_batch(batch, now_ms)).await {
-                Ok(result) => result,
-                Err(_) => Err(StorageError::Timeout(self.timeout)),
-            }
-        })
+        // Two futures rather than one with a branch: the Cluster path's state is large, and
+        // every single-node request would otherwise allocate and move it.
+        if batch.counters.is_empty() {
+            return Box::pin(std::future::ready(Ok(Vec::new())));
+        }
+        if self.shared.conn.topology() == Topology::Cluster {
+            Box::pin(with_timeout(
+                self.timeout,
+                self.update_cluster(batch, now_ms),
+            ))
+        } else {
+            Box::pin(with_timeout(
+                self.timeout,
+                self.update_single(batch, now_ms),
+            ))
+        }
     }
 
     fn name(&self) -> &'static str {
@@ -328,6 +342,15 @@ impl CounterStore for RedisStore {
             Topology::Single => "redis",
         }
     }
+}
+
+async fn with_timeout<T>(
+    timeout: Duration,
+    f: impl std::future::Future<Output = Result<T, StorageError>>,
+) -> Result<T, StorageError> {
+    tokio::time::timeout(timeout, f)
+        .await
+        .unwrap_or(Err(StorageError::Timeout(timeout)))
 }
 
 fn parse_reply(reply: &[i64], counters: usize) -> Result<Vec<CounterState>, StorageError> {
