@@ -222,9 +222,10 @@ impl ConnectionLike for RedisConn {
                 Box::pin(async move { conn.req_packed_command(cmd).await })
             }
             Inner::Sentinel(pool) => {
-                let mut conn = pool.current(self.slot);
                 let pool = pool.clone();
+                let slot = self.slot;
                 Box::pin(async move {
+                    let mut conn = pool.connection(slot).await?;
                     let result = conn.req_packed_command(cmd).await;
                     pool.observe(&result);
                     result
@@ -249,9 +250,10 @@ impl ConnectionLike for RedisConn {
                 Box::pin(async move { conn.req_packed_commands(pipeline, offset, count).await })
             }
             Inner::Sentinel(pool) => {
-                let mut conn = pool.current(self.slot);
                 let pool = pool.clone();
+                let slot = self.slot;
                 Box::pin(async move {
+                    let mut conn = pool.connection(slot).await?;
                     let result = conn.req_packed_commands(pipeline, offset, count).await;
                     pool.observe(&result);
                     result
@@ -404,14 +406,21 @@ impl SentinelPool {
         })
     }
 
-    /// The connection for `slot`, or a placeholder that fails fast while resolving.
-    fn current(&self, slot: usize) -> SentinelConn {
+    /// The connection for `slot`. The first call asks the sentinels for the master; later
+    /// calls use the known master while a re-resolution runs in the background.
+    async fn connection(&self, slot: usize) -> redis::RedisResult<ConnectionManager> {
         let pool = self.pool.load();
-        if pool.is_empty() {
-            self.resolve();
-            return SentinelConn::Unresolved;
+        if let Some(conn) = pool.get(slot % pool.len().max(1)) {
+            return Ok(conn.clone());
         }
-        SentinelConn::Ready(pool[slot % pool.len()].clone())
+        self.resolve_now().await?;
+        let pool = self.pool.load();
+        pool.get(slot % pool.len().max(1)).cloned().ok_or_else(|| {
+            redis::RedisError::from(std::io::Error::new(
+                std::io::ErrorKind::NotConnected,
+                "no Redis master known to the sentinels",
+            ))
+        })
     }
 
     fn observe<T>(&self, result: &redis::RedisResult<T>) {
@@ -420,72 +429,35 @@ impl SentinelPool {
                 || e.is_connection_dropped()
                 || e.is_connection_refusal()
                 || e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly))
+            && !self.resolving.swap(true, Ordering::AcqRel)
         {
-            self.resolve();
-        }
-    }
-
-    fn resolve(&self) {
-        if self.resolving.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        let this = self.clone();
-        tokio::spawn(async move {
-            let result = async {
-                let client = this.sentinel.lock().await.async_get_client().await?;
-                let pool = (0..this.settings.pool_size.max(1))
-                    .map(|_| {
-                        ConnectionManager::new_lazy_with_config(
-                            client.clone(),
-                            manager_config(&this.settings),
-                        )
-                    })
-                    .collect::<Result<Vec<_>, _>>()?;
-                Ok::<_, redis::RedisError>(pool)
-            }
-            .await;
-            match result {
-                Ok(pool) => this.pool.store(Arc::new(pool)),
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot resolve Redis master through Sentinel")
+            // The master failed or was demoted: ask the sentinels again, in the background.
+            let this = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = this.resolve_now().await {
+                    tracing::warn!(error = %e, "cannot resolve Redis master through Sentinel");
                 }
-            }
-            this.resolving.store(false, Ordering::Release);
-        });
-    }
-}
-
-enum SentinelConn {
-    Ready(ConnectionManager),
-    Unresolved,
-}
-
-impl SentinelConn {
-    async fn req_packed_command(&mut self, cmd: &Cmd) -> redis::RedisResult<Value> {
-        match self {
-            SentinelConn::Ready(c) => c.req_packed_command(cmd).await,
-            SentinelConn::Unresolved => Err(unresolved()),
+                this.resolving.store(false, Ordering::Release);
+            });
         }
     }
 
-    async fn req_packed_commands(
-        &mut self,
-        p: &Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> redis::RedisResult<Vec<Value>> {
-        match self {
-            SentinelConn::Ready(c) => c.req_packed_commands(p, offset, count).await,
-            SentinelConn::Unresolved => Err(unresolved()),
-        }
+    /// Asks the sentinels for the master and replaces the pool. Concurrent callers wait for
+    /// one lookup (the sentinel client's lock).
+    async fn resolve_now(&self) -> redis::RedisResult<()> {
+        let mut sentinel = self.sentinel.lock().await;
+        let client = sentinel.async_get_client().await?;
+        let pool = (0..self.settings.pool_size.max(1))
+            .map(|_| {
+                ConnectionManager::new_lazy_with_config(
+                    client.clone(),
+                    manager_config(&self.settings),
+                )
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        self.pool.store(Arc::new(pool));
+        Ok(())
     }
-}
-
-fn unresolved() -> redis::RedisError {
-    redis::RedisError::from(std::io::Error::new(
-        std::io::ErrorKind::NotConnected,
-        "Redis master not yet resolved through Sentinel",
-    ))
 }
 
 #[cfg(test)]

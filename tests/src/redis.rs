@@ -93,6 +93,55 @@ impl RedisServer {
         panic!("redis-server did not start; run scripts/install-test-deps.sh");
     }
 
+    /// A node that only speaks TLS (client certificates required) and needs `password`.
+    pub fn start_tls(pki: &crate::tls::Pki, password: &str) -> RedisServer {
+        let dir = tempfile::tempdir().expect("temp dir for redis");
+        for _ in 0..5 {
+            let port = free_port();
+            let mut cmd = Command::new(redis_server());
+            cmd.args([
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--tls-port",
+                &port.to_string(),
+                "--save",
+                "",
+            ])
+            .args([
+                "--dir",
+                &dir.path().display().to_string(),
+                "--requirepass",
+                password,
+            ])
+            .arg("--tls-cert-file")
+            .arg(&pki.server_cert)
+            .arg("--tls-key-file")
+            .arg(&pki.server_key)
+            .arg("--tls-ca-cert-file")
+            .arg(&pki.ca_cert)
+            .args(["--tls-auth-clients", "yes"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+            let Ok(mut process) = Process::spawn("redis-server (tls)", &mut cmd) else {
+                continue;
+            };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline && !process.exited() {
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return RedisServer {
+                        port,
+                        process: Some(process),
+                        dir,
+                    };
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        panic!("redis-server with TLS did not start");
+    }
+
     /// `host:port`, as REDIS_URL takes it.
     pub fn addr(&self) -> String {
         format!("127.0.0.1:{}", self.port)
@@ -202,5 +251,58 @@ impl RedisCluster {
             .map(|p| format!("127.0.0.1:{p}"))
             .collect::<Vec<_>>()
             .join(",")
+    }
+}
+
+/// A Redis master watched by one sentinel (`redis-server --sentinel`), master name `mymaster`.
+#[derive(Debug)]
+pub struct RedisSentinel {
+    pub master: RedisServer,
+    pub sentinel_port: u16,
+    _sentinel: Process,
+    _dir: TempDir,
+}
+
+impl RedisSentinel {
+    pub fn start() -> RedisSentinel {
+        let master = RedisServer::start();
+        let dir = tempfile::tempdir().expect("temp dir for sentinel");
+        for _ in 0..5 {
+            let port = free_port();
+            let conf = dir.path().join(format!("sentinel-{port}.conf"));
+            let text = format!(
+                "port {port}\nbind 127.0.0.1\ndir {}\nsentinel monitor mymaster 127.0.0.1 {} 1\nsentinel down-after-milliseconds mymaster 1000\n",
+                dir.path().display(),
+                master.port
+            );
+            std::fs::write(&conf, text).expect("write sentinel.conf");
+            let mut cmd = Command::new(redis_server());
+            cmd.arg(&conf)
+                .arg("--sentinel")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            let Ok(mut process) = Process::spawn("redis-sentinel", &mut cmd) else {
+                continue;
+            };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline && !process.exited() {
+                let addr = cli(port, &["SENTINEL", "get-master-addr-by-name", "mymaster"]);
+                if addr.is_some_and(|a| a.contains(&master.port.to_string())) {
+                    return RedisSentinel {
+                        master,
+                        sentinel_port: port,
+                        _sentinel: process,
+                        _dir: dir,
+                    };
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        panic!("redis sentinel did not start");
+    }
+
+    /// REDIS_URL for REDIS_TYPE=sentinel: `mymaster,127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("mymaster,127.0.0.1:{}", self.sentinel_port)
     }
 }

@@ -13,7 +13,7 @@ use gatehouse_ratelimit::{App, Listeners};
 use gatehouse_testkit::echo::Echo;
 use gatehouse_testkit::envoy::{Envoy, default_vars};
 use gatehouse_testkit::eventually;
-use gatehouse_testkit::redis::{RedisCluster, RedisServer};
+use gatehouse_testkit::redis::{RedisCluster, RedisSentinel, RedisServer};
 use tokio::net::TcpListener;
 
 /// One gatehouse-ratelimit replica, in process, on loopback ports.
@@ -454,6 +454,16 @@ async fn two_replicas_on_redis_cluster_admit_exactly_the_limit() {
     exactly_the_limit_across_replicas(&[
         ("REDIS_URL", &cluster.addrs()),
         ("REDIS_TYPE", "cluster"),
+    ])
+    .await;
+}
+
+#[tokio::test]
+async fn two_replicas_through_redis_sentinel_admit_exactly_the_limit() {
+    let sentinel = RedisSentinel::start();
+    exactly_the_limit_across_replicas(&[
+        ("REDIS_URL", &sentinel.url()),
+        ("REDIS_TYPE", "sentinel"),
     ])
     .await;
 }

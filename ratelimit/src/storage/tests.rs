@@ -1,10 +1,11 @@
-//! Every storage behaviour, written once and run against memory, Redis and Redis Cluster.
+//! Every storage behaviour, written once and run against memory, Redis, Redis Cluster and
+//! Redis through Sentinel.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use gatehouse_common::redis::{RedisConn, RedisSettings, Topology};
-use gatehouse_testkit::redis::{RedisCluster, RedisServer};
+use gatehouse_testkit::redis::{RedisCluster, RedisSentinel, RedisServer};
 
 use super::memory::MemoryStore;
 use super::redis::RedisStore;
@@ -307,6 +308,60 @@ async fn redis_cluster_store() {
         Arc::new(RedisStore::new(conn.clone(), Duration::from_secs(2), 0)) as Arc<dyn CounterStore>
     })
     .await;
+}
+
+#[tokio::test]
+async fn redis_sentinel_store() {
+    let sentinel = RedisSentinel::start();
+    let settings = RedisSettings {
+        topology: Topology::Sentinel,
+        urls: sentinel.url().split(',').map(str::to_string).collect(),
+        ..RedisSettings::single("")
+    };
+    let conn = RedisConn::connect(&settings).await.unwrap();
+    run_all("sentinel", |_| {
+        Arc::new(RedisStore::new(conn.clone(), Duration::from_secs(2), 0)) as Arc<dyn CounterStore>
+    })
+    .await;
+    // The counters live on the master the sentinel named.
+    let keys = sentinel.master.cli(&["DBSIZE"]).unwrap_or_default();
+    assert_ne!(keys, "0", "counters written to the master");
+}
+
+/// REDIS_TLS with a private CA and a client certificate, plus REDIS_AUTH.
+#[tokio::test]
+async fn redis_tls_with_client_certificate_and_auth() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = gatehouse_testkit::tls::Pki::generate(dir.path());
+    let redis = RedisServer::start_tls(&pki, "s3cret");
+    let tls = gatehouse_common::redis::RedisTls {
+        ca_cert: Some(pki.ca_cert.clone()),
+        client_cert: Some(pki.client_cert.clone()),
+        client_key: Some(pki.client_key.clone()),
+        skip_hostname_verification: false,
+    };
+    let settings = RedisSettings {
+        auth: Some("s3cret".into()),
+        tls: Some(tls),
+        ..RedisSettings::single(redis.addr())
+    };
+    let conn = RedisConn::connect(&settings).await.unwrap();
+    conn.ping().await.expect("TLS + AUTH ping");
+    let store = RedisStore::new(conn, Duration::from_secs(2), 0);
+    let clock = aligned_clock();
+    let ctx = Ctx {
+        store: Arc::new(store),
+        clock,
+        prefix: "tls".into(),
+    };
+    fixed_window_counts_and_resets(ctx).await;
+
+    let wrong = RedisSettings {
+        auth: Some("wrong".into()),
+        ..settings
+    };
+    let conn = RedisConn::connect(&wrong).await.unwrap();
+    assert!(conn.ping().await.is_err(), "a wrong password is refused");
 }
 
 #[tokio::test]
