@@ -49,6 +49,9 @@ impl Health {
                     reporter.set_service_status("", status).await;
                     last = Some(status);
                 }
+                if this.shutdown.is_triggered() {
+                    return;
+                }
                 tokio::select! {
                     _ = this.shutdown.wait(), if status == ServingStatus::Serving => {}
                     _ = tokio::time::sleep(Duration::from_millis(500)) => {}

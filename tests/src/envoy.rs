@@ -55,7 +55,8 @@ pub struct Envoy {
     pub admin: String,
     /// The `gateway` listener's port.
     pub port: u16,
-    process: Process,
+    /// Held so that Envoy stops when the fixture is dropped.
+    _process: Process,
     _dir: TempDir,
 }
 
@@ -135,7 +136,7 @@ impl Envoy {
         Envoy {
             admin,
             port,
-            process,
+            _process: process,
             _dir: dir,
         }
     }
@@ -155,10 +156,6 @@ impl Envoy {
         text.lines()
             .find_map(|l| l.strip_prefix(&format!("{name}: ")))
             .and_then(|v| v.trim().parse().ok())
-    }
-
-    pub fn process_name(&self) -> &str {
-        self.process.name()
     }
 }
 

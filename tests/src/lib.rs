@@ -72,6 +72,8 @@ where
 #[derive(Debug)]
 pub struct Process {
     child: Option<std::process::Child>,
+    /// For Debug output when a fixture fails.
+    #[allow(dead_code)]
     name: String,
 }
 
@@ -102,10 +104,6 @@ impl Process {
             let _ = child.kill();
             let _ = child.wait();
         }
-    }
-
-    pub fn name(&self) -> &str {
-        &self.name
     }
 }
 
