@@ -91,6 +91,9 @@ fn serve() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    for warning in &settings.ignored {
+        tracing::warn!("{warning}");
+    }
     runtime.block_on(async move {
         let listeners = Listeners::bind(&settings)
             .await

@@ -76,7 +76,67 @@ pub struct Settings {
 
     pub log_level: String,
     pub log_format: LogFormat,
+
+    /// envoyproxy/ratelimit variables that are set but not supported, with what happens
+    /// instead; logged at start-up so a migration loses nothing silently.
+    pub ignored: Vec<String>,
 }
+
+/// envoyproxy/ratelimit variables Gatehouse does not support: (name, applies when set to a
+/// value other than this default, what happens instead).
+const UNSUPPORTED: &[(&str, &str, &str)] = &[
+    (
+        "REDIS_PERSECOND",
+        "false",
+        "per-second limits use REDIS_URL like every other limit",
+    ),
+    (
+        "REDIS_PERSECOND_URL",
+        "",
+        "per-second limits use REDIS_URL like every other limit",
+    ),
+    (
+        "REDIS_SENTINEL_AUTH",
+        "",
+        "sentinels are contacted without a password",
+    ),
+    (
+        "REDIS_HEALTH_CHECK_ACTIVE_CONNECTION",
+        "false",
+        "health does not follow Redis connections; see BACKEND_FAILURE_MODE",
+    ),
+    (
+        "GRPC_CLIENT_TLS_SAN",
+        "",
+        "any client certificate signed by GRPC_CLIENT_TLS_CACERT is accepted",
+    ),
+    (
+        "GRPC_MAX_CONNECTION_AGE_GRACE",
+        "",
+        "connections are drained on shutdown instead",
+    ),
+    (
+        "USE_STATSD",
+        "false",
+        "metrics are Prometheus only (/metrics on DEBUG_PORT)",
+    ),
+    (
+        "USE_DOG_STATSD",
+        "false",
+        "metrics are Prometheus only (/metrics on DEBUG_PORT)",
+    ),
+    (
+        "PROMETHEUS_MAPPER_YAML",
+        "",
+        "metric names are fixed (docs/ratelimit.md)",
+    ),
+    ("TRACING_ENABLED", "false", "no tracing export"),
+    (
+        "LOCAL_CACHE_SIZE_IN_BYTES",
+        "0",
+        "the local over-limit cache only applies to the Redis backend",
+    ),
+];
 
 impl Settings {
     pub fn from_env(env: &Env) -> Result<Settings, ConfigError> {
@@ -226,6 +286,36 @@ impl Settings {
             _ => return Err(env.error("LIMIT_RESPONSE_HEADERS_FORMAT", "expected split or ietf")),
         };
 
+        // Settings that would leave the service without its config or listener are refused.
+        if let Some(kind) = env
+            .get("CONFIG_TYPE")
+            .filter(|k| !k.eq_ignore_ascii_case("FILE"))
+        {
+            return Err(env.error(
+                "CONFIG_TYPE",
+                format!("{kind} is not supported; rules are read from files (CONFIG_TYPE=FILE)"),
+            ));
+        }
+        if env.get("GRPC_UDS").is_some() {
+            return Err(env.error(
+                "GRPC_UDS",
+                "unix sockets are not supported; use GRPC_HOST and GRPC_PORT",
+            ));
+        }
+        let mut ignored: Vec<String> = UNSUPPORTED
+            .iter()
+            .filter(|(name, default, _)| {
+                env.get(name)
+                    .is_some_and(|v| !v.eq_ignore_ascii_case(default))
+            })
+            .filter(|(name, ..)| *name != "LOCAL_CACHE_SIZE_IN_BYTES" || backend != Backend::Redis)
+            .map(|(name, _, instead)| format!("{name} is not supported: {instead}"))
+            .collect();
+        if env.get("USE_STATSD").is_none() && env.bool("USE_PROMETHEUS", false)? {
+            // envoyproxy/ratelimit needs USE_STATSD=false next to USE_PROMETHEUS; we do not.
+            ignored.retain(|w| !w.starts_with("USE_STATSD"));
+        }
+
         Ok(Settings {
             grpc_addr: addr("GRPC_HOST", "GRPC_PORT", 8081)?,
             http_addr: addr("HOST", "PORT", 8080)?,
@@ -263,6 +353,7 @@ impl Settings {
             dynamic_metadata: env.bool("RESPONSE_DYNAMIC_METADATA", false)?,
             log_level: env.string("LOG_LEVEL", "WARN"),
             log_format: env.parse("LOG_FORMAT", LogFormat::Text)?,
+            ignored,
         })
     }
 }
@@ -303,6 +394,28 @@ mod tests {
         assert_eq!(s.redis.timeout, Duration::from_millis(250));
         assert_eq!(s.config_dir, PathBuf::from("/data/ratelimit/config"));
         assert_eq!(s.watch_root, Some(PathBuf::from("/")));
+    }
+
+    #[test]
+    fn unsupported_variables_are_reported_or_refused() {
+        let env = Env::from_pairs([
+            ("REDIS_PERSECOND", "true"),
+            ("USE_STATSD", "true"),
+            ("TRACING_ENABLED", "false"),
+        ]);
+        let s = Settings::from_env(&env).unwrap();
+        assert_eq!(s.ignored.len(), 2, "{:?}", s.ignored);
+        assert!(
+            s.ignored[0]
+                .starts_with("REDIS_PERSECOND is not supported: per-second limits use REDIS_URL")
+        );
+        for (name, value) in [
+            ("CONFIG_TYPE", "GRPC_XDS_SOTW"),
+            ("GRPC_UDS", "/tmp/rl.sock"),
+        ] {
+            let err = Settings::from_env(&Env::from_pairs([(name, value)])).unwrap_err();
+            assert!(err.to_string().contains(name), "{err}");
+        }
     }
 
     #[test]
