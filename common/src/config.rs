@@ -27,10 +27,7 @@ impl Position {
     /// The position a [`Spanned`] value was read from.
     pub fn of<T>(spanned: &Spanned<T>) -> Self {
         let loc = spanned.referenced;
-        Position {
-            line: loc.line(),
-            column: loc.column(),
-        }
+        Position { line: loc.line(), column: loc.column() }
     }
 }
 
@@ -42,28 +39,16 @@ pub enum ConfigError {
     Io { file: PathBuf, message: String },
     /// A file was read but its content is wrong.
     #[error("{}:{}:{}: {message}", file.display(), position.line, position.column)]
-    Invalid {
-        file: PathBuf,
-        position: Position,
-        message: String,
-    },
+    Invalid { file: PathBuf, position: Position, message: String },
     /// An environment variable has a value we cannot use.
     #[error("environment variable {name}={value:?}: {message}")]
-    Env {
-        name: String,
-        value: String,
-        message: String,
-    },
+    Env { name: String, value: String, message: String },
 }
 
 impl ConfigError {
     /// A validation error at a known place in a file.
     pub fn at(file: &Path, position: Position, message: impl Into<String>) -> Self {
-        ConfigError::Invalid {
-            file: file.to_path_buf(),
-            position,
-            message: message.into(),
-        }
+        ConfigError::Invalid { file: file.to_path_buf(), position, message: message.into() }
     }
 
     /// The file this error is about, if any.
@@ -102,27 +87,15 @@ impl From<ConfigError> for ConfigErrors {
 /// Parses YAML text into `T`. `file` is only used to name the source in errors.
 pub fn parse_yaml<T: DeserializeOwned>(file: &Path, text: &str) -> Result<T, ConfigError> {
     serde_saphyr::from_str::<T>(text).map_err(|e| {
-        let position = e
-            .location()
-            .map(|l| Position {
-                line: l.line(),
-                column: l.column(),
-            })
-            .unwrap_or_default();
-        ConfigError::Invalid {
-            file: file.to_path_buf(),
-            position,
-            message: yaml_message(&e),
-        }
+        let position = e.location().map(|l| Position { line: l.line(), column: l.column() }).unwrap_or_default();
+        ConfigError::Invalid { file: file.to_path_buf(), position, message: yaml_message(&e) }
     })
 }
 
 /// Reads and parses one YAML file.
 pub fn load_yaml<T: DeserializeOwned>(file: &Path) -> Result<T, ConfigError> {
-    let text = std::fs::read_to_string(file).map_err(|e| ConfigError::Io {
-        file: file.to_path_buf(),
-        message: e.to_string(),
-    })?;
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| ConfigError::Io { file: file.to_path_buf(), message: e.to_string() })?;
     parse_yaml(file, &text)
 }
 
@@ -154,9 +127,7 @@ pub struct Env {
 impl Env {
     /// The current process environment.
     pub fn from_process() -> Self {
-        Env {
-            vars: std::env::vars().collect(),
-        }
+        Env { vars: std::env::vars().collect() }
     }
 
     pub fn from_pairs<I, K, V>(pairs: I) -> Self
@@ -165,20 +136,12 @@ impl Env {
         K: Into<String>,
         V: Into<String>,
     {
-        Env {
-            vars: pairs
-                .into_iter()
-                .map(|(k, v)| (k.into(), v.into()))
-                .collect(),
-        }
+        Env { vars: pairs.into_iter().map(|(k, v)| (k.into(), v.into())).collect() }
     }
 
     /// The raw value, with empty strings treated as unset (as envconfig-style Go services do).
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.vars
-            .get(name)
-            .map(String::as_str)
-            .filter(|v| !v.is_empty())
+        self.vars.get(name).map(String::as_str).filter(|v| !v.is_empty())
     }
 
     pub fn string(&self, name: &str, default: &str) -> String {
@@ -241,12 +204,8 @@ pub fn parse_go_duration(s: &str) -> Result<Duration, String> {
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
             .ok_or_else(|| format!("missing unit in duration {s:?} (use e.g. 10s, 500ms, 1m)"))?;
         let (num, tail) = rest.split_at(num_end);
-        let value: f64 = num
-            .parse()
-            .map_err(|_| format!("invalid number in duration {s:?}"))?;
-        let unit_end = tail
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(tail.len());
+        let value: f64 = num.parse().map_err(|_| format!("invalid number in duration {s:?}"))?;
+        let unit_end = tail.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(tail.len());
         let (unit, next) = tail.split_at(unit_end);
         let scale = match unit {
             "ns" => 1e-9,
@@ -286,26 +245,14 @@ mod tests {
     #[test]
     fn yaml_type_errors_point_at_the_value() {
         let err = parse_yaml::<Sample>(Path::new("x.yaml"), "name: a\ncount: lots\n").unwrap_err();
-        let ConfigError::Invalid { position, .. } = &err else {
-            panic!("{err:?}")
-        };
+        let ConfigError::Invalid { position, .. } = &err else { panic!("{err:?}") };
         assert_eq!(position.line, 2, "{err}");
     }
 
     #[test]
     fn go_durations() {
-        for (input, ms) in [
-            ("10s", 10_000),
-            ("1.5m", 90_000),
-            ("300ms", 300),
-            ("1h30m", 5_400_000),
-            ("0", 0),
-        ] {
-            assert_eq!(
-                parse_go_duration(input).unwrap(),
-                Duration::from_millis(ms),
-                "{input}"
-            );
+        for (input, ms) in [("10s", 10_000), ("1.5m", 90_000), ("300ms", 300), ("1h30m", 5_400_000), ("0", 0)] {
+            assert_eq!(parse_go_duration(input).unwrap(), Duration::from_millis(ms), "{input}");
         }
         for bad in ["10", "1x", "", "s"] {
             assert!(parse_go_duration(bad).is_err(), "{bad}");
@@ -316,10 +263,7 @@ mod tests {
     fn env_errors_name_the_variable() {
         let env = Env::from_pairs([("GRPC_PORT", "eighty"), ("EMPTY", "")]);
         let err = env.parse::<u16>("GRPC_PORT", 8081).unwrap_err();
-        assert!(
-            err.to_string()
-                .starts_with("environment variable GRPC_PORT=\"eighty\"")
-        );
+        assert!(err.to_string().starts_with("environment variable GRPC_PORT=\"eighty\""));
         assert_eq!(env.parse::<u16>("EMPTY", 7).unwrap(), 7);
         assert!(env.bool("GRPC_PORT", false).is_err());
     }

@@ -20,9 +20,7 @@ use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
 use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
-use redis::{
-    Cmd, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, Pipeline, RedisFuture, Value,
-};
+use redis::{Cmd, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, Pipeline, RedisFuture, Value};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Topology {
@@ -39,9 +37,7 @@ impl FromStr for Topology {
             "single" | "" => Ok(Topology::Single),
             "sentinel" => Ok(Topology::Sentinel),
             "cluster" => Ok(Topology::Cluster),
-            other => Err(format!(
-                "unknown Redis type {other:?}, expected SINGLE, SENTINEL or CLUSTER"
-            )),
+            other => Err(format!("unknown Redis type {other:?}, expected SINGLE, SENTINEL or CLUSTER")),
         }
     }
 }
@@ -89,10 +85,7 @@ pub enum RedisSetupError {
     #[error("invalid Redis address {url:?}: {reason}")]
     Address { url: String, reason: String },
     #[error("reading Redis TLS file {path}: {source}")]
-    TlsFile {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    TlsFile { path: PathBuf, source: std::io::Error },
     #[error("Redis client: {0}")]
     Client(#[from] redis::RedisError),
 }
@@ -107,17 +100,12 @@ pub struct RedisConn {
 
 impl std::fmt::Debug for RedisConn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisConn")
-            .field("slot", &self.slot)
-            .finish_non_exhaustive()
+        f.debug_struct("RedisConn").field("slot", &self.slot).finish_non_exhaustive()
     }
 }
 
 enum Inner {
-    Single {
-        pool: Vec<ConnectionManager>,
-        next: AtomicUsize,
-    },
+    Single { pool: Vec<ConnectionManager>, next: AtomicUsize },
     Cluster(ClusterConnection),
     Sentinel(SentinelPool),
 }
@@ -128,34 +116,20 @@ impl RedisConn {
         let pool_size = settings.pool_size.max(1);
         let inner = match settings.topology {
             Topology::Single => {
-                let url = settings
-                    .urls
-                    .first()
-                    .ok_or_else(|| RedisSetupError::Address {
-                        url: String::new(),
-                        reason: "no address given".into(),
-                    })?;
+                let url = settings.urls.first().ok_or_else(|| RedisSetupError::Address {
+                    url: String::new(),
+                    reason: "no address given".into(),
+                })?;
                 let info = connection_info(url, settings)?;
                 let client = client_for(info, settings)?;
                 let pool = (0..pool_size)
-                    .map(|_| {
-                        ConnectionManager::new_lazy_with_config(
-                            client.clone(),
-                            manager_config(settings),
-                        )
-                    })
+                    .map(|_| ConnectionManager::new_lazy_with_config(client.clone(), manager_config(settings)))
                     .collect::<Result<Vec<_>, _>>()?;
-                Inner::Single {
-                    pool,
-                    next: AtomicUsize::new(0),
-                }
+                Inner::Single { pool, next: AtomicUsize::new(0) }
             }
             Topology::Cluster => {
-                let nodes = settings
-                    .urls
-                    .iter()
-                    .map(|u| connection_info(u, settings))
-                    .collect::<Result<Vec<_>, _>>()?;
+                let nodes =
+                    settings.urls.iter().map(|u| connection_info(u, settings)).collect::<Result<Vec<_>, _>>()?;
                 let mut builder = ClusterClientBuilder::new(nodes)
                     .connection_timeout(settings.timeout)
                     .response_timeout(settings.timeout)
@@ -174,10 +148,7 @@ impl RedisConn {
             }
             Topology::Sentinel => Inner::Sentinel(SentinelPool::new(settings)?),
         };
-        Ok(RedisConn {
-            inner: Arc::new(inner),
-            slot: 0,
-        })
+        Ok(RedisConn { inner: Arc::new(inner), slot: 0 })
     }
 
     pub fn topology(&self) -> Topology {
@@ -194,19 +165,13 @@ impl RedisConn {
             Inner::Single { next, .. } => next.fetch_add(1, Ordering::Relaxed),
             _ => 0,
         };
-        RedisConn {
-            inner: self.inner.clone(),
-            slot,
-        }
+        RedisConn { inner: self.inner.clone(), slot }
     }
 
     /// `PING`, for readiness checks.
     pub async fn ping(&self) -> redis::RedisResult<()> {
         let mut conn = self.clone();
-        redis::cmd("PING")
-            .query_async::<String>(&mut conn)
-            .await
-            .map(drop)
+        redis::cmd("PING").query_async::<String>(&mut conn).await.map(drop)
     }
 }
 
@@ -295,10 +260,7 @@ fn connection_info(url: &str, settings: &RedisSettings) -> Result<ConnectionInfo
     let mut info = full
         .as_str()
         .into_connection_info()
-        .map_err(|e| RedisSetupError::Address {
-            url: url.to_string(),
-            reason: e.to_string(),
-        })?;
+        .map_err(|e| RedisSetupError::Address { url: url.to_string(), reason: e.to_string() })?;
     if let Some(auth) = &settings.auth {
         let redis_info = info.redis_settings().clone();
         let redis_info = match auth.split_once(':') {
@@ -310,10 +272,7 @@ fn connection_info(url: &str, settings: &RedisSettings) -> Result<ConnectionInfo
     Ok(info)
 }
 
-fn client_for(
-    info: ConnectionInfo,
-    settings: &RedisSettings,
-) -> Result<redis::Client, RedisSetupError> {
+fn client_for(info: ConnectionInfo, settings: &RedisSettings) -> Result<redis::Client, RedisSetupError> {
     match &settings.tls {
         Some(tls) if matches!(info.addr(), ConnectionAddr::TcpTls { .. }) => {
             Ok(redis::Client::build_with_tls(info, tls_certificates(tls)?)?)
@@ -323,23 +282,13 @@ fn client_for(
 }
 
 fn tls_certificates(tls: &RedisTls) -> Result<redis::TlsCertificates, RedisSetupError> {
-    let read = |path: &PathBuf| {
-        std::fs::read(path).map_err(|source| RedisSetupError::TlsFile {
-            path: path.clone(),
-            source,
-        })
-    };
+    let read =
+        |path: &PathBuf| std::fs::read(path).map_err(|source| RedisSetupError::TlsFile { path: path.clone(), source });
     let client_tls = match (&tls.client_cert, &tls.client_key) {
-        (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
-            client_cert: read(cert)?,
-            client_key: read(key)?,
-        }),
+        (Some(cert), Some(key)) => Some(redis::ClientTlsConfig { client_cert: read(cert)?, client_key: read(key)? }),
         _ => None,
     };
-    Ok(redis::TlsCertificates {
-        client_tls,
-        root_cert: tls.ca_cert.as_ref().map(read).transpose()?,
-    })
+    Ok(redis::TlsCertificates { client_tls, root_cert: tls.ca_cert.as_ref().map(read).transpose()? })
 }
 
 /// Connections to the master that the sentinels name. When the master stops accepting writes
@@ -354,29 +303,21 @@ struct SentinelPool {
 
 impl SentinelPool {
     fn new(settings: &RedisSettings) -> Result<Self, RedisSetupError> {
-        let (master, sentinels) =
-            settings
-                .urls
-                .split_first()
-                .ok_or_else(|| RedisSetupError::Address {
-                    url: String::new(),
-                    reason: "Sentinel needs the master name followed by sentinel addresses".into(),
-                })?;
+        let (master, sentinels) = settings.urls.split_first().ok_or_else(|| RedisSetupError::Address {
+            url: String::new(),
+            reason: "Sentinel needs the master name followed by sentinel addresses".into(),
+        })?;
         if sentinels.is_empty() {
             return Err(RedisSetupError::Address {
                 url: settings.urls.join(","),
-                reason: "Sentinel needs the master name followed by at least one sentinel address"
-                    .into(),
+                reason: "Sentinel needs the master name followed by at least one sentinel address".into(),
             });
         }
         let sentinel_infos = sentinels
             .iter()
             .map(|u| {
                 // Sentinels take the same TLS but not the data password.
-                let plain = RedisSettings {
-                    auth: None,
-                    ..settings.clone()
-                };
+                let plain = RedisSettings { auth: None, ..settings.clone() };
                 connection_info(u, &plain)
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -387,17 +328,11 @@ impl SentinelPool {
                 None => redis_info.set_password(auth.as_str()),
             };
         }
-        let mut node_info =
-            SentinelNodeConnectionInfo::default().set_redis_connection_info(redis_info);
+        let mut node_info = SentinelNodeConnectionInfo::default().set_redis_connection_info(redis_info);
         if settings.tls.is_some() {
             node_info = node_info.set_tls_mode(redis::TlsMode::Secure);
         }
-        let client = SentinelClient::build(
-            sentinel_infos,
-            master.trim(),
-            Some(node_info),
-            SentinelServerType::Master,
-        )?;
+        let client = SentinelClient::build(sentinel_infos, master.trim(), Some(node_info), SentinelServerType::Master)?;
         Ok(SentinelPool {
             sentinel: Arc::new(tokio::sync::Mutex::new(client)),
             pool: Arc::new(ArcSwap::from_pointee(Vec::new())),
@@ -448,12 +383,7 @@ impl SentinelPool {
         let mut sentinel = self.sentinel.lock().await;
         let client = sentinel.async_get_client().await?;
         let pool = (0..self.settings.pool_size.max(1))
-            .map(|_| {
-                ConnectionManager::new_lazy_with_config(
-                    client.clone(),
-                    manager_config(&self.settings),
-                )
-            })
+            .map(|_| ConnectionManager::new_lazy_with_config(client.clone(), manager_config(&self.settings)))
             .collect::<Result<Vec<_>, _>>()?;
         self.pool.store(Arc::new(pool));
         Ok(())

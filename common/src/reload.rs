@@ -80,11 +80,7 @@ pub struct Reloader<T> {
 
 impl<T> Clone for Reloader<T> {
     fn clone(&self) -> Self {
-        Reloader {
-            current: self.current.clone(),
-            status: self.status.clone(),
-            metrics: self.metrics.clone(),
-        }
+        Reloader { current: self.current.clone(), status: self.status.clone(), metrics: self.metrics.clone() }
     }
 }
 
@@ -203,10 +199,7 @@ impl<T: Send + Sync + 'static> Reloader<T> {
     }
 }
 
-fn make_watcher(
-    spec: &WatchSpec,
-    tx: mpsc::UnboundedSender<()>,
-) -> Option<notify::RecommendedWatcher> {
+fn make_watcher(spec: &WatchSpec, tx: mpsc::UnboundedSender<()>) -> Option<notify::RecommendedWatcher> {
     let handler = move |event: notify::Result<notify::Event>| {
         if event.is_ok() {
             let _ = tx.send(());
@@ -220,11 +213,7 @@ fn make_watcher(
         }
     };
     for dir in dirs_to_watch(spec) {
-        let mode = if spec.paths.contains(&dir) {
-            RecursiveMode::Recursive
-        } else {
-            RecursiveMode::NonRecursive
-        };
+        let mode = if spec.paths.contains(&dir) { RecursiveMode::Recursive } else { RecursiveMode::NonRecursive };
         if let Err(e) = watcher.watch(&dir, mode) {
             tracing::debug!(path = %dir.display(), error = %e, "cannot watch path");
         }
@@ -262,9 +251,7 @@ fn dirs_to_watch(spec: &WatchSpec) -> Vec<PathBuf> {
 /// A hash of every regular file's path and content under `paths`, following symlinks.
 async fn fingerprint_paths(paths: &[PathBuf]) -> u64 {
     let paths = paths.to_vec();
-    tokio::task::spawn_blocking(move || fingerprint_now(&paths))
-        .await
-        .unwrap_or(0)
+    tokio::task::spawn_blocking(move || fingerprint_now(&paths)).await.unwrap_or(0)
 }
 
 fn fingerprint_now(paths: &[PathBuf]) -> u64 {
@@ -293,10 +280,8 @@ fn hash_tree(path: &Path, hasher: &mut impl Hasher, depth: usize) {
         children.sort();
         for child in children {
             // Kubernetes' `..2024_01_01...` timestamp directories are reached via `..data`.
-            let hidden_version_dir = child
-                .file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("..") && n != "..data");
+            let hidden_version_dir =
+                child.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("..") && n != "..data");
             if !hidden_version_dir {
                 hash_tree(&child, hasher, depth + 1);
             }
@@ -313,18 +298,12 @@ mod tests {
 
     fn read_all(dir: &Path) -> Result<String, ConfigErrors> {
         let text = std::fs::read_to_string(dir.join("config.yaml")).map_err(|e| {
-            ConfigErrors::from(crate::config::ConfigError::Io {
-                file: dir.join("config.yaml"),
-                message: e.to_string(),
-            })
+            ConfigErrors::from(crate::config::ConfigError::Io { file: dir.join("config.yaml"), message: e.to_string() })
         })?;
         if text.contains("bad") {
-            return Err(crate::config::ConfigError::at(
-                &dir.join("config.yaml"),
-                Default::default(),
-                "bad content",
-            )
-            .into());
+            return Err(
+                crate::config::ConfigError::at(&dir.join("config.yaml"), Default::default(), "bad content").into()
+            );
         }
         Ok(text)
     }
@@ -355,11 +334,7 @@ mod tests {
         std::fs::write(&cfg, "one").unwrap();
         let reloader = Reloader::new(read_all(dir.path()).unwrap(), &Metrics::new(), "test_load");
         let path = dir.path().to_path_buf();
-        let _task = reloader.watch(
-            spec(vec![path.clone()], None),
-            move || read_all(&path),
-            std::future::pending(),
-        );
+        let _task = reloader.watch(spec(vec![path.clone()], None), move || read_all(&path), std::future::pending());
 
         let tmp = dir.path().join(".config.yaml.tmp");
         std::fs::write(&tmp, "two").unwrap();
@@ -374,13 +349,7 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         assert_eq!(reloader.load().as_str(), "two");
-        assert!(
-            reloader
-                .status()
-                .last_error
-                .unwrap()
-                .contains("bad content")
-        );
+        assert!(reloader.status().last_error.unwrap().contains("bad content"));
 
         std::fs::write(&cfg, "three").unwrap();
         eventually(&reloader, "three").await;
@@ -400,11 +369,7 @@ mod tests {
 
         let reloader = Reloader::new(read_all(m).unwrap(), &Metrics::new(), "test_load");
         let path = m.to_path_buf();
-        let _task = reloader.watch(
-            spec(vec![path.clone()], None),
-            move || read_all(&path),
-            std::future::pending(),
-        );
+        let _task = reloader.watch(spec(vec![path.clone()], None), move || read_all(&path), std::future::pending());
 
         let v2 = m.join("..2026_01_02_v2");
         std::fs::create_dir(&v2).unwrap();

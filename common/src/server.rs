@@ -32,10 +32,7 @@ impl Default for Shutdown {
 impl Shutdown {
     pub fn new() -> Self {
         let (tx, rx) = watch::channel(false);
-        Shutdown {
-            tx: std::sync::Arc::new(tx),
-            rx,
-        }
+        Shutdown { tx: std::sync::Arc::new(tx), rx }
     }
 
     pub fn trigger(&self) {
@@ -72,10 +69,7 @@ impl Shutdown {
 
 async fn wait_for_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
         (Ok(mut term), Ok(mut int)) => {
             tokio::select! {
                 _ = term.recv() => {}
@@ -101,10 +95,7 @@ pub struct TlsFiles {
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error("reading TLS file {path}: {source}")]
-    TlsFile {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    TlsFile { path: PathBuf, source: std::io::Error },
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
     #[error("HTTP server: {0}")]
@@ -113,14 +104,9 @@ pub enum ServeError {
 
 impl TlsFiles {
     fn server_config(&self) -> Result<ServerTlsConfig, ServeError> {
-        let read = |path: &PathBuf| {
-            std::fs::read(path).map_err(|source| ServeError::TlsFile {
-                path: path.clone(),
-                source,
-            })
-        };
-        let mut config = ServerTlsConfig::new()
-            .identity(Identity::from_pem(read(&self.cert)?, read(&self.key)?));
+        let read =
+            |path: &PathBuf| std::fs::read(path).map_err(|source| ServeError::TlsFile { path: path.clone(), source });
+        let mut config = ServerTlsConfig::new().identity(Identity::from_pem(read(&self.cert)?, read(&self.key)?));
         if let Some(ca) = &self.client_ca {
             config = config.client_ca_root(Certificate::from_pem(read(ca)?));
         }
@@ -146,9 +132,8 @@ pub async fn serve_grpc(
     options: GrpcOptions,
     shutdown: Shutdown,
 ) -> Result<(), ServeError> {
-    let mut builder = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
-        .http2_keepalive_interval(Some(Duration::from_secs(30)));
+    let mut builder =
+        tonic::transport::Server::builder().tcp_nodelay(true).http2_keepalive_interval(Some(Duration::from_secs(30)));
     if let Some(age) = options.max_connection_age {
         builder = builder.max_connection_age(age);
     }
@@ -160,16 +145,11 @@ pub async fn serve_grpc(
         let health = health.clone();
         async move {
             shutdown.wait().await;
-            health
-                .set_service_status("", tonic_health::ServingStatus::NotServing)
-                .await;
+            health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
             tokio::time::sleep(options.drain).await;
         }
     };
-    builder
-        .add_routes(routes)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), not_serving)
-        .await?;
+    builder.add_routes(routes).serve_with_incoming_shutdown(TcpListenerStream::new(listener), not_serving).await?;
     Ok(())
 }
 
@@ -180,8 +160,6 @@ pub async fn serve_http(
     drain: Duration,
     shutdown: Shutdown,
 ) -> Result<(), ServeError> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move { shutdown.drained(drain).await })
-        .await?;
+    axum::serve(listener, router).with_graceful_shutdown(async move { shutdown.drained(drain).await }).await?;
     Ok(())
 }

@@ -17,9 +17,7 @@ impl FromStr for LogFormat {
         match s.to_ascii_lowercase().as_str() {
             "text" | "" => Ok(LogFormat::Text),
             "json" => Ok(LogFormat::Json),
-            other => Err(format!(
-                "unknown log format {other:?}, expected text or json"
-            )),
+            other => Err(format!("unknown log format {other:?}, expected text or json")),
         }
     }
 }
@@ -33,11 +31,8 @@ pub fn init(level: &str, format: LogFormat) -> Result<(), String> {
         "fatal" | "panic" => "error".to_string(),
         other => other.to_string(),
     };
-    let filter =
-        EnvFilter::try_new(&directive).map_err(|e| format!("invalid log level {level:?}: {e}"))?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let filter = EnvFilter::try_new(&directive).map_err(|e| format!("invalid log level {level:?}: {e}"))?;
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let result = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),

@@ -27,20 +27,12 @@ fn config() -> String {
         ));
     }
     yaml.push_str("  - key: path\n    value: \"/static/*\"\n    rate_limit: { unit: second, requests_per_unit: 5 }\n");
-    yaml.push_str(
-        "  - key: remote_address\n    rate_limit: { unit: second, requests_per_unit: 5 }\n",
-    );
+    yaml.push_str("  - key: remote_address\n    rate_limit: { unit: second, requests_per_unit: 5 }\n");
     yaml
 }
 
 fn entries(pairs: &[(&str, &str)]) -> Vec<Entry> {
-    pairs
-        .iter()
-        .map(|(k, v)| Entry {
-            key: k.to_string(),
-            value: v.to_string(),
-        })
-        .collect()
+    pairs.iter().map(|(k, v)| Entry { key: k.to_string(), value: v.to_string() }).collect()
 }
 
 fn matching(c: &mut Criterion) {
@@ -52,15 +44,9 @@ fn matching(c: &mut Criterion) {
     let key_only = entries(&[("remote_address", "10.1.2.3")]);
 
     let mut group = c.benchmark_group("match");
-    group.bench_function("nested_exact", |b| {
-        b.iter(|| domain.find(black_box(&nested)).is_some())
-    });
-    group.bench_function("wildcard", |b| {
-        b.iter(|| domain.find(black_box(&wildcard)).is_some())
-    });
-    group.bench_function("key_only", |b| {
-        b.iter(|| domain.find(black_box(&key_only)).is_some())
-    });
+    group.bench_function("nested_exact", |b| b.iter(|| domain.find(black_box(&nested)).is_some()));
+    group.bench_function("wildcard", |b| b.iter(|| domain.find(black_box(&wildcard)).is_some()));
+    group.bench_function("key_only", |b| b.iter(|| domain.find(black_box(&key_only)).is_some()));
     group.finish();
 
     let matched = domain.find(&nested).expect("match");
@@ -74,9 +60,7 @@ fn matching(c: &mut Criterion) {
 }
 
 fn should_rate_limit(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .expect("runtime");
+    let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
     let metrics = Metrics::new();
     let stats = Stats::new(&metrics);
     let rules = RuleSet::from_yaml("bench.yaml", &config(), &stats).expect("valid bench config");
@@ -108,19 +92,12 @@ fn should_rate_limit(c: &mut Criterion) {
                 entries: entries(&[("api", "service-150"), ("user", "alice")]),
                 ..Default::default()
             },
-            RateLimitDescriptor {
-                entries: entries(&[("remote_address", "10.1.2.3")]),
-                ..Default::default()
-            },
+            RateLimitDescriptor { entries: entries(&[("remote_address", "10.1.2.3")]), ..Default::default() },
         ],
         hits_addend: 0,
     };
     c.bench_function("should_rate_limit/memory/2_descriptors", |b| {
-        b.iter(|| {
-            runtime
-                .block_on(limiter.should_rate_limit(black_box(&request)))
-                .is_ok()
-        })
+        b.iter(|| runtime.block_on(limiter.should_rate_limit(black_box(&request))).is_ok())
     });
 }
 

@@ -14,30 +14,20 @@ fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
+            s.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
         })
         .unwrap_or(0)
 }
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
-    let n: usize = std::env::args()
-        .nth(1)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(1_000_000);
+    let n: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(1_000_000);
     let before = rss_kib();
     // Headroom: shards fill unevenly, and a full shard evicts.
     let store = MemoryStore::new(n + n / 4, Clock::System);
     let now = Clock::System.now_ms();
     for i in 0..n {
-        let key = format!(
-            "gateway_remote_address_10.{}.{}.{}_",
-            (i >> 16) & 255,
-            (i >> 8) & 255,
-            i & 255
-        );
+        let key = format!("gateway_remote_address_10.{}.{}.{}_", (i >> 16) & 255, (i >> 8) & 255, i & 255);
         let batch = Batch {
             counters: vec![CounterUpdate {
                 tag_len: key.len(),
@@ -50,10 +40,7 @@ async fn main() {
             }],
             mode: Mode::Independent,
         };
-        store
-            .update(&batch, now)
-            .await
-            .expect("memory store never fails");
+        store.update(&batch, now).await.expect("memory store never fails");
     }
     let after = rss_kib();
     println!(

@@ -11,26 +11,14 @@ struct Noop;
 
 #[tonic::async_trait]
 impl RateLimitService for Noop {
-    async fn should_rate_limit(
-        &self,
-        _: Request<RateLimitRequest>,
-    ) -> Result<Response<RateLimitResponse>, Status> {
-        Ok(Response::new(RateLimitResponse {
-            overall_code: 1,
-            ..Default::default()
-        }))
+    async fn should_rate_limit(&self, _: Request<RateLimitRequest>) -> Result<Response<RateLimitResponse>, Status> {
+        Ok(Response::new(RateLimitResponse { overall_code: 1, ..Default::default() }))
     }
 }
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let addr = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "127.0.0.1:18081".into())
-        .parse()?;
-    tonic::transport::Server::builder()
-        .add_service(RateLimitServiceServer::new(Noop))
-        .serve(addr)
-        .await?;
+    let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:18081".into()).parse()?;
+    tonic::transport::Server::builder().add_service(RateLimitServiceServer::new(Noop)).serve(addr).await?;
     Ok(())
 }

@@ -22,11 +22,7 @@ pub struct Health {
 
 impl Health {
     pub fn new(shutdown: Shutdown, rules: Reloader<RuleSet>, require_config: bool) -> Self {
-        Health {
-            shutdown,
-            rules,
-            require_config,
-        }
+        Health { shutdown, rules, require_config }
     }
 
     pub fn is_healthy(&self) -> bool {
@@ -39,11 +35,7 @@ impl Health {
         tokio::spawn(async move {
             let mut last = None;
             loop {
-                let status = if this.is_healthy() {
-                    ServingStatus::Serving
-                } else {
-                    ServingStatus::NotServing
-                };
+                let status = if this.is_healthy() { ServingStatus::Serving } else { ServingStatus::NotServing };
                 if last != Some(status) {
                     reporter.set_service_status(SERVICE_NAME, status).await;
                     reporter.set_service_status("", status).await;

@@ -13,9 +13,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
-use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::{
-    Entry, RateLimitOverride,
-};
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::{Entry, RateLimitOverride};
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
 use envoy_types::pb::google::protobuf::UInt64Value;
@@ -72,8 +70,7 @@ async fn config_status(State(state): State<AppState>) -> Response {
     let rules = state.limiter.rules().load();
     let status = state.limiter.rules().status();
     let time = |t: Option<std::time::SystemTime>| {
-        t.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map(|d| d.as_secs())
+        t.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_secs())
     };
     let body = json!({
         "files": rules.files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>(),
@@ -84,11 +81,7 @@ async fn config_status(State(state): State<AppState>) -> Response {
         "last_failure_unix": time(status.last_failure),
         "last_error": status.last_error,
     });
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        body.to_string(),
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
 }
 
 async fn json_endpoint(State(state): State<AppState>, body: Bytes) -> Response {
@@ -104,12 +97,7 @@ async fn json_endpoint(State(state): State<AppState>, body: Bytes) -> Response {
                 Ok(Code::OverLimit) => StatusCode::TOO_MANY_REQUESTS,
                 _ => StatusCode::INTERNAL_SERVER_ERROR,
             };
-            (
-                status,
-                [(header::CONTENT_TYPE, "application/json")],
-                response_json(&response).to_string(),
-            )
-                .into_response()
+            (status, [(header::CONTENT_TYPE, "application/json")], response_json(&response).to_string()).into_response()
         }
         Err(e) => {
             tracing::debug!(error = %e, "/json request failed");
@@ -165,14 +153,7 @@ impl JsonRequest {
                 .descriptors
                 .into_iter()
                 .map(|d| RateLimitDescriptor {
-                    entries: d
-                        .entries
-                        .into_iter()
-                        .map(|e| Entry {
-                            key: e.key,
-                            value: e.value,
-                        })
-                        .collect(),
+                    entries: d.entries.into_iter().map(|e| Entry { key: e.key, value: e.value }).collect(),
                     hits_addend: d.hits_addend.map(|value| UInt64Value { value }),
                     limit: d.limit.map(|l| RateLimitOverride {
                         requests_per_unit: l.requests_per_unit,
@@ -237,17 +218,11 @@ fn response_json(response: &RateLimitResponse) -> Value {
         })
         .collect();
     let mut out = serde_json::Map::new();
-    out.insert(
-        "overallCode".into(),
-        json!(code_name(response.overall_code)),
-    );
+    out.insert("overallCode".into(), json!(code_name(response.overall_code)));
     out.insert("statuses".into(), Value::Array(statuses));
     if !response.response_headers_to_add.is_empty() {
-        let headers: Vec<Value> = response
-            .response_headers_to_add
-            .iter()
-            .map(|h| json!({"key": h.key, "value": h.value}))
-            .collect();
+        let headers: Vec<Value> =
+            response.response_headers_to_add.iter().map(|h| json!({"key": h.key, "value": h.value})).collect();
         out.insert("responseHeadersToAdd".into(), Value::Array(headers));
     }
     Value::Object(out)

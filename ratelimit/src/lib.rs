@@ -93,12 +93,7 @@ impl App {
     pub async fn build(settings: Settings, clock: Clock) -> Result<App, StartError> {
         let metrics = Metrics::new();
         let stats = Stats::new(&metrics);
-        let initial = load_rules(
-            &settings.config_dir,
-            settings.ignore_dotfiles,
-            settings.merge_domain_config,
-            &stats,
-        )?;
+        let initial = load_rules(&settings.config_dir, settings.ignore_dotfiles, settings.merge_domain_config, &stats)?;
         let rules = Reloader::new(initial, &metrics, "ratelimit_service_config_load");
         let mut memory = None;
         let store: Arc<dyn CounterStore> = match &settings.backend {
@@ -109,11 +104,7 @@ impl App {
             }
             Backend::Redis => {
                 let conn = RedisConn::connect(&settings.redis).await?;
-                let store = RedisStore::new(
-                    conn,
-                    settings.redis.timeout,
-                    settings.expiration_jitter_max_secs,
-                );
+                let store = RedisStore::new(conn, settings.redis.timeout, settings.expiration_jitter_max_secs);
                 match settings.local_cache_size_bytes {
                     0 => Arc::new(store),
                     bytes => Arc::new(OverLimitCache::new(store, bytes)),
@@ -123,33 +114,19 @@ impl App {
         let options = Options {
             cache_key_prefix: settings.cache_key_prefix.clone(),
             near_limit_ratio: settings.near_limit_ratio,
-            mode: if settings.stop_increment_when_over_limit {
-                Mode::AllOrNothing
-            } else {
-                Mode::Independent
-            },
+            mode: if settings.stop_increment_when_over_limit { Mode::AllOrNothing } else { Mode::Independent },
             shadow_mode: settings.shadow_mode,
             headers: settings.headers.clone(),
             dynamic_metadata: settings.dynamic_metadata,
             failure_mode: settings.failure_mode,
         };
         let limiter = Arc::new(RateLimiter::new(rules, store, clock, stats, options));
-        Ok(App {
-            limiter,
-            metrics,
-            settings,
-            memory,
-        })
+        Ok(App { limiter, metrics, settings, memory })
     }
 
     /// Serves until `shutdown` fires, then drains and returns.
     pub async fn serve(self, listeners: Listeners, shutdown: Shutdown) -> Result<(), StartError> {
-        let App {
-            limiter,
-            metrics,
-            settings,
-            memory,
-        } = self;
+        let App { limiter, metrics, settings, memory } = self;
         if let Some(memory) = &memory {
             memory.spawn_sweeper(Duration::from_secs(1));
         }
@@ -160,20 +137,13 @@ impl App {
         let (ignore_dotfiles, merge) = (settings.ignore_dotfiles, settings.merge_domain_config);
         let mut spec = WatchSpec::new(vec![settings.config_dir.clone()]);
         spec.watch_root = settings.watch_root.clone();
-        let watcher = limiter.rules().watch(
-            spec,
-            move || load_rules(&dir, ignore_dotfiles, merge, &stats),
-            {
-                let shutdown = shutdown.clone();
-                async move { shutdown.wait().await }
-            },
-        );
+        let watcher = limiter.rules().watch(spec, move || load_rules(&dir, ignore_dotfiles, merge, &stats), {
+            let shutdown = shutdown.clone();
+            async move { shutdown.wait().await }
+        });
 
-        let health = health::Health::new(
-            shutdown.clone(),
-            limiter.rules().clone(),
-            settings.healthy_with_at_least_one_config,
-        );
+        let health =
+            health::Health::new(shutdown.clone(), limiter.rules().clone(), settings.healthy_with_at_least_one_config);
         let (reporter, health_service) = tonic_health::server::health_reporter();
         health.spawn_grpc_sync(reporter.clone());
 
@@ -185,38 +155,17 @@ impl App {
             max_connection_age: settings.grpc_max_connection_age,
         };
         let mut tasks = tokio::task::JoinSet::new();
-        tasks.spawn(server::serve_grpc(
-            listeners.grpc,
-            routes,
-            reporter,
-            options,
-            shutdown.clone(),
-        ));
+        tasks.spawn(server::serve_grpc(listeners.grpc, routes, reporter, options, shutdown.clone()));
         if let Some(l) = listeners.http {
             let router = http::api_router(limiter.clone(), health.clone());
-            tasks.spawn(server::serve_http(
-                l,
-                router,
-                settings.drain,
-                shutdown.clone(),
-            ));
+            tasks.spawn(server::serve_http(l, router, settings.drain, shutdown.clone()));
         }
         if let Some(l) = listeners.debug {
             let router = http::debug_router(limiter.clone(), health.clone(), &metrics);
-            tasks.spawn(server::serve_http(
-                l,
-                router,
-                settings.drain,
-                shutdown.clone(),
-            ));
+            tasks.spawn(server::serve_http(l, router, settings.drain, shutdown.clone()));
         }
         if let (Some(l), Some((_, path))) = (listeners.prometheus, &settings.prometheus) {
-            tasks.spawn(server::serve_http(
-                l,
-                metrics.router(path),
-                settings.drain,
-                shutdown.clone(),
-            ));
+            tasks.spawn(server::serve_http(l, metrics.router(path), settings.drain, shutdown.clone()));
         }
         let mut result = Ok(());
         while let Some(joined) = tasks.join_next().await {

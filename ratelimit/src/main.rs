@@ -19,11 +19,7 @@ use gatehouse_ratelimit::{App, Listeners, load_rules, rules};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(
-    name = "gatehouse-ratelimit",
-    version,
-    about = "Envoy rate-limit service"
-)]
+#[command(name = "gatehouse-ratelimit", version, about = "Envoy rate-limit service")]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -46,10 +42,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Some(Command::CheckConfig {
-            path,
-            merge_domains,
-        }) => check_config(&path, merge_domains),
+        Some(Command::CheckConfig { path, merge_domains }) => check_config(&path, merge_domains),
         Some(Command::Serve) | None => match serve() {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -87,17 +80,13 @@ fn check_config(path: &std::path::Path, merge_domains: bool) -> ExitCode {
 fn serve() -> anyhow::Result<()> {
     let settings = Settings::from_env(&Env::from_process())?;
     telemetry::init(&settings.log_level, settings.log_format).map_err(anyhow::Error::msg)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
     for warning in &settings.ignored {
         tracing::warn!("{warning}");
     }
     runtime.block_on(async move {
-        let listeners = Listeners::bind(&settings)
-            .await
-            .context("binding listeners")?;
+        let listeners = Listeners::bind(&settings).await.context("binding listeners")?;
         tracing::info!(
             grpc = %settings.grpc_addr,
             http = %settings.http_addr,

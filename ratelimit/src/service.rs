@@ -12,9 +12,7 @@ use std::time::Duration;
 use envoy_types::pb::envoy::config::core::v3::HeaderValue;
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
-use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{
-    Code, DescriptorStatus, RateLimit,
-};
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{Code, DescriptorStatus, RateLimit};
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
 use envoy_types::pb::google::protobuf;
 use gatehouse_common::reload::Reloader;
@@ -65,9 +63,7 @@ pub struct RateLimiter {
 
 impl std::fmt::Debug for RateLimiter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RateLimiter")
-            .field("store", &self.store.name())
-            .finish_non_exhaustive()
+        f.debug_struct("RateLimiter").field("store", &self.store.name()).finish_non_exhaustive()
     }
 }
 
@@ -126,13 +122,7 @@ impl RateLimiter {
         stats: Stats,
         options: Options,
     ) -> Self {
-        RateLimiter {
-            rules,
-            store,
-            clock,
-            stats,
-            options,
-        }
+        RateLimiter { rules, store, clock, stats, options }
     }
 
     pub fn rules(&self) -> &Reloader<RuleSet> {
@@ -147,42 +137,29 @@ impl RateLimiter {
         self.store.name()
     }
 
-    pub async fn should_rate_limit(
-        &self,
-        request: &RateLimitRequest,
-    ) -> Result<RateLimitResponse, Error> {
+    pub async fn should_rate_limit(&self, request: &RateLimitRequest) -> Result<RateLimitResponse, Error> {
         self.stats.total_requests.inc();
         if request.domain.is_empty() {
             return Err(Error::InvalidRequest("rate limit domain must not be empty"));
         }
         if request.descriptors.is_empty() {
-            return Err(Error::InvalidRequest(
-                "rate limit descriptor list must not be empty",
-            ));
+            return Err(Error::InvalidRequest("rate limit descriptor list must not be empty"));
         }
         let rules = self.rules.load_guard();
         let domain = rules.domain(&request.domain);
         if domain.is_none() {
             self.stats
                 .domain_not_found
-                .get_or_create(&crate::stats::DomainLabels {
-                    domain: request.domain.clone(),
-                })
+                .get_or_create(&crate::stats::DomainLabels { domain: request.domain.clone() })
                 .inc();
         }
         let default_hits = u64::from(request.hits_addend.max(1));
-        let hits: Vec<u64> = request
-            .descriptors
-            .iter()
-            .map(|d| d.hits_addend.as_ref().map_or(default_hits, |h| h.value))
-            .collect();
+        let hits: Vec<u64> =
+            request.descriptors.iter().map(|d| d.hits_addend.as_ref().map_or(default_hits, |h| h.value)).collect();
 
         // Resolve every descriptor, then drop rules that another matched rule replaces.
-        let resolved: Vec<Resolved<'_>> = request
-            .descriptors
-            .iter()
-            .map(|d| self.resolve(domain, &request.domain, d))
-            .collect();
+        let resolved: Vec<Resolved<'_>> =
+            request.descriptors.iter().map(|d| self.resolve(domain, &request.domain, d)).collect();
         let replaced: HashSet<&str> = resolved
             .iter()
             .filter_map(|r| match r {
@@ -192,10 +169,7 @@ impl RateLimiter {
             .flatten()
             .collect();
 
-        let mut batch = Batch {
-            counters: Vec::new(),
-            mode: self.options.mode,
-        };
+        let mut batch = Batch { counters: Vec::new(), mode: self.options.mode };
         let mut checks: Vec<Option<Check<'_>>> = Vec::with_capacity(resolved.len());
         let mut unlimited = vec![false; resolved.len()];
         for (i, r) in resolved.iter().enumerate() {
@@ -205,11 +179,7 @@ impl RateLimiter {
                     unlimited[i] = true;
                     None
                 }
-                Resolved::Rule(rule, ..)
-                    if rule.name.as_deref().is_some_and(|n| replaced.contains(n)) =>
-                {
-                    None
-                }
+                Resolved::Rule(rule, ..) if rule.name.as_deref().is_some_and(|n| replaced.contains(n)) => None,
                 Resolved::Rule(rule, stats_key, cache_key) => Some(Check {
                     limits: LimitsRef::Rule(&rule.limits),
                     name: rule.name.as_deref(),
@@ -221,10 +191,8 @@ impl RateLimiter {
                     first_counter: push_counters(&mut batch, cache_key, &rule.limits, hits[i]),
                 }),
                 Resolved::Override(limit, cache_key) => {
-                    let stats_key =
-                        override_stats_key(&request.domain, &request.descriptors[i].entries);
-                    let first_counter =
-                        push_counters(&mut batch, cache_key, std::slice::from_ref(limit), hits[i]);
+                    let stats_key = override_stats_key(&request.domain, &request.descriptors[i].entries);
+                    let first_counter = push_counters(&mut batch, cache_key, std::slice::from_ref(limit), hits[i]);
                     Some(Check {
                         limits: LimitsRef::Override(limit.clone()),
                         name: None,
@@ -250,34 +218,24 @@ impl RateLimiter {
                 Err(e) => {
                     self.stats
                         .should_rate_limit_error
-                        .get_or_create(&crate::stats::ErrorLabels {
-                            err_type: "redis_error",
-                        })
+                        .get_or_create(&crate::stats::ErrorLabels { err_type: "redis_error" })
                         .inc();
                     return Err(e.into());
                 }
             }
         };
 
-        let mut response = RateLimitResponse {
-            overall_code: Code::Ok as i32,
-            ..Default::default()
-        };
+        let mut response = RateLimitResponse { overall_code: Code::Ok as i32, ..Default::default() };
         // The descriptor that drives the response headers: the last one over its limit, or
         // else the one with the least remaining (envoyproxy/ratelimit's choice).
         let mut header_source: Option<(usize, Duration)> = None;
         let mut over_limit = false;
         for (i, check) in checks.iter().enumerate() {
             let status = match check {
-                None if unlimited[i] => DescriptorStatus {
-                    code: Code::Ok as i32,
-                    limit_remaining: u32::MAX,
-                    ..Default::default()
-                },
-                None => DescriptorStatus {
-                    code: Code::Ok as i32,
-                    ..Default::default()
-                },
+                None if unlimited[i] => {
+                    DescriptorStatus { code: Code::Ok as i32, limit_remaining: u32::MAX, ..Default::default() }
+                }
+                None => DescriptorStatus { code: Code::Ok as i32, ..Default::default() },
                 Some(check) => {
                     let (status, over, reset) = self.descriptor_status(check, &states, hits[i]);
                     if over {
@@ -309,8 +267,7 @@ impl RateLimiter {
             && let Some((i, reset)) = header_source
         {
             let name = checks[i].as_ref().and_then(|c| c.name);
-            response.response_headers_to_add =
-                headers(&self.options.headers, &response.statuses[i], reset, name);
+            response.response_headers_to_add = headers(&self.options.headers, &response.statuses[i], reset, name);
         }
         if self.options.dynamic_metadata {
             response.dynamic_metadata = Some(request_metadata(request));
@@ -332,12 +289,7 @@ impl RateLimiter {
                 return Resolved::None;
             };
             let mut key = String::new();
-            write_plain_cache_key(
-                &mut key,
-                &self.options.cache_key_prefix,
-                domain_name,
-                &d.entries,
-            );
+            write_plain_cache_key(&mut key, &self.options.cache_key_prefix, domain_name, &d.entries);
             let limit = Limit {
                 requests_per_unit: o.requests_per_unit,
                 unit,
@@ -354,17 +306,8 @@ impl RateLimiter {
             return Resolved::Unlimited;
         }
         let mut key = String::with_capacity(64);
-        matched.write_cache_key(
-            &mut key,
-            &self.options.cache_key_prefix,
-            domain_name,
-            &d.entries,
-        );
-        Resolved::Rule(
-            matched.rule,
-            matched.stats_key(domain_name, &d.entries),
-            key,
-        )
+        matched.write_cache_key(&mut key, &self.options.cache_key_prefix, domain_name, &d.entries);
+        Resolved::Rule(matched.rule, matched.stats_key(domain_name, &d.entries), key)
     }
 
     /// The status of one checked descriptor, whether it is over limit, and its reset time.
@@ -377,15 +320,8 @@ impl RateLimiter {
         let limits = check.limits.as_slice();
         let states = &states[check.first_counter..check.first_counter + limits.len()];
         // The limit that decides: the first one over, else the one with least remaining.
-        let Some((limit, state)) = limits
-            .iter()
-            .zip(states)
-            .min_by_key(|(_, s)| (!s.over_limit, s.remaining))
-        else {
-            let ok = DescriptorStatus {
-                code: Code::Ok as i32,
-                ..Default::default()
-            };
+        let Some((limit, state)) = limits.iter().zip(states).min_by_key(|(_, s)| (!s.over_limit, s.remaining)) else {
+            let ok = DescriptorStatus { code: Code::Ok as i32, ..Default::default() };
             return (ok, false, Duration::ZERO);
         };
         let over = state.over_limit;
@@ -434,10 +370,7 @@ impl RateLimiter {
             statuses: request
                 .descriptors
                 .iter()
-                .map(|_| DescriptorStatus {
-                    code: Code::Ok as i32,
-                    ..Default::default()
-                })
+                .map(|_| DescriptorStatus { code: Code::Ok as i32, ..Default::default() })
                 .collect(),
             ..Default::default()
         }
@@ -518,18 +451,11 @@ fn unit_to_proto(unit: Unit) -> i32 {
 }
 
 fn duration_proto(d: Duration) -> protobuf::Duration {
-    protobuf::Duration {
-        seconds: d.as_secs() as i64,
-        nanos: d.subsec_nanos() as i32,
-    }
+    protobuf::Duration { seconds: d.as_secs() as i64, nanos: d.subsec_nanos() as i32 }
 }
 
 fn header(key: &str, value: String) -> HeaderValue {
-    HeaderValue {
-        key: key.to_string(),
-        value,
-        ..Default::default()
-    }
+    HeaderValue { key: key.to_string(), value, ..Default::default() }
 }
 
 /// Rate-limit headers for the deciding descriptor. Reset is rounded up to whole seconds.
@@ -553,14 +479,8 @@ fn headers(
             let policy = name.filter(|n| !n.is_empty()).unwrap_or("default");
             let window = unit_from_proto(limit.unit).map_or(1, Unit::seconds);
             vec![
-                header(
-                    "RateLimit-Policy",
-                    format!("\"{policy}\";q={};w={window}", limit.requests_per_unit),
-                ),
-                header(
-                    "RateLimit",
-                    format!("\"{policy}\";r={};t={reset_secs}", status.limit_remaining),
-                ),
+                header("RateLimit-Policy", format!("\"{policy}\";q={};w={window}", limit.requests_per_unit)),
+                header("RateLimit", format!("\"{policy}\";r={};t={reset_secs}", status.limit_remaining)),
             ]
         }
     }
@@ -569,15 +489,10 @@ fn headers(
 /// RESPONSE_DYNAMIC_METADATA: the request as envoyproxy/ratelimit reports it.
 fn request_metadata(request: &RateLimitRequest) -> protobuf::Struct {
     use protobuf::value::Kind;
-    let string = |s: String| protobuf::Value {
-        kind: Some(Kind::StringValue(s)),
-    };
-    let number = |n: f64| protobuf::Value {
-        kind: Some(Kind::NumberValue(n)),
-    };
-    let list = |values: Vec<protobuf::Value>| protobuf::Value {
-        kind: Some(Kind::ListValue(protobuf::ListValue { values })),
-    };
+    let string = |s: String| protobuf::Value { kind: Some(Kind::StringValue(s)) };
+    let number = |n: f64| protobuf::Value { kind: Some(Kind::NumberValue(n)) };
+    let list =
+        |values: Vec<protobuf::Value>| protobuf::Value { kind: Some(Kind::ListValue(protobuf::ListValue { values })) };
     let descriptors = request
         .descriptors
         .iter()
@@ -585,29 +500,19 @@ fn request_metadata(request: &RateLimitRequest) -> protobuf::Struct {
             let mut fields = std::collections::HashMap::new();
             fields.insert(
                 "entries".to_string(),
-                list(
-                    d.entries
-                        .iter()
-                        .map(|e| string(format!("{}={}", e.key, e.value)))
-                        .collect(),
-                ),
+                list(d.entries.iter().map(|e| string(format!("{}={}", e.key, e.value))).collect()),
             );
             if let Some(h) = &d.hits_addend {
                 fields.insert("hitsAddend".to_string(), number(h.value as f64));
             }
-            protobuf::Value {
-                kind: Some(Kind::StructValue(protobuf::Struct { fields })),
-            }
+            protobuf::Value { kind: Some(Kind::StructValue(protobuf::Struct { fields })) }
         })
         .collect();
     let mut fields = std::collections::HashMap::new();
     fields.insert("domain".to_string(), string(request.domain.clone()));
     fields.insert("descriptors".to_string(), list(descriptors));
     if request.hits_addend != 0 {
-        fields.insert(
-            "hitsAddend".to_string(),
-            number(f64::from(request.hits_addend)),
-        );
+        fields.insert("hitsAddend".to_string(), number(f64::from(request.hits_addend)));
     }
     protobuf::Struct { fields }
 }

@@ -85,57 +85,21 @@ pub struct Settings {
 /// envoyproxy/ratelimit variables Gatehouse does not support: (name, applies when set to a
 /// value other than this default, what happens instead).
 const UNSUPPORTED: &[(&str, &str, &str)] = &[
-    (
-        "REDIS_PERSECOND",
-        "false",
-        "per-second limits use REDIS_URL like every other limit",
-    ),
-    (
-        "REDIS_PERSECOND_URL",
-        "",
-        "per-second limits use REDIS_URL like every other limit",
-    ),
-    (
-        "REDIS_SENTINEL_AUTH",
-        "",
-        "sentinels are contacted without a password",
-    ),
+    ("REDIS_PERSECOND", "false", "per-second limits use REDIS_URL like every other limit"),
+    ("REDIS_PERSECOND_URL", "", "per-second limits use REDIS_URL like every other limit"),
+    ("REDIS_SENTINEL_AUTH", "", "sentinels are contacted without a password"),
     (
         "REDIS_HEALTH_CHECK_ACTIVE_CONNECTION",
         "false",
         "health does not follow Redis connections; see BACKEND_FAILURE_MODE",
     ),
-    (
-        "GRPC_CLIENT_TLS_SAN",
-        "",
-        "any client certificate signed by GRPC_CLIENT_TLS_CACERT is accepted",
-    ),
-    (
-        "GRPC_MAX_CONNECTION_AGE_GRACE",
-        "",
-        "connections are drained on shutdown instead",
-    ),
-    (
-        "USE_STATSD",
-        "false",
-        "metrics are Prometheus only (/metrics on DEBUG_PORT)",
-    ),
-    (
-        "USE_DOG_STATSD",
-        "false",
-        "metrics are Prometheus only (/metrics on DEBUG_PORT)",
-    ),
-    (
-        "PROMETHEUS_MAPPER_YAML",
-        "",
-        "metric names are fixed (docs/ratelimit.md)",
-    ),
+    ("GRPC_CLIENT_TLS_SAN", "", "any client certificate signed by GRPC_CLIENT_TLS_CACERT is accepted"),
+    ("GRPC_MAX_CONNECTION_AGE_GRACE", "", "connections are drained on shutdown instead"),
+    ("USE_STATSD", "false", "metrics are Prometheus only (/metrics on DEBUG_PORT)"),
+    ("USE_DOG_STATSD", "false", "metrics are Prometheus only (/metrics on DEBUG_PORT)"),
+    ("PROMETHEUS_MAPPER_YAML", "", "metric names are fixed (docs/ratelimit.md)"),
     ("TRACING_ENABLED", "false", "no tracing export"),
-    (
-        "LOCAL_CACHE_SIZE_IN_BYTES",
-        "0",
-        "the local over-limit cache only applies to the Redis backend",
-    ),
+    ("LOCAL_CACHE_SIZE_IN_BYTES", "0", "the local over-limit cache only applies to the Redis backend"),
 ];
 
 impl Settings {
@@ -143,74 +107,49 @@ impl Settings {
         let addr = |host_var: &str, port_var: &str, port: u16| -> Result<SocketAddr, ConfigError> {
             let host = env.string(host_var, "0.0.0.0");
             let port = env.parse::<u16>(port_var, port)?;
-            let text = if host.contains(':') {
-                format!("[{host}]:{port}")
-            } else {
-                format!("{host}:{port}")
-            };
-            text.parse()
-                .map_err(|e| env.error(host_var, format!("not an IP address: {e}")))
+            let text = if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
+            text.parse().map_err(|e| env.error(host_var, format!("not an IP address: {e}")))
         };
 
         let runtime_root = PathBuf::from(env.string("RUNTIME_ROOT", "/srv/runtime_data/current"));
         let config_dir = runtime_root
             .join(env.string("RUNTIME_SUBDIRECTORY", ""))
             .join(env.string("RUNTIME_APPDIRECTORY", "config"));
-        let watch_root = if env.bool("RUNTIME_WATCH_ROOT", true)? {
-            runtime_root.parent().map(|p| p.to_path_buf())
-        } else {
-            None
-        };
+        let watch_root =
+            if env.bool("RUNTIME_WATCH_ROOT", true)? { runtime_root.parent().map(|p| p.to_path_buf()) } else { None };
 
         let redis_url = env.get("REDIS_URL").map(str::to_string);
         let backend = match env.get("BACKEND_TYPE").map(|b| b.to_ascii_lowercase()) {
             Some(b) if b == "redis" => Backend::Redis,
-            Some(b) if b == "memory" => Backend::Memory {
-                max_keys: env.parse("MEMORY_MAX_KEYS", 1_000_000)?,
-            },
+            Some(b) if b == "memory" => Backend::Memory { max_keys: env.parse("MEMORY_MAX_KEYS", 1_000_000)? },
             Some(b) if b == "memcache" => {
-                return Err(env.error(
-                    "BACKEND_TYPE",
-                    "memcache is not supported; use redis or memory",
-                ));
+                return Err(env.error("BACKEND_TYPE", "memcache is not supported; use redis or memory"));
             }
             Some(_) => return Err(env.error("BACKEND_TYPE", "expected redis or memory")),
             // No backend named: Redis if it is configured, otherwise run on our own.
             None if redis_url.is_some() => Backend::Redis,
-            None => Backend::Memory {
-                max_keys: env.parse("MEMORY_MAX_KEYS", 1_000_000)?,
-            },
+            None => Backend::Memory { max_keys: env.parse("MEMORY_MAX_KEYS", 1_000_000)? },
         };
         if backend == Backend::Redis && redis_url.is_none() {
-            return Err(env.error(
-                "REDIS_URL",
-                "BACKEND_TYPE=redis needs REDIS_URL (host:port)",
-            ));
+            return Err(env.error("REDIS_URL", "BACKEND_TYPE=redis needs REDIS_URL (host:port)"));
         }
 
         let topology: Topology = env.parse("REDIS_TYPE", Topology::Single)?;
         let redis_url = redis_url.unwrap_or_default();
-        let unix_socket = env
-            .string("REDIS_SOCKET_TYPE", "tcp")
-            .eq_ignore_ascii_case("unix")
+        let unix_socket = env.string("REDIS_SOCKET_TYPE", "tcp").eq_ignore_ascii_case("unix")
             && topology == Topology::Single
             && redis_url.starts_with('/');
         let urls = if unix_socket {
             vec![format!("unix:{redis_url}")]
         } else {
-            redis_url
-                .split(',')
-                .map(|s| s.trim().to_string())
-                .filter(|s| !s.is_empty())
-                .collect()
+            redis_url.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()
         };
         let tls = if env.bool("REDIS_TLS", false)? {
             Some(RedisTls {
                 ca_cert: env.get("REDIS_TLS_CACERT").map(PathBuf::from),
                 client_cert: env.get("REDIS_TLS_CLIENT_CERT").map(PathBuf::from),
                 client_key: env.get("REDIS_TLS_CLIENT_KEY").map(PathBuf::from),
-                skip_hostname_verification: env
-                    .bool("REDIS_TLS_SKIP_HOSTNAME_VERIFICATION", false)?,
+                skip_hostname_verification: env.bool("REDIS_TLS_SKIP_HOSTNAME_VERIFICATION", false)?,
             })
         } else {
             None
@@ -224,11 +163,7 @@ impl Settings {
             timeout: env.duration("REDIS_TIMEOUT", Duration::from_secs(10))?,
         };
 
-        let failure_mode = match env
-            .string("BACKEND_FAILURE_MODE", "closed")
-            .to_ascii_lowercase()
-            .as_str()
-        {
+        let failure_mode = match env.string("BACKEND_FAILURE_MODE", "closed").to_ascii_lowercase().as_str() {
             "open" | "allow" => FailureMode::Open,
             "closed" | "deny" => FailureMode::Closed,
             _ => return Err(env.error("BACKEND_FAILURE_MODE", "expected open or closed")),
@@ -240,18 +175,12 @@ impl Settings {
         }
 
         let grpc_tls = if env.bool("GRPC_SERVER_USE_TLS", false)? {
-            let cert = env.get("GRPC_SERVER_TLS_CERT").ok_or_else(|| {
-                env.error(
-                    "GRPC_SERVER_TLS_CERT",
-                    "required when GRPC_SERVER_USE_TLS=true",
-                )
-            })?;
-            let key = env.get("GRPC_SERVER_TLS_KEY").ok_or_else(|| {
-                env.error(
-                    "GRPC_SERVER_TLS_KEY",
-                    "required when GRPC_SERVER_USE_TLS=true",
-                )
-            })?;
+            let cert = env
+                .get("GRPC_SERVER_TLS_CERT")
+                .ok_or_else(|| env.error("GRPC_SERVER_TLS_CERT", "required when GRPC_SERVER_USE_TLS=true"))?;
+            let key = env
+                .get("GRPC_SERVER_TLS_KEY")
+                .ok_or_else(|| env.error("GRPC_SERVER_TLS_KEY", "required when GRPC_SERVER_USE_TLS=true"))?;
             Some(TlsFiles {
                 cert: cert.into(),
                 key: key.into(),
@@ -263,51 +192,33 @@ impl Settings {
 
         let prometheus = if env.bool("USE_PROMETHEUS", false)? {
             let addr_text = env.string("PROMETHEUS_ADDR", ":9090");
-            let addr_text = if addr_text.starts_with(':') {
-                format!("0.0.0.0{addr_text}")
-            } else {
-                addr_text
-            };
-            let addr = addr_text
-                .parse()
-                .map_err(|e| env.error("PROMETHEUS_ADDR", format!("expected host:port: {e}")))?;
+            let addr_text = if addr_text.starts_with(':') { format!("0.0.0.0{addr_text}") } else { addr_text };
+            let addr =
+                addr_text.parse().map_err(|e| env.error("PROMETHEUS_ADDR", format!("expected host:port: {e}")))?;
             Some((addr, env.string("PROMETHEUS_PATH", "/metrics")))
         } else {
             None
         };
 
-        let format = match env
-            .string("LIMIT_RESPONSE_HEADERS_FORMAT", "split")
-            .to_ascii_lowercase()
-            .as_str()
-        {
+        let format = match env.string("LIMIT_RESPONSE_HEADERS_FORMAT", "split").to_ascii_lowercase().as_str() {
             "split" | "legacy" => HeaderFormat::Split,
             "ietf" | "draft" => HeaderFormat::Ietf,
             _ => return Err(env.error("LIMIT_RESPONSE_HEADERS_FORMAT", "expected split or ietf")),
         };
 
         // Settings that would leave the service without its config or listener are refused.
-        if let Some(kind) = env
-            .get("CONFIG_TYPE")
-            .filter(|k| !k.eq_ignore_ascii_case("FILE"))
-        {
+        if let Some(kind) = env.get("CONFIG_TYPE").filter(|k| !k.eq_ignore_ascii_case("FILE")) {
             return Err(env.error(
                 "CONFIG_TYPE",
                 format!("{kind} is not supported; rules are read from files (CONFIG_TYPE=FILE)"),
             ));
         }
         if env.get("GRPC_UDS").is_some() {
-            return Err(env.error(
-                "GRPC_UDS",
-                "unix sockets are not supported; use GRPC_HOST and GRPC_PORT",
-            ));
+            return Err(env.error("GRPC_UDS", "unix sockets are not supported; use GRPC_HOST and GRPC_PORT"));
         }
         let mut ignored: Vec<String> = UNSUPPORTED
             .iter()
-            .filter(|(name, default, _)| {
-                env.get(name)
-                    .is_some_and(|v| !v.eq_ignore_ascii_case(default))
-            })
+            .filter(|(name, default, _)| env.get(name).is_some_and(|v| !v.eq_ignore_ascii_case(default)))
             .filter(|(name, ..)| *name != "LOCAL_CACHE_SIZE_IN_BYTES" || backend != Backend::Redis)
             .map(|(name, _, instead)| format!("{name} is not supported: {instead}"))
             .collect();
@@ -322,25 +233,21 @@ impl Settings {
             debug_addr: addr("DEBUG_HOST", "DEBUG_PORT", 6070)?,
             prometheus,
             grpc_tls,
-            grpc_max_connection_age: Some(
-                env.duration("GRPC_MAX_CONNECTION_AGE", Duration::from_secs(24 * 3600))?,
-            )
-            .filter(|d| !d.is_zero()),
+            grpc_max_connection_age: Some(env.duration("GRPC_MAX_CONNECTION_AGE", Duration::from_secs(24 * 3600))?)
+                .filter(|d| !d.is_zero()),
             drain: env.duration("SHUTDOWN_DRAIN", Duration::from_secs(0))?,
             config_dir,
             watch_root,
             ignore_dotfiles: env.bool("RUNTIME_IGNOREDOTFILES", false)?,
             merge_domain_config: env.bool("MERGE_DOMAIN_CONFIG", false)?,
-            healthy_with_at_least_one_config: env
-                .bool("HEALTHY_WITH_AT_LEAST_ONE_CONFIG_LOADED", false)?,
+            healthy_with_at_least_one_config: env.bool("HEALTHY_WITH_AT_LEAST_ONE_CONFIG_LOADED", false)?,
             backend,
             redis,
             failure_mode,
             local_cache_size_bytes: env.parse("LOCAL_CACHE_SIZE_IN_BYTES", 0usize)?,
             near_limit_ratio,
             cache_key_prefix: env.string("CACHE_KEY_PREFIX", ""),
-            stop_increment_when_over_limit: env
-                .bool("STOP_CACHE_KEY_INCREMENT_WHEN_OVERLIMIT", false)?,
+            stop_increment_when_over_limit: env.bool("STOP_CACHE_KEY_INCREMENT_WHEN_OVERLIMIT", false)?,
             expiration_jitter_max_secs: env.parse("EXPIRATION_JITTER_MAX_SECONDS", 300u64)?,
             shadow_mode: env.bool("SHADOW_MODE", false)?,
             headers: ResponseHeaders {
@@ -369,10 +276,7 @@ mod tests {
         assert_eq!(s.http_addr.port(), 8080);
         assert_eq!(s.debug_addr.port(), 6070);
         assert!(matches!(s.backend, Backend::Memory { .. }));
-        assert_eq!(
-            s.config_dir,
-            PathBuf::from("/srv/runtime_data/current/config")
-        );
+        assert_eq!(s.config_dir, PathBuf::from("/srv/runtime_data/current/config"));
         assert_eq!(s.headers.limit, "RateLimit-Limit");
     }
 
@@ -398,21 +302,11 @@ mod tests {
 
     #[test]
     fn unsupported_variables_are_reported_or_refused() {
-        let env = Env::from_pairs([
-            ("REDIS_PERSECOND", "true"),
-            ("USE_STATSD", "true"),
-            ("TRACING_ENABLED", "false"),
-        ]);
+        let env = Env::from_pairs([("REDIS_PERSECOND", "true"), ("USE_STATSD", "true"), ("TRACING_ENABLED", "false")]);
         let s = Settings::from_env(&env).unwrap();
         assert_eq!(s.ignored.len(), 2, "{:?}", s.ignored);
-        assert!(
-            s.ignored[0]
-                .starts_with("REDIS_PERSECOND is not supported: per-second limits use REDIS_URL")
-        );
-        for (name, value) in [
-            ("CONFIG_TYPE", "GRPC_XDS_SOTW"),
-            ("GRPC_UDS", "/tmp/rl.sock"),
-        ] {
+        assert!(s.ignored[0].starts_with("REDIS_PERSECOND is not supported: per-second limits use REDIS_URL"));
+        for (name, value) in [("CONFIG_TYPE", "GRPC_XDS_SOTW"), ("GRPC_UDS", "/tmp/rl.sock")] {
             let err = Settings::from_env(&Env::from_pairs([(name, value)])).unwrap_err();
             assert!(err.to_string().contains(name), "{err}");
         }
@@ -427,13 +321,9 @@ mod tests {
             ("REDIS_TIMEOUT", "10", "missing unit"),
             ("GRPC_PORT", "http", "invalid digit"),
         ] {
-            let err = Settings::from_env(&Env::from_pairs([(name, value), ("REDIS_URL", "x:1")]))
-                .unwrap_err();
+            let err = Settings::from_env(&Env::from_pairs([(name, value), ("REDIS_URL", "x:1")])).unwrap_err();
             let text = err.to_string();
-            assert!(
-                text.contains(name) && text.contains(expected),
-                "{name}: {text}"
-            );
+            assert!(text.contains(name) && text.contains(expected), "{name}: {text}");
         }
         let err = Settings::from_env(&Env::from_pairs([("BACKEND_TYPE", "redis")])).unwrap_err();
         assert!(err.to_string().contains("REDIS_URL"));

@@ -57,26 +57,15 @@ pub struct RuleStats {
 
 impl Stats {
     pub fn new(metrics: &Metrics) -> Self {
-        let family = |name: &str, help: &str| {
-            metrics.register(name, help, Family::<RuleLabels, Counter>::default())
-        };
+        let family = |name: &str, help: &str| metrics.register(name, help, Family::<RuleLabels, Counter>::default());
         Stats {
-            total_hits: family(
-                "ratelimit_service_rate_limit_total_hits",
-                "Hits counted against a rule",
-            ),
-            over_limit: family(
-                "ratelimit_service_rate_limit_over_limit",
-                "Hits over a rule's limit",
-            ),
+            total_hits: family("ratelimit_service_rate_limit_total_hits", "Hits counted against a rule"),
+            over_limit: family("ratelimit_service_rate_limit_over_limit", "Hits over a rule's limit"),
             near_limit: family(
                 "ratelimit_service_rate_limit_near_limit",
                 "Hits within the limit but above NEAR_LIMIT_RATIO of it",
             ),
-            within_limit: family(
-                "ratelimit_service_rate_limit_within_limit",
-                "Hits within a rule's limit",
-            ),
+            within_limit: family("ratelimit_service_rate_limit_within_limit", "Hits within a rule's limit"),
             shadow_mode: family(
                 "ratelimit_service_rate_limit_shadow_mode",
                 "Hits over the limit that were let through by shadow mode",
@@ -115,20 +104,14 @@ impl Stats {
 
     /// The counters for a rule's stats key, e.g. `("mongo_cps", "database_users")`.
     pub fn rule(&self, domain: &str, key: &str) -> RuleStats {
-        let labels = RuleLabels {
-            domain: domain.to_string(),
-            key: sanitize(key),
-        };
+        let labels = RuleLabels { domain: domain.to_string(), key: sanitize(key) };
         RuleStats {
             total_hits: self.total_hits.get_or_create(&labels).clone(),
             over_limit: self.over_limit.get_or_create(&labels).clone(),
             near_limit: self.near_limit.get_or_create(&labels).clone(),
             within_limit: self.within_limit.get_or_create(&labels).clone(),
             shadow_mode: self.shadow_mode.get_or_create(&labels).clone(),
-            over_limit_with_local_cache: self
-                .over_limit_with_local_cache
-                .get_or_create(&labels)
-                .clone(),
+            over_limit_with_local_cache: self.over_limit_with_local_cache.get_or_create(&labels).clone(),
         }
     }
 

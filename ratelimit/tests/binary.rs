@@ -7,11 +7,7 @@ use std::time::{Duration, Instant};
 const BIN: &str = env!("CARGO_BIN_EXE_gatehouse-ratelimit");
 
 fn check_config(path: &std::path::Path) -> (bool, String, String) {
-    let out = Command::new(BIN)
-        .arg("check-config")
-        .arg(path)
-        .output()
-        .unwrap();
+    let out = Command::new(BIN).arg("check-config").arg(path).output().unwrap();
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -30,10 +26,7 @@ fn check_config_prints_rules_or_the_exact_error() {
     .unwrap();
     let (ok, stdout, stderr) = check_config(&good);
     assert!(ok, "{stderr}");
-    assert_eq!(
-        stdout,
-        "d.k: unit=SECOND requests_per_unit=5 + unit=DAY requests_per_unit=100, shadow_mode: false\n"
-    );
+    assert_eq!(stdout, "d.k: unit=SECOND requests_per_unit=5 + unit=DAY requests_per_unit=100, shadow_mode: false\n");
     assert!(stderr.contains("OK: 1 file(s)"), "{stderr}");
 
     let bad = dir.path().join("bad.yaml");
@@ -41,10 +34,7 @@ fn check_config_prints_rules_or_the_exact_error() {
     let (ok, stdout, stderr) = check_config(&bad);
     assert!(!ok);
     assert!(stdout.is_empty());
-    assert!(
-        stderr.contains("bad.yaml:4:") && stderr.contains("unknown field `algoritm`"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("bad.yaml:4:") && stderr.contains("unknown field `algoritm`"), "{stderr}");
 
     // A directory is checked as a whole: the good file alone is not enough.
     let (ok, _, stderr) = check_config(dir.path());
@@ -52,11 +42,7 @@ fn check_config_prints_rules_or_the_exact_error() {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 #[test]
@@ -90,12 +76,7 @@ fn serves_from_environment_and_stops_on_sigterm() {
     let body = r#"{"domain":"d","descriptors":[{"entries":[{"key":"k","value":"v"}]}]}"#;
     let deadline = Instant::now() + Duration::from_secs(10);
     let first = loop {
-        let resp = runtime.block_on(
-            client
-                .post(format!("http://127.0.0.1:{http}/json"))
-                .body(body)
-                .send(),
-        );
+        let resp = runtime.block_on(client.post(format!("http://127.0.0.1:{http}/json")).body(body).send());
         match resp {
             Ok(r) => break r.status().as_u16(),
             Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
@@ -103,36 +84,17 @@ fn serves_from_environment_and_stops_on_sigterm() {
         }
     };
     let second = runtime
-        .block_on(
-            client
-                .post(format!("http://127.0.0.1:{http}/json"))
-                .body(body)
-                .send(),
-        )
+        .block_on(client.post(format!("http://127.0.0.1:{http}/json")).body(body).send())
         .unwrap()
         .status()
         .as_u16();
     assert_eq!((first, second), (200, 429));
     let rlconfig = runtime
-        .block_on(async {
-            client
-                .get(format!("http://127.0.0.1:{debug}/rlconfig"))
-                .send()
-                .await?
-                .text()
-                .await
-        })
+        .block_on(async { client.get(format!("http://127.0.0.1:{debug}/rlconfig")).send().await?.text().await })
         .unwrap();
-    assert_eq!(
-        rlconfig,
-        "d.k: unit=MINUTE requests_per_unit=1, shadow_mode: false\n"
-    );
+    assert_eq!(rlconfig, "d.k: unit=MINUTE requests_per_unit=1, shadow_mode: false\n");
 
-    let status = Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status()
-        .unwrap();
+    let status = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
     assert!(status.success());
     let deadline = Instant::now() + Duration::from_secs(10);
     let exit = loop {
@@ -145,9 +107,5 @@ fn serves_from_environment_and_stops_on_sigterm() {
     assert!(exit.success(), "exit status {exit:?}");
     let mut logs = String::new();
     std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut logs).unwrap();
-    assert!(
-        logs.lines()
-            .any(|l| l.starts_with('{') && l.contains("shutdown signal received")),
-        "{logs}"
-    );
+    assert!(logs.lines().any(|l| l.starts_with('{') && l.contains("shutdown signal received")), "{logs}");
 }

@@ -4,9 +4,7 @@
 use std::time::Duration;
 
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
-use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::{
-    Entry, RateLimitOverride,
-};
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::{Entry, RateLimitOverride};
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
@@ -54,45 +52,23 @@ impl Server {
         std::fs::create_dir_all(rules.path().join("config")).unwrap();
         std::fs::write(rules.path().join("config/test.yaml"), RULES).unwrap();
         let mut env = vec![
-            (
-                "RUNTIME_ROOT".to_string(),
-                rules.path().display().to_string(),
-            ),
+            ("RUNTIME_ROOT".to_string(), rules.path().display().to_string()),
             ("RUNTIME_WATCH_ROOT".to_string(), "false".to_string()),
         ];
-        env.extend(
-            extra_env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string())),
-        );
+        env.extend(extra_env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let settings = Settings::from_env(&Env::from_pairs(env)).unwrap();
         let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let ports = (
-            grpc.local_addr().unwrap().port(),
-            http.local_addr().unwrap().port(),
-        );
+        let ports = (grpc.local_addr().unwrap().port(), http.local_addr().unwrap().port());
         let app = App::build(settings, Clock::System).await.unwrap();
         let shutdown = Shutdown::new();
-        let listeners = Listeners {
-            grpc,
-            http: Some(http),
-            debug: None,
-            prometheus: None,
-        };
+        let listeners = Listeners { grpc, http: Some(http), debug: None, prometheus: None };
         tokio::spawn(app.serve(listeners, shutdown.clone()));
-        Server {
-            grpc: ports.0,
-            http: ports.1,
-            shutdown,
-            _rules: rules,
-        }
+        Server { grpc: ports.0, http: ports.1, shutdown, _rules: rules }
     }
 
     async fn client(&self) -> RateLimitServiceClient<Channel> {
-        RateLimitServiceClient::connect(format!("http://127.0.0.1:{}", self.grpc))
-            .await
-            .unwrap()
+        RateLimitServiceClient::connect(format!("http://127.0.0.1:{}", self.grpc)).await.unwrap()
     }
 }
 
@@ -104,37 +80,21 @@ impl Drop for Server {
 
 fn descriptor(pairs: &[(&str, &str)]) -> RateLimitDescriptor {
     RateLimitDescriptor {
-        entries: pairs
-            .iter()
-            .map(|(k, v)| Entry {
-                key: k.to_string(),
-                value: v.to_string(),
-            })
-            .collect(),
+        entries: pairs.iter().map(|(k, v)| Entry { key: k.to_string(), value: v.to_string() }).collect(),
         ..Default::default()
     }
 }
 
 fn request(descriptors: Vec<RateLimitDescriptor>) -> RateLimitRequest {
-    RateLimitRequest {
-        domain: "test".into(),
-        descriptors,
-        hits_addend: 0,
-    }
+    RateLimitRequest { domain: "test".into(), descriptors, hits_addend: 0 }
 }
 
-async fn call(
-    client: &mut RateLimitServiceClient<Channel>,
-    req: RateLimitRequest,
-) -> RateLimitResponse {
+async fn call(client: &mut RateLimitServiceClient<Channel>, req: RateLimitRequest) -> RateLimitResponse {
     client.should_rate_limit(req).await.unwrap().into_inner()
 }
 
 fn header(resp: &RateLimitResponse, name: &str) -> Option<String> {
-    resp.response_headers_to_add
-        .iter()
-        .find(|h| h.key == name)
-        .map(|h| h.value.clone())
+    resp.response_headers_to_add.iter().find(|h| h.key == name).map(|h| h.value.clone())
 }
 
 #[tokio::test]
@@ -147,10 +107,7 @@ async fn statuses_limits_and_headers() {
     assert_eq!(first.overall_code, Code::Ok as i32);
     let status = &first.statuses[0];
     let limit = status.current_limit.as_ref().unwrap();
-    assert_eq!(
-        (limit.name.as_str(), limit.requests_per_unit, limit.unit),
-        ("k_limited", 2, 2)
-    );
+    assert_eq!((limit.name.as_str(), limit.requests_per_unit, limit.unit), ("k_limited", 2, 2));
     assert_eq!(status.limit_remaining, 1);
     let reset = status.duration_until_reset.as_ref().unwrap().seconds;
     assert!((0..=60).contains(&reset), "{reset}");
@@ -163,14 +120,7 @@ async fn statuses_limits_and_headers() {
     assert_eq!(third.statuses[0].code, Code::OverLimit as i32);
 
     // Unlimited: OK, no current_limit, remaining u32::MAX. Unknown descriptors: plain OK.
-    let resp = call(
-        &mut client,
-        request(vec![
-            descriptor(&[("k", "free")]),
-            descriptor(&[("nope", "x")]),
-        ]),
-    )
-    .await;
+    let resp = call(&mut client, request(vec![descriptor(&[("k", "free")]), descriptor(&[("nope", "x")])])).await;
     assert_eq!(resp.overall_code, Code::Ok as i32);
     assert_eq!(resp.statuses[0].limit_remaining, u32::MAX);
     assert!(resp.statuses[0].current_limit.is_none() && resp.statuses[1].current_limit.is_none());
@@ -189,56 +139,31 @@ async fn hits_addend_override_and_replaces() {
     // Request-level hits_addend 3 against a limit of 2; per-descriptor 0 only checks.
     let mut req = request(vec![descriptor(&[("k", "limited")])]);
     req.hits_addend = 3;
-    assert_eq!(
-        call(&mut client, req).await.overall_code,
-        Code::OverLimit as i32
-    );
+    assert_eq!(call(&mut client, req).await.overall_code, Code::OverLimit as i32);
     let mut check = descriptor(&[("k", "other-key")]);
-    check.limit = Some(RateLimitOverride {
-        requests_per_unit: 1,
-        unit: 4,
-    });
+    check.limit = Some(RateLimitOverride { requests_per_unit: 1, unit: 4 });
     check.hits_addend = Some(UInt64Value { value: 0 });
     for _ in 0..3 {
         let resp = call(&mut client, request(vec![check.clone()])).await;
-        assert_eq!(
-            (resp.overall_code, resp.statuses[0].limit_remaining),
-            (Code::Ok as i32, 1),
-            "0 hits never count"
-        );
+        assert_eq!((resp.overall_code, resp.statuses[0].limit_remaining), (Code::Ok as i32, 1), "0 hits never count");
     }
     // The override applies its own limit (1 per day) to descriptors no rule matches.
     check.hits_addend = None;
     let first = call(&mut client, request(vec![check.clone()])).await;
     assert_eq!(first.statuses[0].current_limit.as_ref().unwrap().unit, 4);
-    assert_eq!(
-        call(&mut client, request(vec![check])).await.overall_code,
-        Code::OverLimit as i32
-    );
+    assert_eq!(call(&mut client, request(vec![check])).await.overall_code, Code::OverLimit as i32);
 
     // `specific` replaces `general`: with both in one request, only specific's 100 applies.
     for _ in 0..3 {
-        let resp = call(
-            &mut client,
-            request(vec![
-                descriptor(&[("k", "general")]),
-                descriptor(&[("k", "specific")]),
-            ]),
-        )
-        .await;
+        let resp =
+            call(&mut client, request(vec![descriptor(&[("k", "general")]), descriptor(&[("k", "specific")])])).await;
         assert_eq!(resp.overall_code, Code::Ok as i32);
-        assert!(
-            resp.statuses[0].current_limit.is_none(),
-            "replaced rule is not applied"
-        );
+        assert!(resp.statuses[0].current_limit.is_none(), "replaced rule is not applied");
     }
     // Alone, general's limit of 1 applies.
     let alone = || request(vec![descriptor(&[("k", "general")])]);
     call(&mut client, alone()).await;
-    assert_eq!(
-        call(&mut client, alone()).await.overall_code,
-        Code::OverLimit as i32
-    );
+    assert_eq!(call(&mut client, alone()).await.overall_code, Code::OverLimit as i32);
 }
 
 #[tokio::test]
@@ -250,49 +175,19 @@ async fn ietf_headers_metadata_and_token_bucket() {
     ])
     .await;
     let mut client = server.client().await;
-    let resp = call(
-        &mut client,
-        request(vec![descriptor(&[("bucket", "tenant-a")])]),
-    )
-    .await;
-    assert_eq!(
-        header(&resp, "RateLimit-Policy").as_deref(),
-        Some("\"tb\";q=1;w=1")
-    );
-    assert_eq!(
-        header(&resp, "RateLimit").as_deref(),
-        Some("\"tb\";r=2;t=1")
-    );
+    let resp = call(&mut client, request(vec![descriptor(&[("bucket", "tenant-a")])])).await;
+    assert_eq!(header(&resp, "RateLimit-Policy").as_deref(), Some("\"tb\";q=1;w=1"));
+    assert_eq!(header(&resp, "RateLimit").as_deref(), Some("\"tb\";r=2;t=1"));
     let metadata = resp.dynamic_metadata.unwrap();
     let domain = metadata.fields.get("domain").and_then(|v| v.kind.clone());
-    assert_eq!(
-        domain,
-        Some(envoy_types::pb::google::protobuf::value::Kind::StringValue(
-            "test".into()
-        ))
-    );
+    assert_eq!(domain, Some(envoy_types::pb::google::protobuf::value::Kind::StringValue("test".into())));
     // Burst of 3, then refused with the time until the next token.
-    call(
-        &mut client,
-        request(vec![descriptor(&[("bucket", "tenant-a")])]),
-    )
-    .await;
-    call(
-        &mut client,
-        request(vec![descriptor(&[("bucket", "tenant-a")])]),
-    )
-    .await;
-    let refused = call(
-        &mut client,
-        request(vec![descriptor(&[("bucket", "tenant-a")])]),
-    )
-    .await;
+    call(&mut client, request(vec![descriptor(&[("bucket", "tenant-a")])])).await;
+    call(&mut client, request(vec![descriptor(&[("bucket", "tenant-a")])])).await;
+    let refused = call(&mut client, request(vec![descriptor(&[("bucket", "tenant-a")])])).await;
     assert_eq!(refused.overall_code, Code::OverLimit as i32);
     let wait = refused.statuses[0].duration_until_reset.as_ref().unwrap();
-    assert!(
-        wait.seconds == 0 || (wait.seconds == 1 && wait.nanos == 0),
-        "{wait:?}"
-    );
+    assert!(wait.seconds == 0 || (wait.seconds == 1 && wait.nanos == 0), "{wait:?}");
 }
 
 #[tokio::test]
@@ -301,20 +196,11 @@ async fn malformed_requests_get_invalid_argument() {
     let mut client = server.client().await;
     let err = client.should_rate_limit(request(vec![])).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
-    assert_eq!(
-        err.message(),
-        "rate limit descriptor list must not be empty"
-    );
+    assert_eq!(err.message(), "rate limit descriptor list must not be empty");
     let mut req = request(vec![descriptor(&[("k", "limited")])]);
     req.domain.clear();
     let err = client.should_rate_limit(req).await.unwrap_err();
-    assert_eq!(
-        (err.code(), err.message()),
-        (
-            tonic::Code::InvalidArgument,
-            "rate limit domain must not be empty"
-        )
-    );
+    assert_eq!((err.code(), err.message()), (tonic::Code::InvalidArgument, "rate limit domain must not be empty"));
 }
 
 #[tokio::test]
@@ -325,74 +211,41 @@ async fn json_endpoint_and_healthcheck() {
     let body = r#"{"domain":"test","descriptors":[{"entries":[{"key":"k","value":"limited"}]}]}"#;
     let mut codes = Vec::new();
     for _ in 0..3 {
-        let resp = http
-            .post(format!("{url}/json"))
-            .body(body)
-            .send()
-            .await
-            .unwrap();
+        let resp = http.post(format!("{url}/json")).body(body).send().await.unwrap();
         codes.push(resp.status().as_u16());
         let json: serde_json::Value = resp.json().await.unwrap();
-        assert_eq!(
-            json["statuses"][0]["currentLimit"]["unit"], "MINUTE",
-            "{json}"
-        );
+        assert_eq!(json["statuses"][0]["currentLimit"]["unit"], "MINUTE", "{json}");
     }
     assert_eq!(codes, vec![200, 200, 429]);
-    let bad = http
-        .post(format!("{url}/json"))
-        .body("{not json")
-        .send()
-        .await
-        .unwrap();
+    let bad = http.post(format!("{url}/json")).body("{not json").send().await.unwrap();
     assert_eq!(bad.status().as_u16(), 400);
     assert_eq!(bad.text().await.unwrap(), "Bad Request\n");
 
     let health = http.get(format!("{url}/healthcheck")).send().await.unwrap();
-    assert_eq!(
-        (
-            health.status().as_u16(),
-            health.text().await.unwrap().as_str()
-        ),
-        (200, "OK")
-    );
+    assert_eq!((health.status().as_u16(), health.text().await.unwrap().as_str()), (200, "OK"));
 
     // On shutdown, health fails at once, before the listeners close (SHUTDOWN_DRAIN).
     let draining = Server::start(&[("SHUTDOWN_DRAIN", "2s")]).await;
     let url = format!("http://127.0.0.1:{}/healthcheck", draining.http);
-    let channel = Channel::from_shared(format!("http://127.0.0.1:{}", draining.grpc))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = Channel::from_shared(format!("http://127.0.0.1:{}", draining.grpc)).unwrap().connect().await.unwrap();
     let mut grpc_health = tonic_health::pb::health_client::HealthClient::new(channel);
     let serving = grpc_health
-        .check(tonic_health::pb::HealthCheckRequest {
-            service: "ratelimit".into(),
-        })
+        .check(tonic_health::pb::HealthCheckRequest { service: "ratelimit".into() })
         .await
         .unwrap()
         .into_inner()
         .status;
-    assert_eq!(
-        serving,
-        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
-    );
+    assert_eq!(serving, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
     draining.shutdown.trigger();
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert_eq!(http.get(&url).send().await.unwrap().status().as_u16(), 500);
     let status = grpc_health
-        .check(tonic_health::pb::HealthCheckRequest {
-            service: "ratelimit".into(),
-        })
+        .check(tonic_health::pb::HealthCheckRequest { service: "ratelimit".into() })
         .await
         .unwrap()
         .into_inner()
         .status;
-    assert_eq!(
-        status,
-        tonic_health::pb::health_check_response::ServingStatus::NotServing as i32
-    );
+    assert_eq!(status, tonic_health::pb::health_check_response::ServingStatus::NotServing as i32);
 }
 
 /// GRPC_SERVER_USE_TLS with GRPC_CLIENT_TLS_CACERT: clients need a certificate from the CA.
@@ -411,23 +264,16 @@ async fn tls_and_mtls_listener() {
     let ca = Certificate::from_pem(std::fs::read(&pki.ca_cert).unwrap());
     let endpoint = || Channel::from_shared(format!("https://localhost:{}", server.grpc)).unwrap();
 
-    let identity = Identity::from_pem(
-        std::fs::read(&pki.client_cert).unwrap(),
-        std::fs::read(&pki.client_key).unwrap(),
-    );
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(ca.clone())
-        .domain_name("localhost")
-        .identity(identity);
+    let identity =
+        Identity::from_pem(std::fs::read(&pki.client_cert).unwrap(), std::fs::read(&pki.client_key).unwrap());
+    let tls = ClientTlsConfig::new().ca_certificate(ca.clone()).domain_name("localhost").identity(identity);
     let channel = endpoint().tls_config(tls).unwrap().connect().await.unwrap();
     let mut client = RateLimitServiceClient::new(channel);
     let resp = call(&mut client, request(vec![descriptor(&[("k", "limited")])])).await;
     assert_eq!(resp.overall_code, Code::Ok as i32);
 
     // Without a client certificate the handshake is refused.
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(ca)
-        .domain_name("localhost");
+    let tls = ClientTlsConfig::new().ca_certificate(ca).domain_name("localhost");
     let refused = match endpoint().tls_config(tls).unwrap().connect().await {
         Err(_) => true,
         Ok(channel) => RateLimitServiceClient::new(channel)

@@ -32,21 +32,9 @@ impl Drop for Echo {
     }
 }
 
-async fn echo(
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> axum::Json<serde_json::Value> {
-    let headers: BTreeMap<String, String> = headers
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.to_string(),
-                String::from_utf8_lossy(v.as_bytes()).into_owned(),
-            )
-        })
-        .collect();
+async fn echo(method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> axum::Json<serde_json::Value> {
+    let headers: BTreeMap<String, String> =
+        headers.iter().map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned())).collect();
     axum::Json(serde_json::json!({
         "method": method.as_str(),
         "path": uri.to_string(),

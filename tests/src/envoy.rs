@@ -42,10 +42,7 @@ pub fn render(template: &str, vars: &BTreeMap<String, String>) -> Result<String,
     } else {
         missing.sort();
         missing.dedup();
-        Err(format!(
-            "no value for placeholder(s): {}",
-            missing.join(", ")
-        ))
+        Err(format!("no value for placeholder(s): {}", missing.join(", ")))
     }
 }
 
@@ -82,8 +79,7 @@ impl Envoy {
     pub async fn start(vars: &BTreeMap<String, String>) -> Envoy {
         let template_path = repo_root().join("envoy/gateway.yaml");
         let template = std::fs::read_to_string(&template_path).expect("read envoy/gateway.yaml");
-        let config =
-            render(&template, vars).unwrap_or_else(|e| panic!("{}: {e}", template_path.display()));
+        let config = render(&template, vars).unwrap_or_else(|e| panic!("{}: {e}", template_path.display()));
         let dir = tempfile::tempdir().expect("temp dir for envoy");
         let config_path = dir.path().join("envoy.yaml");
         let admin_path = dir.path().join("admin.txt");
@@ -94,17 +90,10 @@ impl Envoy {
             .arg(&config_path)
             .arg("--admin-address-path")
             .arg(&admin_path)
-            .args([
-                "--disable-hot-restart",
-                "-l",
-                "warning",
-                "--concurrency",
-                "2",
-            ])
+            .args(["--disable-hot-restart", "-l", "warning", "--concurrency", "2"])
             .stdout(Stdio::null())
             .stderr(log);
-        let mut process = Process::spawn("envoy", &mut cmd)
-            .expect("start envoy (run scripts/install-test-deps.sh)");
+        let mut process = Process::spawn("envoy", &mut cmd).expect("start envoy (run scripts/install-test-deps.sh)");
 
         let admin = eventually(Duration::from_secs(30), || {
             let text = std::fs::read_to_string(&admin_path).ok();
@@ -133,12 +122,7 @@ impl Envoy {
         })
         .await
         .expect("envoy gateway listener port");
-        Envoy {
-            admin,
-            port,
-            _process: process,
-            _dir: dir,
-        }
+        Envoy { admin, port, _process: process, _dir: dir }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -147,15 +131,9 @@ impl Envoy {
 
     /// One admin stat's value, e.g. `cluster.upstream.ratelimit.over_limit`.
     pub async fn stat(&self, name: &str) -> Option<u64> {
-        let url = format!(
-            "http://{}/stats?filter=^{}$",
-            self.admin,
-            name.replace('.', "\\.")
-        );
+        let url = format!("http://{}/stats?filter=^{}$", self.admin, name.replace('.', "\\."));
         let text = reqwest::get(url).await.ok()?.text().await.ok()?;
-        text.lines()
-            .find_map(|l| l.strip_prefix(&format!("{name}: ")))
-            .and_then(|v| v.trim().parse().ok())
+        text.lines().find_map(|l| l.strip_prefix(&format!("{name}: "))).and_then(|v| v.trim().parse().ok())
     }
 }
 
@@ -168,9 +146,6 @@ mod tests {
         let mut vars = BTreeMap::new();
         vars.insert("A".to_string(), "1".to_string());
         assert_eq!(render("x${A}y${A}", &vars).unwrap(), "x1y1");
-        assert_eq!(
-            render("${A}${B}${C}${B}", &vars).unwrap_err(),
-            "no value for placeholder(s): B, C"
-        );
+        assert_eq!(render("${A}${B}${C}${B}", &vars).unwrap_err(), "no value for placeholder(s): B, C");
     }
 }

@@ -17,19 +17,13 @@ use std::time::{Duration, Instant};
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."))
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
 }
 
 /// A loopback port that was free a moment ago, for programs that cannot report the port
 /// they bound (redis-server). Callers retry on a bind clash.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or(0)
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
 }
 
 /// Finds a binary: the environment variable, then `local` under the repo, then PATH.
@@ -82,13 +76,8 @@ impl Process {
         let child = command
             .stdin(std::process::Stdio::null())
             .spawn()
-            .map_err(|e| {
-                std::io::Error::new(e.kind(), format!("starting {name} ({command:?}): {e}"))
-            })?;
-        Ok(Process {
-            child: Some(child),
-            name: name.to_string(),
-        })
+            .map_err(|e| std::io::Error::new(e.kind(), format!("starting {name} ({command:?}): {e}")))?;
+        Ok(Process { child: Some(child), name: name.to_string() })
     }
 
     /// Whether the process has exited.

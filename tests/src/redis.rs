@@ -10,11 +10,7 @@ use tempfile::TempDir;
 use crate::{Process, binary, free_port};
 
 fn redis_server() -> PathBuf {
-    binary(
-        "GATEHOUSE_REDIS_SERVER",
-        ".venv/bin/redis-server",
-        "redis-server",
-    )
+    binary("GATEHOUSE_REDIS_SERVER", ".venv/bin/redis-server", "redis-server")
 }
 
 fn redis_cli() -> PathBuf {
@@ -29,9 +25,7 @@ fn cli(port: u16, args: &[&str]) -> Option<String> {
         .stderr(Stdio::null())
         .output()
         .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 fn wait_for_ping(port: u16, process: &mut Process) -> bool {
@@ -50,20 +44,11 @@ fn wait_for_ping(port: u16, process: &mut Process) -> bool {
 
 fn start_node(port: u16, dir: &std::path::Path, extra: &[&str]) -> Option<Process> {
     let mut cmd = Command::new(redis_server());
-    cmd.args([
-        "--bind",
-        "127.0.0.1",
-        "--port",
-        &port.to_string(),
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-    ])
-    .args(["--dir", &dir.display().to_string()])
-    .args(extra)
-    .stdout(Stdio::null())
-    .stderr(Stdio::null());
+    cmd.args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", "", "--appendonly", "no"])
+        .args(["--dir", &dir.display().to_string()])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
     let mut process = Process::spawn("redis-server", &mut cmd).ok()?;
     wait_for_ping(port, &mut process).then_some(process)
 }
@@ -83,11 +68,7 @@ impl RedisServer {
         for _ in 0..5 {
             let port = free_port();
             if let Some(process) = start_node(port, dir.path(), &[]) {
-                return RedisServer {
-                    port,
-                    process: Some(process),
-                    dir,
-                };
+                return RedisServer { port, process: Some(process), dir };
             }
         }
         panic!("redis-server did not start; run scripts/install-test-deps.sh");
@@ -99,42 +80,24 @@ impl RedisServer {
         for _ in 0..5 {
             let port = free_port();
             let mut cmd = Command::new(redis_server());
-            cmd.args([
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                "0",
-                "--tls-port",
-                &port.to_string(),
-                "--save",
-                "",
-            ])
-            .args([
-                "--dir",
-                &dir.path().display().to_string(),
-                "--requirepass",
-                password,
-            ])
-            .arg("--tls-cert-file")
-            .arg(&pki.server_cert)
-            .arg("--tls-key-file")
-            .arg(&pki.server_key)
-            .arg("--tls-ca-cert-file")
-            .arg(&pki.ca_cert)
-            .args(["--tls-auth-clients", "yes"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            cmd.args(["--bind", "127.0.0.1", "--port", "0", "--tls-port", &port.to_string(), "--save", ""])
+                .args(["--dir", &dir.path().display().to_string(), "--requirepass", password])
+                .arg("--tls-cert-file")
+                .arg(&pki.server_cert)
+                .arg("--tls-key-file")
+                .arg(&pki.server_key)
+                .arg("--tls-ca-cert-file")
+                .arg(&pki.ca_cert)
+                .args(["--tls-auth-clients", "yes"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
             let Ok(mut process) = Process::spawn("redis-server (tls)", &mut cmd) else {
                 continue;
             };
             let deadline = Instant::now() + Duration::from_secs(10);
             while Instant::now() < deadline && !process.exited() {
                 if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return RedisServer {
-                        port,
-                        process: Some(process),
-                        dir,
-                    };
+                    return RedisServer { port, process: Some(process), dir };
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
@@ -198,14 +161,7 @@ impl RedisCluster {
             if let Some(p) = start_node(
                 port,
                 &node_dir,
-                &[
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-config-file",
-                    &conf,
-                    "--cluster-node-timeout",
-                    "2000",
-                ],
+                &["--cluster-enabled", "yes", "--cluster-config-file", &conf, "--cluster-node-timeout", "2000"],
             ) {
                 nodes.push(p);
                 ports.push(port);
@@ -225,32 +181,21 @@ impl RedisCluster {
         assert!(status.success(), "redis-cli --cluster create failed");
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let ok = ports.iter().all(|&p| {
-                cli(p, &["CLUSTER", "INFO"]).is_some_and(|info| info.contains("cluster_state:ok"))
-            });
+            let ok = ports
+                .iter()
+                .all(|&p| cli(p, &["CLUSTER", "INFO"]).is_some_and(|info| info.contains("cluster_state:ok")));
             if ok {
                 break;
             }
-            assert!(
-                Instant::now() < deadline,
-                "cluster never reached cluster_state:ok"
-            );
+            assert!(Instant::now() < deadline, "cluster never reached cluster_state:ok");
             std::thread::sleep(Duration::from_millis(100));
         }
-        RedisCluster {
-            ports,
-            _nodes: nodes,
-            _dir: dir,
-        }
+        RedisCluster { ports, _nodes: nodes, _dir: dir }
     }
 
     /// Comma-separated `host:port` seeds, as REDIS_URL takes them with REDIS_TYPE=cluster.
     pub fn addrs(&self) -> String {
-        self.ports
-            .iter()
-            .map(|p| format!("127.0.0.1:{p}"))
-            .collect::<Vec<_>>()
-            .join(",")
+        self.ports.iter().map(|p| format!("127.0.0.1:{p}")).collect::<Vec<_>>().join(",")
     }
 }
 
@@ -277,10 +222,7 @@ impl RedisSentinel {
             );
             std::fs::write(&conf, text).expect("write sentinel.conf");
             let mut cmd = Command::new(redis_server());
-            cmd.arg(&conf)
-                .arg("--sentinel")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null());
+            cmd.arg(&conf).arg("--sentinel").stdout(Stdio::null()).stderr(Stdio::null());
             let Ok(mut process) = Process::spawn("redis-sentinel", &mut cmd) else {
                 continue;
             };
@@ -288,12 +230,7 @@ impl RedisSentinel {
             while Instant::now() < deadline && !process.exited() {
                 let addr = cli(port, &["SENTINEL", "get-master-addr-by-name", "mymaster"]);
                 if addr.is_some_and(|a| a.contains(&master.port.to_string())) {
-                    return RedisSentinel {
-                        master,
-                        sentinel_port: port,
-                        _sentinel: process,
-                        _dir: dir,
-                    };
+                    return RedisSentinel { master, sentinel_port: port, _sentinel: process, _dir: dir };
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }

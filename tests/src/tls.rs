@@ -13,7 +13,7 @@ pub struct Pki {
     pub client_key: PathBuf,
 }
 
-fn openssl(dir: &Path, args: &[&str]) {
+fn openssl(dir: &Path, args: &[String]) {
     let status = Command::new("openssl")
         .args(args)
         .current_dir(dir)
@@ -28,74 +28,43 @@ fn openssl(dir: &Path, args: &[&str]) {
 impl Pki {
     /// Writes the PKI into `dir`.
     pub fn generate(dir: &Path) -> Pki {
-        openssl(
-            dir,
-            &[
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-nodes",
-                "-keyout",
-                "ca.key",
-                "-out",
-                "ca.crt",
-                "-days",
-                "2",
-                "-subj",
-                "/CN=gatehouse-test-ca",
-            ],
-        );
+        let key = |name: &str| -> Vec<String> {
+            ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", &format!("{name}.key")]
+                .map(String::from)
+                .to_vec()
+        };
+        let mut ca = vec!["req".to_string(), "-x509".into()];
+        ca.extend(key("ca"));
+        ca.extend(["-out", "ca.crt", "-days", "2", "-subj", "/CN=gatehouse-test-ca"].map(String::from));
+        openssl(dir, &ca);
         for (name, ext) in [
-            (
-                "server",
-                "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth",
-            ),
-            (
-                "client",
-                "subjectAltName=URI:spiffe://gatehouse.test/envoy\nextendedKeyUsage=clientAuth",
-            ),
+            ("server", "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth"),
+            ("client", "subjectAltName=URI:spiffe://gatehouse.test/envoy\nextendedKeyUsage=clientAuth"),
         ] {
             std::fs::write(dir.join(format!("{name}.ext")), ext).expect("write extensions");
-            openssl(
-                dir,
-                &[
-                    "req",
-                    "-newkey",
-                    "ec",
-                    "-pkeyopt",
-                    "ec_paramgen_curve:P-256",
-                    "-nodes",
-                    "-keyout",
-                    &format!("{name}.key"),
-                    "-out",
-                    &format!("{name}.csr"),
-                    "-subj",
-                    &format!("/CN={name}"),
-                ],
-            );
-            openssl(
-                dir,
-                &[
-                    "x509",
-                    "-req",
-                    "-in",
-                    &format!("{name}.csr"),
-                    "-CA",
-                    "ca.crt",
-                    "-CAkey",
-                    "ca.key",
-                    "-CAcreateserial",
-                    "-out",
-                    &format!("{name}.crt"),
-                    "-days",
-                    "2",
-                    "-extfile",
-                    &format!("{name}.ext"),
-                ],
-            );
+            let mut csr = vec!["req".to_string()];
+            csr.extend(key(name));
+            csr.extend(["-out".into(), format!("{name}.csr"), "-subj".into(), format!("/CN={name}")]);
+            openssl(dir, &csr);
+            let sign = [
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &format!("{name}.crt"),
+                "-days",
+                "2",
+                "-extfile",
+                &format!("{name}.ext"),
+            ]
+            .map(String::from);
+            openssl(dir, &sign);
         }
         Pki {
             ca_cert: dir.join("ca.crt"),

@@ -31,22 +31,11 @@ impl Replica {
         let debug = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let grpc_port = grpc.local_addr().unwrap().port();
         let debug_port = debug.local_addr().unwrap().port();
-        let app = App::build(settings, Clock::System)
-            .await
-            .expect("build app");
+        let app = App::build(settings, Clock::System).await.expect("build app");
         let shutdown = Shutdown::new();
-        let listeners = Listeners {
-            grpc,
-            http: Some(http),
-            debug: Some(debug),
-            prometheus: None,
-        };
+        let listeners = Listeners { grpc, http: Some(http), debug: Some(debug), prometheus: None };
         tokio::spawn(app.serve(listeners, shutdown.clone()));
-        Replica {
-            grpc_port,
-            debug_port,
-            shutdown,
-        }
+        Replica { grpc_port, debug_port, shutdown }
     }
 
     async fn debug(&self, path: &str) -> String {
@@ -57,13 +46,7 @@ impl Replica {
     /// One Prometheus sample, e.g. `ratelimit_service_rate_limit_shadow_mode_total{domain="gateway",key="generic_key_shadow"}`.
     async fn metric(&self, sample: &str) -> Option<f64> {
         let text = self.debug("/metrics").await;
-        text.lines().find_map(|l| {
-            l.strip_prefix(sample)?
-                .strip_prefix(' ')?
-                .trim()
-                .parse()
-                .ok()
-        })
+        text.lines().find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.trim().parse().ok())
     }
 }
 
@@ -120,10 +103,7 @@ async fn envoy_for(replica_grpc_port: u16, echo: &Echo, failure_mode_deny: bool)
     let mut vars: BTreeMap<String, String> = default_vars();
     vars.insert("UPSTREAM_PORT".into(), echo.port.to_string());
     vars.insert("RATELIMIT_PORT".into(), replica_grpc_port.to_string());
-    vars.insert(
-        "RATELIMIT_FAILURE_MODE_DENY".into(),
-        failure_mode_deny.to_string(),
-    );
+    vars.insert("RATELIMIT_FAILURE_MODE_DENY".into(), failure_mode_deny.to_string());
     Envoy::start(&vars).await
 }
 
@@ -138,18 +118,11 @@ async fn get(client: &reqwest::Client, url: &str, headers: &[(&str, &str)]) -> R
         req = req.header(*k, *v);
     }
     let resp = req.send().await.expect("request through envoy");
-    Reply {
-        status: resp.status().as_u16(),
-        headers: resp.headers().clone(),
-    }
+    Reply { status: resp.status().as_u16(), headers: resp.headers().clone() }
 }
 
 fn header<'a>(reply: &'a Reply, name: &str) -> &'a str {
-    reply
-        .headers
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
+    reply.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
 }
 
 const ROUTE_RULES: &str = r#"
@@ -209,11 +182,7 @@ async fn route_actions_are_limited_through_envoy() {
         assert_eq!(first.status, 200, "{path}: first request");
         assert_eq!(header(&first, "ratelimit-limit"), "2", "{path}");
         assert_eq!(header(&first, "ratelimit-remaining"), "1", "{path}");
-        assert_eq!(
-            get(&client, &url, headers).await.status,
-            200,
-            "{path}: second request"
-        );
+        assert_eq!(get(&client, &url, headers).await.status, 200, "{path}: second request");
         let third = get(&client, &url, headers).await;
         assert_eq!(third.status, 429, "{path}: third request");
         assert_eq!(header(&third, "ratelimit-limit"), "2", "{path}");
@@ -224,18 +193,8 @@ async fn route_actions_are_limited_through_envoy() {
     }
 
     // Other values get their own counters: another API key, another user.
-    assert_eq!(
-        get(&client, &envoy.url("/rl/header"), &[("x-api-key", "k-456")])
-            .await
-            .status,
-        200
-    );
-    assert_eq!(
-        get(&client, &envoy.url("/rl/nested"), &[("x-user", "bob")])
-            .await
-            .status,
-        200
-    );
+    assert_eq!(get(&client, &envoy.url("/rl/header"), &[("x-api-key", "k-456")]).await.status, 200);
+    assert_eq!(get(&client, &envoy.url("/rl/nested"), &[("x-user", "bob")]).await.status, 200);
     // Without x-plan: premium, header_value_match produces no descriptor: not limited.
     for _ in 0..3 {
         assert_eq!(get(&client, &envoy.url("/rl/match"), &[]).await.status, 200);
@@ -250,10 +209,7 @@ async fn route_actions_are_limited_through_envoy() {
         v
     };
     assert_eq!(statuses, vec![200, 200, 200, 429]);
-    let stat = envoy
-        .stat("cluster.upstream.ratelimit.over_limit")
-        .await
-        .unwrap_or(0);
+    let stat = envoy.stat("cluster.upstream.ratelimit.over_limit").await.unwrap_or(0);
     assert!(stat >= 6, "envoy counted over-limit responses: {stat}");
 }
 
@@ -265,22 +221,11 @@ async fn shadow_mode_lets_traffic_through_while_counting() {
     let envoy = envoy_for(replica.grpc_port, &echo, false).await;
     let client = reqwest::Client::new();
     for _ in 0..4 {
-        assert_eq!(
-            get(&client, &envoy.url("/rl/shadow"), &[]).await.status,
-            200
-        );
+        assert_eq!(get(&client, &envoy.url("/rl/shadow"), &[]).await.status, 200);
     }
     let labels = r#"{domain="gateway",key="generic_key_shadow"}"#;
-    let shadowed = replica
-        .metric(&format!(
-            "ratelimit_service_rate_limit_shadow_mode_total{labels}"
-        ))
-        .await;
-    let total = replica
-        .metric(&format!(
-            "ratelimit_service_rate_limit_total_hits_total{labels}"
-        ))
-        .await;
+    let shadowed = replica.metric(&format!("ratelimit_service_rate_limit_shadow_mode_total{labels}")).await;
+    let total = replica.metric(&format!("ratelimit_service_rate_limit_total_hits_total{labels}")).await;
     assert_eq!((shadowed, total), (Some(3.0), Some(4.0)));
 }
 
@@ -295,10 +240,7 @@ async fn config_changes_apply_without_restart_and_bad_files_are_rejected() {
     assert_eq!(get(&client, &url, &[]).await.status, 200);
 
     // Tighten the catch-all route's limit to 1 per minute.
-    rules.write(
-        "gateway.yaml",
-        &ROUTE_RULES.replace("requests_per_unit: 1000", "requests_per_unit: 1"),
-    );
+    rules.write("gateway.yaml", &ROUTE_RULES.replace("requests_per_unit: 1000", "requests_per_unit: 1"));
     let limited = eventually(Duration::from_secs(10), || {
         let client = client.clone();
         let url = url.clone();
@@ -308,7 +250,10 @@ async fn config_changes_apply_without_restart_and_bad_files_are_rejected() {
     assert!(limited.is_some(), "the new limit applied without a restart");
 
     // A broken file is rejected, named with its line, and the last good rules keep serving.
-    rules.write("broken.yaml", "domain: other\ndescriptors:\n  - key: a\n    rate_limit: { unit: fortnight, requests_per_unit: 1 }\n");
+    rules.write(
+        "broken.yaml",
+        "domain: other\ndescriptors:\n  - key: a\n    rate_limit: { unit: fortnight, requests_per_unit: 1 }\n",
+    );
     let status = eventually(Duration::from_secs(10), || async {
         let s = replica.debug("/config-status").await;
         s.contains("fortnight").then_some(s)
@@ -316,23 +261,9 @@ async fn config_changes_apply_without_restart_and_bad_files_are_rejected() {
     .await
     .expect("rejection visible on /config-status");
     assert!(status.contains("broken.yaml:4:"), "{status}");
-    assert_eq!(
-        get(&client, &url, &[]).await.status,
-        429,
-        "old rules still apply"
-    );
-    assert!(
-        replica
-            .metric("ratelimit_service_config_load_error_total")
-            .await
-            >= Some(1.0)
-    );
-    assert!(
-        replica
-            .debug("/rlconfig")
-            .await
-            .contains("gateway.generic_key_default: unit=MINUTE requests_per_unit=1,")
-    );
+    assert_eq!(get(&client, &url, &[]).await.status, 429, "old rules still apply");
+    assert!(replica.metric("ratelimit_service_config_load_error_total").await >= Some(1.0));
+    assert!(replica.debug("/rlconfig").await.contains("gateway.generic_key_default: unit=MINUTE requests_per_unit=1,"));
 }
 
 /// Kills Redis under traffic: every call is answered within REDIS_TIMEOUT by the configured
@@ -346,20 +277,12 @@ async fn redis_outage_follows_the_failure_mode_and_recovers() {
     for (mode, envoy_deny, expected_during_outage) in [("closed", true, 500), ("open", true, 200)] {
         let replica = Replica::start(&env(
             &rules,
-            &[
-                ("REDIS_URL", &redis.addr()),
-                ("REDIS_TIMEOUT", "200ms"),
-                ("BACKEND_FAILURE_MODE", mode),
-            ],
+            &[("REDIS_URL", &redis.addr()), ("REDIS_TIMEOUT", "200ms"), ("BACKEND_FAILURE_MODE", mode)],
         ))
         .await;
         let envoy = envoy_for(replica.grpc_port, &echo, envoy_deny).await;
         let url = envoy.url("/rl/multi");
-        assert_eq!(
-            get(&client, &url, &[]).await.status,
-            200,
-            "{mode}: before the outage"
-        );
+        assert_eq!(get(&client, &url, &[]).await.status, 200, "{mode}: before the outage");
 
         redis.stop();
         for _ in 0..5 {
@@ -367,10 +290,7 @@ async fn redis_outage_follows_the_failure_mode_and_recovers() {
             let status = get(&client, &url, &[]).await.status;
             let took = started.elapsed();
             assert_eq!(status, expected_during_outage, "{mode}: during the outage");
-            assert!(
-                took < Duration::from_millis(600),
-                "{mode}: answered in {took:?}"
-            );
+            assert!(took < Duration::from_millis(600), "{mode}: answered in {took:?}");
         }
         redis.restart();
         let recovered = eventually(Duration::from_secs(15), || {
@@ -379,19 +299,13 @@ async fn redis_outage_follows_the_failure_mode_and_recovers() {
             async move { (get(&client, &url, &[]).await.status == 200).then_some(()) }
         })
         .await;
-        assert!(
-            recovered.is_some(),
-            "{mode}: recovered after Redis restarted"
-        );
+        assert!(recovered.is_some(), "{mode}: recovered after Redis restarted");
         // Counting works again: multi_b allows 3 per minute, and this window has seen 1 or 2.
         let mut statuses = Vec::new();
         for _ in 0..3 {
             statuses.push(get(&client, &url, &[]).await.status);
         }
-        assert!(
-            statuses.contains(&429),
-            "{mode}: limited again: {statuses:?}"
-        );
+        assert!(statuses.contains(&429), "{mode}: limited again: {statuses:?}");
         redis.cli(&["FLUSHALL"]);
     }
 }
@@ -408,17 +322,10 @@ async fn exactly_the_limit_across_replicas(redis_env: &[(&str, &str)]) {
     let b = Replica::start(&env(&rules, redis_env)).await;
     let envoy_a = envoy_for(a.grpc_port, &echo, true).await;
     let envoy_b = envoy_for(b.grpc_port, &echo, true).await;
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(64)
-        .build()
-        .unwrap();
+    let client = reqwest::Client::builder().pool_max_idle_per_host(64).build().unwrap();
     let mut tasks = Vec::new();
     for worker in 0..30 {
-        let url = if worker % 2 == 0 {
-            envoy_a.url("/hammer")
-        } else {
-            envoy_b.url("/hammer")
-        };
+        let url = if worker % 2 == 0 { envoy_a.url("/hammer") } else { envoy_b.url("/hammer") };
         let client = client.clone();
         tasks.push(tokio::spawn(async move {
             let mut counts = [0u32; 3];
@@ -451,19 +358,11 @@ async fn two_replicas_on_one_redis_admit_exactly_the_limit() {
 #[tokio::test]
 async fn two_replicas_on_redis_cluster_admit_exactly_the_limit() {
     let cluster = RedisCluster::start();
-    exactly_the_limit_across_replicas(&[
-        ("REDIS_URL", &cluster.addrs()),
-        ("REDIS_TYPE", "cluster"),
-    ])
-    .await;
+    exactly_the_limit_across_replicas(&[("REDIS_URL", &cluster.addrs()), ("REDIS_TYPE", "cluster")]).await;
 }
 
 #[tokio::test]
 async fn two_replicas_through_redis_sentinel_admit_exactly_the_limit() {
     let sentinel = RedisSentinel::start();
-    exactly_the_limit_across_replicas(&[
-        ("REDIS_URL", &sentinel.url()),
-        ("REDIS_TYPE", "sentinel"),
-    ])
-    .await;
+    exactly_the_limit_across_replicas(&[("REDIS_URL", &sentinel.url()), ("REDIS_TYPE", "sentinel")]).await;
 }

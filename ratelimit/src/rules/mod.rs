@@ -242,13 +242,7 @@ impl Matched<'_> {
     /// Writes the counter key envoyproxy/ratelimit uses, without its window suffix:
     /// `prefix + domain + "_" + (key + "_" + value + "_")*`. Values matched by a
     /// `share_threshold` wildcard are replaced by the wildcard so that they share a counter.
-    pub fn write_cache_key<E: EntryRef>(
-        &self,
-        out: &mut String,
-        prefix: &str,
-        domain: &str,
-        entries: &[E],
-    ) {
+    pub fn write_cache_key<E: EntryRef>(&self, out: &mut String, prefix: &str, domain: &str, entries: &[E]) {
         out.push_str(prefix);
         out.push_str(domain);
         out.push('_');
@@ -256,10 +250,7 @@ impl Matched<'_> {
             out.push_str(entry.key());
             out.push('_');
             match &node.kind {
-                NodeKind::Wildcard {
-                    share_threshold: true,
-                    ..
-                } => out.push_str(&node.value),
+                NodeKind::Wildcard { share_threshold: true, .. } => out.push_str(&node.value),
                 _ => out.push_str(entry.value()),
             }
             out.push('_');
@@ -277,13 +268,7 @@ impl Matched<'_> {
         for (entry, node) in entries.iter().zip(&self.path) {
             key.push('.');
             key.push_str(entry.key());
-            let shared = matches!(
-                node.kind,
-                NodeKind::Wildcard {
-                    share_threshold: true,
-                    ..
-                }
-            );
+            let shared = matches!(node.kind, NodeKind::Wildcard { share_threshold: true, .. });
             let value = if shared {
                 node.value.as_str()
             } else if self.rule.detailed_metric || node.value_to_metric {
@@ -319,18 +304,9 @@ impl RuleSet {
 
     /// Loads and validates `files`. With `merge_domains`, several files may add descriptors to
     /// one domain (MERGE_DOMAIN_CONFIG); otherwise a domain may appear only once.
-    pub fn load(
-        files: &[PathBuf],
-        merge_domains: bool,
-        stats: &Stats,
-    ) -> Result<RuleSet, ConfigErrors> {
-        let mut builder = Builder {
-            set: RuleSet::default(),
-            errors: Vec::new(),
-            merge_domains,
-            stats,
-            file: PathBuf::new(),
-        };
+    pub fn load(files: &[PathBuf], merge_domains: bool, stats: &Stats) -> Result<RuleSet, ConfigErrors> {
+        let mut builder =
+            Builder { set: RuleSet::default(), errors: Vec::new(), merge_domains, stats, file: PathBuf::new() };
         for file in files {
             builder.file = file.clone();
             match load_yaml::<FileConfig>(file) {
@@ -339,30 +315,16 @@ impl RuleSet {
             }
             builder.set.files.push(file.clone());
         }
-        if builder.errors.is_empty() {
-            Ok(builder.set)
-        } else {
-            Err(ConfigErrors(builder.errors))
-        }
+        if builder.errors.is_empty() { Ok(builder.set) } else { Err(ConfigErrors(builder.errors)) }
     }
 
     /// Parses one YAML document; for tests and check-config of inline text.
     pub fn from_yaml(name: &str, text: &str, stats: &Stats) -> Result<RuleSet, ConfigErrors> {
         let file = PathBuf::from(name);
         let config = gatehouse_common::config::parse_yaml::<FileConfig>(&file, text)?;
-        let mut builder = Builder {
-            set: RuleSet::default(),
-            errors: Vec::new(),
-            merge_domains: false,
-            stats,
-            file,
-        };
+        let mut builder = Builder { set: RuleSet::default(), errors: Vec::new(), merge_domains: false, stats, file };
         builder.add_file(config);
-        if builder.errors.is_empty() {
-            Ok(builder.set)
-        } else {
-            Err(ConfigErrors(builder.errors))
-        }
+        if builder.errors.is_empty() { Ok(builder.set) } else { Err(ConfigErrors(builder.errors)) }
     }
 
     /// One line per rule, sorted: `domain.key_value: unit=MINUTE requests_per_unit=10, shadow_mode: false`,
@@ -379,12 +341,7 @@ impl RuleSet {
                     if i > 0 {
                         line.push_str(" + ");
                     }
-                    let _ = write!(
-                        line,
-                        "unit={} requests_per_unit={}",
-                        limit.unit.name(),
-                        limit.requests_per_unit
-                    );
+                    let _ = write!(line, "unit={} requests_per_unit={}", limit.unit.name(), limit.requests_per_unit);
                     if limit.algorithm != Algorithm::FixedWindow {
                         let _ = write!(line, " algorithm={}", limit.algorithm.name());
                     }
@@ -413,11 +370,7 @@ impl RuleSet {
 
 fn collect_rules(children: &HashMap<String, KeyGroup>, f: &mut impl FnMut(&Rule)) {
     for group in children.values() {
-        let nodes = group
-            .exact
-            .values()
-            .chain(&group.wildcards)
-            .chain(&group.default);
+        let nodes = group.exact.values().chain(&group.wildcards).chain(&group.default);
         for node in nodes {
             if let Some(rule) = &node.rule {
                 f(rule);
@@ -437,16 +390,12 @@ struct Builder<'s> {
 
 impl Builder<'_> {
     fn error(&mut self, position: Position, message: impl Into<String>) {
-        self.errors
-            .push(ConfigError::at(&self.file, position, message));
+        self.errors.push(ConfigError::at(&self.file, position, message));
     }
 
     fn add_file(&mut self, config: FileConfig) {
         let Some(domain) = config.domain.filter(|d| !d.value.is_empty()) else {
-            self.error(
-                Position { line: 1, column: 1 },
-                "config file cannot have empty domain",
-            );
+            self.error(Position { line: 1, column: 1 }, "config file cannot have empty domain");
             return;
         };
         let name = domain.value.clone();
@@ -466,9 +415,7 @@ impl Builder<'_> {
             None => HashMap::new(),
         };
         self.add_descriptors(&mut children, &name, &config.descriptors);
-        self.set
-            .domains
-            .insert(name.clone(), Domain { name, children });
+        self.set.domains.insert(name.clone(), Domain { name, children });
     }
 
     fn add_descriptors(
@@ -485,11 +432,7 @@ impl Builder<'_> {
                 continue;
             }
             let value = d.value.clone().unwrap_or_default();
-            let composite = if value.is_empty() {
-                key.clone()
-            } else {
-                format!("{key}_{value}")
-            };
+            let composite = if value.is_empty() { key.clone() } else { format!("{key}_{value}") };
             let full_key = format!("{parent_key}.{composite}");
             let kind = if value.is_empty() {
                 NodeKind::Default
@@ -511,13 +454,8 @@ impl Builder<'_> {
                 );
             }
             let rule = self.build_rule(d, &full_key);
-            let mut node = Node {
-                value: value.clone(),
-                kind,
-                value_to_metric: d.value_to_metric,
-                rule,
-                children: HashMap::new(),
-            };
+            let mut node =
+                Node { value: value.clone(), kind, value_to_metric: d.value_to_metric, rule, children: HashMap::new() };
             self.add_descriptors(&mut node.children, &full_key, &d.descriptors);
 
             let group = level.entry(key).or_default();
@@ -527,10 +465,7 @@ impl Builder<'_> {
                 NodeKind::Default => group.default.is_some(),
             };
             if duplicate {
-                self.error(
-                    pos,
-                    format!("duplicate descriptor composite key '{full_key}'"),
-                );
+                self.error(pos, format!("duplicate descriptor composite key '{full_key}'"));
                 continue;
             }
             match node.kind {
@@ -545,14 +480,10 @@ impl Builder<'_> {
 
     fn build_rule(&mut self, d: &DescriptorYaml, full_key: &str) -> Option<Arc<Rule>> {
         if d.rate_limit.is_some() && !d.rate_limits.is_empty() {
-            self.error(
-                Position::of(&d.key),
-                "use either rate_limit or rate_limits on one descriptor, not both",
-            );
+            self.error(Position::of(&d.key), "use either rate_limit or rate_limits on one descriptor, not both");
             return None;
         }
-        let specs: Vec<&Spanned<RateLimitYaml>> =
-            d.rate_limit.iter().chain(&d.rate_limits).collect();
+        let specs: Vec<&Spanned<RateLimitYaml>> = d.rate_limit.iter().chain(&d.rate_limits).collect();
         if specs.is_empty() {
             return None;
         }
@@ -571,10 +502,7 @@ impl Builder<'_> {
                 if r.value.name.is_empty() {
                     self.error(Position::of(r), "should not have an empty replaces entry");
                 } else if rl.name.as_deref() == Some(r.value.name.as_str()) {
-                    self.error(
-                        Position::of(r),
-                        "replaces should not contain name of same descriptor",
-                    );
+                    self.error(Position::of(r), "replaces should not contain name of same descriptor");
                 } else {
                     replaces.push(r.value.name.clone());
                 }
@@ -582,16 +510,10 @@ impl Builder<'_> {
             let unit = rl.unit.as_ref().map(|u| (u, Unit::parse(&u.value)));
             if rl.unlimited {
                 if several {
-                    self.error(
-                        pos,
-                        "unlimited cannot be combined with other limits in rate_limits",
-                    );
+                    self.error(pos, "unlimited cannot be combined with other limits in rate_limits");
                 }
                 if let Some((u, Some(_))) = &unit {
-                    self.error(
-                        Position::of(*u),
-                        "should not specify rate limit unit when unlimited",
-                    );
+                    self.error(Position::of(*u), "should not specify rate limit unit when unlimited");
                 }
                 unlimited = true;
                 continue;
@@ -609,18 +531,12 @@ impl Builder<'_> {
                     continue;
                 }
                 None => {
-                    self.error(
-                        pos,
-                        "invalid rate limit unit '' (rate_limit needs a unit, or unlimited: true)",
-                    );
+                    self.error(pos, "invalid rate limit unit '' (rate_limit needs a unit, or unlimited: true)");
                     continue;
                 }
             };
             let Some(requests_per_unit) = rl.requests_per_unit else {
-                self.error(
-                    pos,
-                    "rate_limit needs requests_per_unit (or unlimited: true)",
-                );
+                self.error(pos, "rate_limit needs requests_per_unit (or unlimited: true)");
                 continue;
             };
             let algorithm = match &rl.algorithm {
@@ -630,7 +546,10 @@ impl Builder<'_> {
                     None => {
                         self.error(
                             Position::of(a),
-                            format!("unknown algorithm '{}' (expected fixed_window, sliding_window or token_bucket)", a.value),
+                            format!(
+                                "unknown algorithm '{}' (expected fixed_window, sliding_window or token_bucket)",
+                                a.value
+                            ),
                         );
                         continue;
                     }
@@ -638,10 +557,7 @@ impl Builder<'_> {
             };
             let burst = match &rl.burst {
                 Some(b) if algorithm != Algorithm::TokenBucket => {
-                    self.error(
-                        Position::of(b),
-                        "burst only applies to algorithm: token_bucket",
-                    );
+                    self.error(Position::of(b), "burst only applies to algorithm: token_bucket");
                     continue;
                 }
                 Some(b) if b.value == 0 => {
@@ -655,10 +571,7 @@ impl Builder<'_> {
                 self.error(pos, "token_bucket needs requests_per_unit of at least 1");
                 continue;
             }
-            if limits
-                .iter()
-                .any(|l: &Limit| l.unit == unit && l.algorithm == algorithm)
-            {
+            if limits.iter().any(|l: &Limit| l.unit == unit && l.algorithm == algorithm) {
                 self.error(
                     pos,
                     format!(
@@ -669,16 +582,9 @@ impl Builder<'_> {
                 );
                 continue;
             }
-            limits.push(Limit {
-                requests_per_unit,
-                unit,
-                algorithm,
-                burst,
-                key_suffix: String::new(),
-            });
+            limits.push(Limit { requests_per_unit, unit, algorithm, burst, key_suffix: String::new() });
         }
-        let keep_compatible_key =
-            limits.len() == 1 && limits[0].algorithm == Algorithm::FixedWindow;
+        let keep_compatible_key = limits.len() == 1 && limits[0].algorithm == Algorithm::FixedWindow;
         if !keep_compatible_key {
             for limit in &mut limits {
                 limit.key_suffix = format!("{}{}_", limit.algorithm.tag(), limit.unit.seconds());
@@ -701,29 +607,19 @@ impl Builder<'_> {
 /// The `*.yaml`/`*.yml` files directly in `dir`, sorted, skipping dotfiles when asked.
 pub fn config_files(dir: &Path, ignore_dotfiles: bool) -> Result<Vec<PathBuf>, ConfigError> {
     let mut files = Vec::new();
-    collect_yaml(dir, ignore_dotfiles, &mut files, 0).map_err(|e| ConfigError::Io {
-        file: dir.to_path_buf(),
-        message: e.to_string(),
-    })?;
+    collect_yaml(dir, ignore_dotfiles, &mut files, 0)
+        .map_err(|e| ConfigError::Io { file: dir.to_path_buf(), message: e.to_string() })?;
     files.sort();
     Ok(files)
 }
 
-fn collect_yaml(
-    dir: &Path,
-    ignore_dotfiles: bool,
-    out: &mut Vec<PathBuf>,
-    depth: usize,
-) -> std::io::Result<()> {
+fn collect_yaml(dir: &Path, ignore_dotfiles: bool, out: &mut Vec<PathBuf>, depth: usize) -> std::io::Result<()> {
     if depth > 8 {
         return Ok(());
     }
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
-        let name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or_default();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
         // Kubernetes' `..data` and timestamped directories: the files are reached through
         // the symlinks next to them.
         if name.starts_with("..") || (ignore_dotfiles && name.starts_with('.')) {

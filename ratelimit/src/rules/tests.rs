@@ -43,11 +43,7 @@ fn lookup(set: &RuleSet, entries: &[(&str, &str)]) -> Option<(String, String, Op
     let m = set.domain("gateway")?.find(entries)?;
     let mut key = String::new();
     m.write_cache_key(&mut key, "", "gateway", entries);
-    Some((
-        m.rule.full_key.clone(),
-        key,
-        m.stats_key("gateway", entries),
-    ))
+    Some((m.rule.full_key.clone(), key, m.stats_key("gateway", entries)))
 }
 
 /// Request entries, and the expected (rule full key, cache key).
@@ -77,9 +73,7 @@ fn descriptor_matching() {
     ];
     for (entries, expected) in cases {
         let got = lookup(&set, entries);
-        let got = got
-            .as_ref()
-            .map(|(rule, key, _)| (rule.as_str(), key.as_str()));
+        let got = got.as_ref().map(|(rule, key, _)| (rule.as_str(), key.as_str()));
         assert_eq!(got, *expected, "entries {entries:?}");
     }
 }
@@ -101,15 +95,7 @@ fn unlimited_and_multi_limit_rules() {
         .rule
         .limits
         .iter()
-        .map(|l| {
-            (
-                l.requests_per_unit,
-                l.unit,
-                l.algorithm,
-                l.burst,
-                l.key_suffix.as_str(),
-            )
-        })
+        .map(|l| (l.requests_per_unit, l.unit, l.algorithm, l.burst, l.key_suffix.as_str()))
         .collect();
     assert_eq!(
         limits,
@@ -136,20 +122,9 @@ fn stats_keys_follow_value_to_metric_and_detailed_metric() {
 #[test]
 fn dump_lists_every_rule_like_rlconfig() {
     let dump = rules().dump();
-    assert!(
-        dump.contains(
-            "gateway.database_users: unit=MINUTE requests_per_unit=500, shadow_mode: false\n"
-        ),
-        "{dump}"
-    );
-    assert!(
-        dump.contains("gateway.path_/api/health: unlimited, shadow_mode: false"),
-        "{dump}"
-    );
-    assert!(
-        dump.contains("unit=MINUTE requests_per_unit=100 algorithm=token_bucket burst=20"),
-        "{dump}"
-    );
+    assert!(dump.contains("gateway.database_users: unit=MINUTE requests_per_unit=500, shadow_mode: false\n"), "{dump}");
+    assert!(dump.contains("gateway.path_/api/health: unlimited, shadow_mode: false"), "{dump}");
+    assert!(dump.contains("unit=MINUTE requests_per_unit=100 algorithm=token_bucket burst=20"), "{dump}");
     assert!(dump.contains("name: tenant_limit"), "{dump}");
 }
 
@@ -186,10 +161,7 @@ fn validation_errors_name_line_and_problem() {
         let err = RuleSet::from_yaml("bad.yaml", yaml, &Stats::new(&Metrics::new())).unwrap_err();
         let first = &err.0[0];
         let text = first.to_string();
-        assert!(
-            text.starts_with(&format!("bad.yaml:{line}:")),
-            "expected line {line}: {text}\n{yaml}"
-        );
+        assert!(text.starts_with(&format!("bad.yaml:{line}:")), "expected line {line}: {text}\n{yaml}");
         assert!(text.contains(fragment), "expected {fragment:?}: {text}");
     }
 }
@@ -199,8 +171,10 @@ fn duplicate_domain_across_files_unless_merged() {
     let dir = tempfile::tempdir().unwrap();
     let a = dir.path().join("a.yaml");
     let b = dir.path().join("b.yaml");
-    std::fs::write(&a, "domain: d\ndescriptors:\n  - key: x\n    rate_limit: { unit: second, requests_per_unit: 1 }\n").unwrap();
-    std::fs::write(&b, "domain: d\ndescriptors:\n  - key: y\n    rate_limit: { unit: second, requests_per_unit: 1 }\n").unwrap();
+    std::fs::write(&a, "domain: d\ndescriptors:\n  - key: x\n    rate_limit: { unit: second, requests_per_unit: 1 }\n")
+        .unwrap();
+    std::fs::write(&b, "domain: d\ndescriptors:\n  - key: y\n    rate_limit: { unit: second, requests_per_unit: 1 }\n")
+        .unwrap();
     let stats = Stats::new(&Metrics::new());
     let files = config_files(dir.path(), false).unwrap();
     let err = RuleSet::load(&files, false, &stats).unwrap_err();

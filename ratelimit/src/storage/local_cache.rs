@@ -24,12 +24,7 @@ struct Expires {
 struct UntilWindowEnd;
 
 impl moka::Expiry<String, Expires> for UntilWindowEnd {
-    fn expire_after_create(
-        &self,
-        _key: &String,
-        value: &Expires,
-        _created_at: Instant,
-    ) -> Option<Duration> {
+    fn expire_after_create(&self, _key: &String, value: &Expires, _created_at: Instant) -> Option<Duration> {
         Some(value.ttl)
     }
 }
@@ -41,9 +36,7 @@ pub struct OverLimitCache<S> {
 
 impl<S> std::fmt::Debug for OverLimitCache<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OverLimitCache")
-            .field("entries", &self.cache.entry_count())
-            .finish_non_exhaustive()
+        f.debug_struct("OverLimitCache").field("entries", &self.cache.entry_count()).finish_non_exhaustive()
     }
 }
 
@@ -58,29 +51,16 @@ impl<S: CounterStore> OverLimitCache<S> {
     }
 
     fn cache_key(counter: &CounterUpdate, window: &Window) -> Option<String> {
-        (counter.algorithm == Algorithm::FixedWindow)
-            .then(|| format!("{}{}", counter.key, window.start_secs))
+        (counter.algorithm == Algorithm::FixedWindow).then(|| format!("{}{}", counter.key, window.start_secs))
     }
 
-    async fn update_batch(
-        &self,
-        batch: &Batch,
-        now_ms: u64,
-    ) -> Result<Vec<CounterState>, StorageError> {
-        let windows: Vec<Window> = batch
-            .counters
-            .iter()
-            .map(|c| Window::of(now_ms, c.period_secs))
-            .collect();
+    async fn update_batch(&self, batch: &Batch, now_ms: u64) -> Result<Vec<CounterState>, StorageError> {
+        let windows: Vec<Window> = batch.counters.iter().map(|c| Window::of(now_ms, c.period_secs)).collect();
         let cached: Vec<bool> = batch
             .counters
             .iter()
             .zip(&windows)
-            .map(|(c, w)| {
-                Self::cache_key(c, w)
-                    .and_then(|k| self.cache.get(&k))
-                    .is_some_and(|e| e.at_ms > now_ms)
-            })
+            .map(|(c, w)| Self::cache_key(c, w).and_then(|k| self.cache.get(&k)).is_some_and(|e| e.at_ms > now_ms))
             .collect();
         let any_cached = cached.iter().any(|&c| c);
 
@@ -96,22 +76,14 @@ impl<S: CounterStore> OverLimitCache<S> {
                     .zip(&cached)
                     .filter(|(_, cached)| !**cached)
                     .map(|(c, _)| CounterUpdate {
-                        hits: if batch.mode == Mode::AllOrNothing {
-                            0
-                        } else {
-                            c.hits
-                        },
+                        hits: if batch.mode == Mode::AllOrNothing { 0 } else { c.hits },
                         ..c.clone()
                     })
                     .collect(),
                 mode: batch.mode,
             };
-            let mut fresh = if rest.counters.is_empty() {
-                Vec::new()
-            } else {
-                self.inner.update(&rest, now_ms).await?
-            }
-            .into_iter();
+            let mut fresh =
+                if rest.counters.is_empty() { Vec::new() } else { self.inner.update(&rest, now_ms).await? }.into_iter();
             let mut states = Vec::with_capacity(batch.counters.len());
             for ((c, w), was_cached) in batch.counters.iter().zip(&windows).zip(&cached) {
                 let state = if *was_cached {
@@ -123,9 +95,9 @@ impl<S: CounterStore> OverLimitCache<S> {
                         from_local_cache: true,
                     }
                 } else {
-                    fresh.next().ok_or_else(|| {
-                        StorageError::Protocol("store returned fewer counters than asked".into())
-                    })?
+                    fresh
+                        .next()
+                        .ok_or_else(|| StorageError::Protocol("store returned fewer counters than asked".into()))?
                 };
                 states.push(state);
             }
@@ -138,13 +110,7 @@ impl<S: CounterStore> OverLimitCache<S> {
                 && let Some(key) = Self::cache_key(c, w)
             {
                 let ttl = w.remaining();
-                self.cache.insert(
-                    key,
-                    Expires {
-                        at_ms: now_ms + ttl.as_millis() as u64,
-                        ttl,
-                    },
-                );
+                self.cache.insert(key, Expires { at_ms: now_ms + ttl.as_millis() as u64, ttl });
             }
         }
         Ok(states)
@@ -152,11 +118,7 @@ impl<S: CounterStore> OverLimitCache<S> {
 }
 
 impl<S: CounterStore> CounterStore for OverLimitCache<S> {
-    fn update<'a>(
-        &'a self,
-        batch: &'a Batch,
-        now_ms: u64,
-    ) -> BoxFuture<'a, Result<Vec<CounterState>, StorageError>> {
+    fn update<'a>(&'a self, batch: &'a Batch, now_ms: u64) -> BoxFuture<'a, Result<Vec<CounterState>, StorageError>> {
         Box::pin(self.update_batch(batch, now_ms))
     }
 

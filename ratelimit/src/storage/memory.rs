@@ -9,9 +9,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use parking_lot::{Mutex, MutexGuard};
 
-use super::{
-    Batch, CounterState, CounterStore, CounterUpdate, Mode, StorageError, Window, token_cost_us,
-};
+use super::{Batch, CounterState, CounterStore, CounterUpdate, Mode, StorageError, Window, token_cost_us};
 use crate::clock::Clock;
 use crate::rules::Algorithm;
 
@@ -35,9 +33,7 @@ pub struct MemoryStore {
 
 impl std::fmt::Debug for MemoryStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MemoryStore")
-            .field("keys", &self.len())
-            .finish_non_exhaustive()
+        f.debug_struct("MemoryStore").field("keys", &self.len()).finish_non_exhaustive()
     }
 }
 
@@ -90,11 +86,7 @@ impl MemoryStore {
     }
 
     fn apply(&self, batch: &Batch, now_ms: u64) -> Vec<CounterState> {
-        let plans: Vec<Plan> = batch
-            .counters
-            .iter()
-            .map(|c| Plan::new(c, now_ms))
-            .collect();
+        let plans: Vec<Plan> = batch.counters.iter().map(|c| Plan::new(c, now_ms)).collect();
         let mut shard_ids: Vec<usize> = plans
             .iter()
             .flat_map(|p| [Some(&p.key), p.prev_key.as_ref()])
@@ -104,14 +96,8 @@ impl MemoryStore {
         shard_ids.sort_unstable();
         shard_ids.dedup();
         // Locks are taken in shard order, so concurrent batches cannot deadlock.
-        let mut txn = Txn {
-            guards: shard_ids
-                .iter()
-                .map(|&i| (i, self.shards[i].lock()))
-                .collect(),
-            store: self,
-            now_ms,
-        };
+        let mut txn =
+            Txn { guards: shard_ids.iter().map(|&i| (i, self.shards[i].lock())).collect(), store: self, now_ms };
         match batch.mode {
             Mode::Independent => plans
                 .iter()
@@ -143,11 +129,7 @@ impl MemoryStore {
 }
 
 impl CounterStore for MemoryStore {
-    fn update<'a>(
-        &'a self,
-        batch: &'a Batch,
-        now_ms: u64,
-    ) -> BoxFuture<'a, Result<Vec<CounterState>, StorageError>> {
+    fn update<'a>(&'a self, batch: &'a Batch, now_ms: u64) -> BoxFuture<'a, Result<Vec<CounterState>, StorageError>> {
         let result = self.apply(batch, now_ms);
         Box::pin(std::future::ready(Ok(result)))
     }
@@ -184,13 +166,7 @@ impl<'c> Plan<'c> {
             }
             Algorithm::TokenBucket => (counter.key.clone(), None),
         };
-        Plan {
-            counter,
-            key,
-            prev_key,
-            window,
-            now_ms,
-        }
+        Plan { counter, key, prev_key, window, now_ms }
     }
 
     fn evaluate(&self, txn: &Txn<'_>) -> (CounterState, Option<Write>) {
@@ -208,19 +184,12 @@ impl<'c> Plan<'c> {
                     reset_after: self.window.remaining(),
                     from_local_cache: false,
                 };
-                let write = (c.hits > 0).then_some(Write {
-                    value: after,
-                    expires_at_ms: window_end,
-                });
+                let write = (c.hits > 0).then_some(Write { value: after, expires_at_ms: window_end });
                 (state, write)
             }
             Algorithm::SlidingWindow => {
                 let current = txn.get(&self.key).unwrap_or(0);
-                let previous = self
-                    .prev_key
-                    .as_deref()
-                    .and_then(|k| txn.get(k))
-                    .unwrap_or(0);
+                let previous = self.prev_key.as_deref().and_then(|k| txn.get(k)).unwrap_or(0);
                 let estimate = sliding_estimate(previous, current, &self.window);
                 let over = estimate + c.hits > c.limit;
                 let used = if over { estimate } else { estimate + c.hits };
@@ -231,10 +200,8 @@ impl<'c> Plan<'c> {
                     reset_after: self.window.remaining(),
                     from_local_cache: false,
                 };
-                let write = (!over && c.hits > 0).then_some(Write {
-                    value: current + c.hits,
-                    expires_at_ms: window_end + self.window.period_ms,
-                });
+                let write = (!over && c.hits > 0)
+                    .then_some(Write { value: current + c.hits, expires_at_ms: window_end + self.window.period_ms });
                 (state, write)
             }
             Algorithm::TokenBucket => {
@@ -242,10 +209,8 @@ impl<'c> Plan<'c> {
                 let cost = token_cost_us(c.period_secs, c.limit);
                 let tat = txn.get(&self.key).unwrap_or(now_us).max(now_us) as f64;
                 let (state, new_tat) = gcra(tat, now_us as f64, cost, c.burst, c.hits);
-                let write = new_tat.filter(|_| c.hits > 0).map(|tat| Write {
-                    value: tat,
-                    expires_at_ms: tat.div_ceil(1000),
-                });
+                let write =
+                    new_tat.filter(|_| c.hits > 0).map(|tat| Write { value: tat, expires_at_ms: tat.div_ceil(1000) });
                 (state, write)
             }
         }
@@ -259,20 +224,12 @@ pub(crate) fn sliding_estimate(previous: u64, current: u64, window: &Window) -> 
 }
 
 /// GCRA on microsecond timestamps. Returns the state and, if admitted, the new `tat`.
-pub(crate) fn gcra(
-    tat: f64,
-    now_us: f64,
-    cost: f64,
-    burst: u64,
-    hits: u64,
-) -> (CounterState, Option<u64>) {
+pub(crate) fn gcra(tat: f64, now_us: f64, cost: f64, burst: u64, hits: u64) -> (CounterState, Option<u64>) {
     let new_tat = tat + hits as f64 * cost;
     let allow_at = new_tat - burst as f64 * cost;
     if allow_at > now_us {
         // Tokens available now, before this request.
-        let available = ((now_us - (tat - burst as f64 * cost)) / cost)
-            .floor()
-            .max(0.0) as u64;
+        let available = ((now_us - (tat - burst as f64 * cost)) / cost).floor().max(0.0) as u64;
         let state = CounterState {
             over_limit: true,
             used: burst - available.min(burst),
@@ -310,10 +267,7 @@ impl Txn<'_> {
     }
 
     fn get(&self, key: &str) -> Option<u64> {
-        self.shard(key)
-            .get(key)
-            .filter(|slot| slot.expires_at_ms > self.now_ms)
-            .map(|slot| slot.value)
+        self.shard(key).get(key).filter(|slot| slot.expires_at_ms > self.now_ms).map(|slot| slot.value)
     }
 
     fn write(&mut self, plan: &Plan<'_>, write: Write) {
@@ -323,10 +277,7 @@ impl Txn<'_> {
         let Some((_, shard)) = self.guards.iter_mut().find(|(i, _)| *i == id) else {
             return;
         };
-        let slot = Slot {
-            value: write.value,
-            expires_at_ms: write.expires_at_ms,
-        };
+        let slot = Slot { value: write.value, expires_at_ms: write.expires_at_ms };
         if let Some(existing) = shard.get_mut(plan.key.as_str()) {
             *existing = slot;
             return;
@@ -334,10 +285,7 @@ impl Txn<'_> {
         if shard.len() >= max {
             shard.retain(|_, s| s.expires_at_ms > now);
             if shard.len() >= max
-                && let Some(victim) = shard
-                    .iter()
-                    .min_by_key(|(_, s)| s.expires_at_ms)
-                    .map(|(k, _)| k.clone())
+                && let Some(victim) = shard.iter().min_by_key(|(_, s)| s.expires_at_ms).map(|(k, _)| k.clone())
             {
                 shard.remove(&victim);
             }

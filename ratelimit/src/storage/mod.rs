@@ -89,20 +89,13 @@ impl StorageError {
     /// Whether retrying later may succeed. Every variant is, today; a protocol error is a bug
     /// or a Redis version we do not support, and is logged as such.
     pub fn is_transient(&self) -> bool {
-        matches!(
-            self,
-            StorageError::Timeout(_) | StorageError::Unavailable(_)
-        )
+        matches!(self, StorageError::Timeout(_) | StorageError::Unavailable(_))
     }
 }
 
 /// A place counters live. `now_ms` is Unix time in milliseconds, from the caller's clock.
 pub trait CounterStore: Send + Sync + 'static {
-    fn update<'a>(
-        &'a self,
-        batch: &'a Batch,
-        now_ms: u64,
-    ) -> BoxFuture<'a, Result<Vec<CounterState>, StorageError>>;
+    fn update<'a>(&'a self, batch: &'a Batch, now_ms: u64) -> BoxFuture<'a, Result<Vec<CounterState>, StorageError>>;
 
     /// A short name for logs and /rlconfig: `memory`, `redis`, `redis-cluster`.
     fn name(&self) -> &'static str;
@@ -122,11 +115,7 @@ impl Window {
     pub(crate) fn of(now_ms: u64, period_secs: u64) -> Window {
         let period_ms = period_secs.max(1) * 1000;
         let start_ms = now_ms - now_ms % period_ms;
-        Window {
-            start_secs: start_ms / 1000,
-            period_ms,
-            elapsed_ms: now_ms - start_ms,
-        }
+        Window { start_secs: start_ms / 1000, period_ms, elapsed_ms: now_ms - start_ms }
     }
 
     pub(crate) fn remaining(&self) -> Duration {
@@ -136,10 +125,7 @@ impl Window {
     /// The key of the current window, and of the previous one.
     pub(crate) fn keys(&self, base: &str) -> (String, String) {
         let prev = self.start_secs.saturating_sub(self.period_ms / 1000);
-        (
-            format!("{base}{}", self.start_secs),
-            format!("{base}{prev}"),
-        )
+        (format!("{base}{}", self.start_secs), format!("{base}{prev}"))
     }
 }
 

@@ -58,9 +58,7 @@ struct Job {
 
 impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisStore")
-            .field("topology", &self.shared.conn.topology())
-            .finish_non_exhaustive()
+        f.debug_struct("RedisStore").field("topology", &self.shared.conn.topology()).finish_non_exhaustive()
     }
 }
 
@@ -69,22 +67,13 @@ impl RedisStore {
     /// (EXPIRATION_JITTER_MAX_SECONDS). Must be called inside a Tokio runtime.
     pub fn new(conn: RedisConn, timeout: Duration, jitter_max_secs: u64) -> Self {
         let cluster = conn.topology() == Topology::Cluster;
-        let shared = Arc::new(Shared {
-            conn,
-            script: redis::Script::new(SCRIPT),
-        });
+        let shared = Arc::new(Shared { conn, script: redis::Script::new(SCRIPT) });
         let coalescer = (!cluster).then(|| {
             let (tx, rx) = mpsc::channel(4096);
             tokio::spawn(coalesce(shared.clone(), rx));
             tx
         });
-        RedisStore {
-            shared,
-            coalescer,
-            timeout,
-            jitter_max_secs,
-            jitter_state: AtomicU64::new(0x9E37_79B9_7F4A_7C15),
-        }
+        RedisStore { shared, coalescer, timeout, jitter_max_secs, jitter_state: AtomicU64::new(0x9E37_79B9_7F4A_7C15) }
     }
 
     /// splitmix64 over a shared counter: cheap, lock-free, and good enough to spread expiries.
@@ -92,32 +81,21 @@ impl RedisStore {
         if self.jitter_max_secs == 0 {
             return 0;
         }
-        let mut z = self
-            .jitter_state
-            .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
+        let mut z = self.jitter_state.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^= z >> 31;
         z % (self.jitter_max_secs * 1000)
     }
 
-    fn prepare(
-        &self,
-        counters: &[&CounterUpdate],
-        mode: ScriptMode,
-        now_ms: u64,
-        hash_tags: bool,
-    ) -> Request {
+    fn prepare(&self, counters: &[&CounterUpdate], mode: ScriptMode, now_ms: u64, hash_tags: bool) -> Request {
         let mut keys = Vec::with_capacity(counters.len());
         let mut args = Vec::with_capacity(3 + 7 * counters.len());
         args.extend([now_ms * 1000, mode as u64, counters.len() as u64]);
         for c in counters {
             let window = Window::of(now_ms, c.period_secs);
-            let base = if hash_tags {
-                format!("{{{}}}{}", &c.key[..c.tag_len], &c.key[c.tag_len..])
-            } else {
-                c.key.clone()
-            };
+            let base =
+                if hash_tags { format!("{{{}}}{}", &c.key[..c.tag_len], &c.key[c.tag_len..]) } else { c.key.clone() };
             let (algorithm, ttl_ms) = match c.algorithm {
                 Algorithm::FixedWindow => {
                     keys.push(format!("{base}{}", window.start_secs));
@@ -133,21 +111,9 @@ impl RedisStore {
                     (3, 0)
                 }
             };
-            args.extend([
-                algorithm,
-                c.limit,
-                window.period_ms,
-                c.hits,
-                c.burst,
-                ttl_ms,
-                window.elapsed_ms,
-            ]);
+            args.extend([algorithm, c.limit, window.period_ms, c.hits, c.burst, ttl_ms, window.elapsed_ms]);
         }
-        Request {
-            keys,
-            args,
-            counters: counters.len(),
-        }
+        Request { keys, args, counters: counters.len() }
     }
 
     /// Runs one request: through the coalescer, or directly (Cluster).
@@ -158,30 +124,19 @@ impl RedisStore {
                 tx.send(Job { request, reply })
                     .await
                     .map_err(|_| StorageError::Unavailable("coalescer stopped".into()))?;
-                rx.await.map_err(|_| {
-                    StorageError::Unavailable("coalescer dropped the request".into())
-                })?
+                rx.await.map_err(|_| StorageError::Unavailable("coalescer dropped the request".into()))?
             }
             None => self.shared.call(&[&request]).await,
         }
     }
 
     /// Single node and Sentinel: the whole batch is one request to the coalescer.
-    async fn update_single(
-        &self,
-        batch: &Batch,
-        now_ms: u64,
-    ) -> Result<Vec<CounterState>, StorageError> {
+    async fn update_single(&self, batch: &Batch, now_ms: u64) -> Result<Vec<CounterState>, StorageError> {
         let all: Vec<&CounterUpdate> = batch.counters.iter().collect();
-        self.run(self.prepare(&all, ScriptMode::from(batch.mode), now_ms, false))
-            .await
+        self.run(self.prepare(&all, ScriptMode::from(batch.mode), now_ms, false)).await
     }
 
-    async fn update_cluster(
-        &self,
-        batch: &Batch,
-        now_ms: u64,
-    ) -> Result<Vec<CounterState>, StorageError> {
+    async fn update_cluster(&self, batch: &Batch, now_ms: u64) -> Result<Vec<CounterState>, StorageError> {
         let mode = ScriptMode::from(batch.mode);
         // Cluster: one call per descriptor (one hash slot), concurrently.
         let mut groups: Vec<(&str, Vec<&CounterUpdate>, Vec<usize>)> = Vec::new();
@@ -213,9 +168,7 @@ impl RedisStore {
         mode: ScriptMode,
         now_ms: u64,
     ) -> Result<Vec<CounterState>, StorageError> {
-        let calls = groups
-            .iter()
-            .map(|(_, counters, _)| self.run(self.prepare(counters, mode, now_ms, true)));
+        let calls = groups.iter().map(|(_, counters, _)| self.run(self.prepare(counters, mode, now_ms, true)));
         let replies = futures::future::join_all(calls).await;
         let total = groups.iter().map(|(_, c, _)| c.len()).sum();
         let mut states = vec![None; total];
@@ -224,10 +177,7 @@ impl RedisStore {
                 states[i] = Some(state);
             }
         }
-        states
-            .into_iter()
-            .map(|s| s.ok_or_else(|| StorageError::Protocol("missing counter in reply".into())))
-            .collect()
+        states.into_iter().map(|s| s.ok_or_else(|| StorageError::Protocol("missing counter in reply".into()))).collect()
     }
 }
 
@@ -246,10 +196,8 @@ impl Shared {
         }
         let counters = requests.iter().map(|r| r.counters).sum();
         let mut conn = self.conn.next();
-        let reply: Vec<i64> = call
-            .invoke_async(&mut conn)
-            .await
-            .map_err(|e| StorageError::Unavailable(e.to_string()))?;
+        let reply: Vec<i64> =
+            call.invoke_async(&mut conn).await.map_err(|e| StorageError::Unavailable(e.to_string()))?;
         parse_reply(&reply, counters)
     }
 }
@@ -312,26 +260,16 @@ impl From<Mode> for ScriptMode {
 }
 
 impl CounterStore for RedisStore {
-    fn update<'a>(
-        &'a self,
-        batch: &'a Batch,
-        now_ms: u64,
-    ) -> BoxFuture<'a, Result<Vec<CounterState>, StorageError>> {
+    fn update<'a>(&'a self, batch: &'a Batch, now_ms: u64) -> BoxFuture<'a, Result<Vec<CounterState>, StorageError>> {
         // Two futures rather than one with a branch: the Cluster path's state is large, and
         // every single-node request would otherwise allocate and move it.
         if batch.counters.is_empty() {
             return Box::pin(std::future::ready(Ok(Vec::new())));
         }
         if self.shared.conn.topology() == Topology::Cluster {
-            Box::pin(with_timeout(
-                self.timeout,
-                self.update_cluster(batch, now_ms),
-            ))
+            Box::pin(with_timeout(self.timeout, self.update_cluster(batch, now_ms)))
         } else {
-            Box::pin(with_timeout(
-                self.timeout,
-                self.update_single(batch, now_ms),
-            ))
+            Box::pin(with_timeout(self.timeout, self.update_single(batch, now_ms)))
         }
     }
 
@@ -348,9 +286,7 @@ async fn with_timeout<T>(
     timeout: Duration,
     f: impl std::future::Future<Output = Result<T, StorageError>>,
 ) -> Result<T, StorageError> {
-    tokio::time::timeout(timeout, f)
-        .await
-        .unwrap_or(Err(StorageError::Timeout(timeout)))
+    tokio::time::timeout(timeout, f).await.unwrap_or(Err(StorageError::Timeout(timeout)))
 }
 
 fn parse_reply(reply: &[i64], counters: usize) -> Result<Vec<CounterState>, StorageError> {

@@ -20,24 +20,9 @@ struct Ctx {
 }
 
 impl Ctx {
-    fn counter(
-        &self,
-        name: &str,
-        algorithm: Algorithm,
-        limit: u64,
-        period_secs: u64,
-        hits: u64,
-    ) -> CounterUpdate {
+    fn counter(&self, name: &str, algorithm: Algorithm, limit: u64, period_secs: u64, hits: u64) -> CounterUpdate {
         let key = format!("{}_{name}_", self.prefix);
-        CounterUpdate {
-            tag_len: key.len(),
-            key,
-            algorithm,
-            limit,
-            period_secs,
-            burst: limit,
-            hits,
-        }
+        CounterUpdate { tag_len: key.len(), key, algorithm, limit, period_secs, burst: limit, hits }
     }
 
     async fn one(&self, counter: &CounterUpdate) -> CounterState {
@@ -46,10 +31,7 @@ impl Ctx {
 
     async fn batch(&self, counters: Vec<CounterUpdate>, mode: Mode) -> Vec<CounterState> {
         let batch = Batch { counters, mode };
-        self.store
-            .update(&batch, self.clock.now_ms())
-            .await
-            .expect("store update")
+        self.store.update(&batch, self.clock.now_ms()).await.expect("store update")
     }
 
     /// (over_limit, remaining) for each of `n` single-hit calls.
@@ -65,22 +47,11 @@ impl Ctx {
 
 async fn fixed_window_counts_and_resets(ctx: Ctx) {
     let c = ctx.counter("fixed", Algorithm::FixedWindow, 3, 60, 1);
-    assert_eq!(
-        ctx.run(&c, 4).await,
-        vec![(false, 2), (false, 1), (false, 0), (true, 0)]
-    );
+    assert_eq!(ctx.run(&c, 4).await, vec![(false, 2), (false, 1), (false, 0), (true, 0)]);
     let s = ctx.one(&c).await;
-    assert_eq!(
-        s.reset_after,
-        Duration::from_secs(60),
-        "window started at the clock's start"
-    );
+    assert_eq!(s.reset_after, Duration::from_secs(60), "window started at the clock's start");
     ctx.clock.advance_ms(60_000);
-    assert_eq!(
-        ctx.run(&c, 1).await,
-        vec![(false, 2)],
-        "a new window starts fresh"
-    );
+    assert_eq!(ctx.run(&c, 1).await, vec![(false, 2)], "a new window starts fresh");
 }
 
 async fn fixed_window_hits_addend(ctx: Ctx) {
@@ -90,43 +61,24 @@ async fn fixed_window_hits_addend(ctx: Ctx) {
     let s = ctx.one(&c).await;
     assert!(s.over_limit, "4 more would be 12 > 10");
     // Like envoyproxy/ratelimit's INCRBY, the over-limit hits were counted...
-    let check = CounterUpdate {
-        hits: 0,
-        ..c.clone()
-    };
+    let check = CounterUpdate { hits: 0, ..c.clone() };
     let s = ctx.one(&check).await;
-    assert_eq!(
-        (s.over_limit, s.used),
-        (true, 12),
-        "hits 0 checks without counting"
-    );
+    assert_eq!((s.over_limit, s.used), (true, 12), "hits 0 checks without counting");
     assert_eq!(ctx.one(&check).await.used, 12);
 }
 
 async fn all_or_nothing_counts_nothing_when_one_is_over(ctx: Ctx) {
     let wide = ctx.counter("aon_wide", Algorithm::FixedWindow, 5, 60, 1);
     let narrow = ctx.counter("aon_narrow", Algorithm::FixedWindow, 1, 60, 1);
-    let first = ctx
-        .batch(vec![wide.clone(), narrow.clone()], Mode::AllOrNothing)
-        .await;
+    let first = ctx.batch(vec![wide.clone(), narrow.clone()], Mode::AllOrNothing).await;
     assert!(!first[0].over_limit && !first[1].over_limit);
-    let second = ctx
-        .batch(vec![wide.clone(), narrow.clone()], Mode::AllOrNothing)
-        .await;
+    let second = ctx.batch(vec![wide.clone(), narrow.clone()], Mode::AllOrNothing).await;
     assert!(!second[0].over_limit && second[1].over_limit);
-    let check = CounterUpdate {
-        hits: 0,
-        ..wide.clone()
-    };
-    assert_eq!(
-        ctx.one(&check).await.used,
-        1,
-        "the refused request consumed nothing"
-    );
+    let check = CounterUpdate { hits: 0, ..wide.clone() };
+    assert_eq!(ctx.one(&check).await.used, 1, "the refused request consumed nothing");
 
     // Independent mode counts the wide limit even though the request is refused.
-    ctx.batch(vec![wide.clone(), narrow], Mode::Independent)
-        .await;
+    ctx.batch(vec![wide.clone(), narrow], Mode::Independent).await;
     assert_eq!(ctx.one(&check).await.used, 2);
 }
 
@@ -140,66 +92,29 @@ async fn sliding_window_weighs_the_previous_window(ctx: Ctx) {
     let states = ctx.run(&c, 6).await;
     assert_eq!(
         states,
-        vec![
-            (false, 4),
-            (false, 3),
-            (false, 2),
-            (false, 1),
-            (false, 0),
-            (true, 0)
-        ],
+        vec![(false, 4), (false, 3), (false, 2), (false, 1), (false, 0), (true, 0)],
         "floor(10 * 0.5) = 5 already used"
     );
     // Refused hits are not counted: a later window sees only the 5 admitted.
     ctx.clock.advance_ms(10_000);
-    let s = ctx
-        .one(&CounterUpdate {
-            hits: 0,
-            ..c.clone()
-        })
-        .await;
+    let s = ctx.one(&CounterUpdate { hits: 0, ..c.clone() }).await;
     assert_eq!(s.used, 2, "floor(5 * 0.5) = 2");
 }
 
 async fn token_bucket_refills_continuously(ctx: Ctx) {
     // 10 per second: one token every 100 ms, bucket of 5.
-    let c = CounterUpdate {
-        burst: 5,
-        ..ctx.counter("bucket", Algorithm::TokenBucket, 10, 1, 1)
-    };
+    let c = CounterUpdate { burst: 5, ..ctx.counter("bucket", Algorithm::TokenBucket, 10, 1, 1) };
     let states = ctx.run(&c, 6).await;
-    assert_eq!(
-        states,
-        vec![
-            (false, 4),
-            (false, 3),
-            (false, 2),
-            (false, 1),
-            (false, 0),
-            (true, 0)
-        ]
-    );
+    assert_eq!(states, vec![(false, 4), (false, 3), (false, 2), (false, 1), (false, 0), (true, 0)]);
     let s = ctx.one(&c).await;
     assert!(s.over_limit);
-    assert_eq!(
-        s.reset_after,
-        Duration::from_millis(100),
-        "next token in 100 ms"
-    );
+    assert_eq!(s.reset_after, Duration::from_millis(100), "next token in 100 ms");
     ctx.clock.advance_ms(100);
     assert_eq!(ctx.run(&c, 2).await, vec![(false, 0), (true, 0)]);
     ctx.clock.advance_ms(2_000);
     let s = ctx.one(&c).await;
-    assert_eq!(
-        (s.over_limit, s.remaining),
-        (false, 4),
-        "refilled to the burst, not beyond"
-    );
-    assert_eq!(
-        s.reset_after,
-        Duration::from_millis(100),
-        "full again in one token's time"
-    );
+    assert_eq!((s.over_limit, s.remaining), (false, 4), "refilled to the burst, not beyond");
+    assert_eq!(s.reset_after, Duration::from_millis(100), "full again in one token's time");
 }
 
 async fn concurrent_callers_never_exceed_the_limit(ctx: Ctx) {
@@ -207,10 +122,7 @@ async fn concurrent_callers_never_exceed_the_limit(ctx: Ctx) {
     let mut tasks = Vec::new();
     for _ in 0..32 {
         let store = ctx.store.clone();
-        let batch = Batch {
-            counters: vec![c.clone()],
-            mode: Mode::Independent,
-        };
+        let batch = Batch { counters: vec![c.clone()], mode: Mode::Independent };
         let now = ctx.clock.now_ms();
         tasks.push(tokio::spawn(async move {
             let mut admitted = 0;
@@ -233,24 +145,12 @@ type Case = fn(Ctx) -> futures::future::BoxFuture<'static, ()>;
 
 fn cases() -> Vec<(&'static str, Case)> {
     vec![
-        ("fixed_window_counts_and_resets", |c| {
-            Box::pin(fixed_window_counts_and_resets(c))
-        }),
-        ("fixed_window_hits_addend", |c| {
-            Box::pin(fixed_window_hits_addend(c))
-        }),
-        ("all_or_nothing", |c| {
-            Box::pin(all_or_nothing_counts_nothing_when_one_is_over(c))
-        }),
-        ("sliding_window", |c| {
-            Box::pin(sliding_window_weighs_the_previous_window(c))
-        }),
-        ("token_bucket", |c| {
-            Box::pin(token_bucket_refills_continuously(c))
-        }),
-        ("concurrent_exact", |c| {
-            Box::pin(concurrent_callers_never_exceed_the_limit(c))
-        }),
+        ("fixed_window_counts_and_resets", |c| Box::pin(fixed_window_counts_and_resets(c))),
+        ("fixed_window_hits_addend", |c| Box::pin(fixed_window_hits_addend(c))),
+        ("all_or_nothing", |c| Box::pin(all_or_nothing_counts_nothing_when_one_is_over(c))),
+        ("sliding_window", |c| Box::pin(sliding_window_weighs_the_previous_window(c))),
+        ("token_bucket", |c| Box::pin(token_bucket_refills_continuously(c))),
+        ("concurrent_exact", |c| Box::pin(concurrent_callers_never_exceed_the_limit(c))),
     ]
 }
 
@@ -263,11 +163,8 @@ fn aligned_clock() -> Clock {
 async fn run_all(backend: &str, make: impl Fn(Clock) -> Arc<dyn CounterStore>) {
     for (name, case) in cases() {
         let clock = aligned_clock();
-        let ctx = Ctx {
-            store: make(clock.clone()),
-            clock,
-            prefix: format!("{backend}_{name}_{}", Clock::System.now_ms()),
-        };
+        let ctx =
+            Ctx { store: make(clock.clone()), clock, prefix: format!("{backend}_{name}_{}", Clock::System.now_ms()) };
         eprintln!("{backend}: {name}");
         case(ctx).await;
     }
@@ -275,54 +172,38 @@ async fn run_all(backend: &str, make: impl Fn(Clock) -> Arc<dyn CounterStore>) {
 
 #[tokio::test]
 async fn memory_store() {
-    run_all("memory", |clock| {
-        MemoryStore::new(10_000, clock) as Arc<dyn CounterStore>
-    })
-    .await;
+    run_all("memory", |clock| MemoryStore::new(10_000, clock) as Arc<dyn CounterStore>).await;
+}
+
+/// Runs every case against a Redis store on `topology` at `urls` (comma-separated).
+async fn run_all_on_redis(backend: &str, topology: Topology, urls: &str) {
+    let settings = RedisSettings {
+        topology,
+        urls: urls.split(',').map(str::to_string).collect(),
+        pool_size: 2,
+        ..RedisSettings::single("")
+    };
+    let conn = RedisConn::connect(&settings).await.unwrap();
+    run_all(backend, |_| Arc::new(RedisStore::new(conn.clone(), Duration::from_secs(2), 0)) as Arc<dyn CounterStore>)
+        .await;
 }
 
 #[tokio::test]
 async fn redis_store() {
     let redis = RedisServer::start();
-    let settings = RedisSettings {
-        pool_size: 2,
-        ..RedisSettings::single(redis.addr())
-    };
-    let conn = RedisConn::connect(&settings).await.unwrap();
-    run_all("redis", |_| {
-        Arc::new(RedisStore::new(conn.clone(), Duration::from_secs(2), 0)) as Arc<dyn CounterStore>
-    })
-    .await;
+    run_all_on_redis("redis", Topology::Single, &redis.addr()).await;
 }
 
 #[tokio::test]
 async fn redis_cluster_store() {
     let cluster = RedisCluster::start();
-    let settings = RedisSettings {
-        topology: Topology::Cluster,
-        urls: cluster.addrs().split(',').map(str::to_string).collect(),
-        ..RedisSettings::single("")
-    };
-    let conn = RedisConn::connect(&settings).await.unwrap();
-    run_all("cluster", |_| {
-        Arc::new(RedisStore::new(conn.clone(), Duration::from_secs(2), 0)) as Arc<dyn CounterStore>
-    })
-    .await;
+    run_all_on_redis("cluster", Topology::Cluster, &cluster.addrs()).await;
 }
 
 #[tokio::test]
 async fn redis_sentinel_store() {
     let sentinel = RedisSentinel::start();
-    let settings = RedisSettings {
-        topology: Topology::Sentinel,
-        urls: sentinel.url().split(',').map(str::to_string).collect(),
-        ..RedisSettings::single("")
-    };
-    let conn = RedisConn::connect(&settings).await.unwrap();
-    run_all("sentinel", |_| {
-        Arc::new(RedisStore::new(conn.clone(), Duration::from_secs(2), 0)) as Arc<dyn CounterStore>
-    })
-    .await;
+    run_all_on_redis("sentinel", Topology::Sentinel, &sentinel.url()).await;
     // The counters live on the master the sentinel named.
     let keys = sentinel.master.cli(&["DBSIZE"]).unwrap_or_default();
     assert_ne!(keys, "0", "counters written to the master");
@@ -340,26 +221,15 @@ async fn redis_tls_with_client_certificate_and_auth() {
         client_key: Some(pki.client_key.clone()),
         skip_hostname_verification: false,
     };
-    let settings = RedisSettings {
-        auth: Some("s3cret".into()),
-        tls: Some(tls),
-        ..RedisSettings::single(redis.addr())
-    };
+    let settings = RedisSettings { auth: Some("s3cret".into()), tls: Some(tls), ..RedisSettings::single(redis.addr()) };
     let conn = RedisConn::connect(&settings).await.unwrap();
     conn.ping().await.expect("TLS + AUTH ping");
     let store = RedisStore::new(conn, Duration::from_secs(2), 0);
     let clock = aligned_clock();
-    let ctx = Ctx {
-        store: Arc::new(store),
-        clock,
-        prefix: "tls".into(),
-    };
+    let ctx = Ctx { store: Arc::new(store), clock, prefix: "tls".into() };
     fixed_window_counts_and_resets(ctx).await;
 
-    let wrong = RedisSettings {
-        auth: Some("wrong".into()),
-        ..settings
-    };
+    let wrong = RedisSettings { auth: Some("wrong".into()), ..settings };
     let conn = RedisConn::connect(&wrong).await.unwrap();
     assert!(conn.ping().await.is_err(), "a wrong password is refused");
 }
@@ -392,9 +262,7 @@ async fn memory_store_is_bounded_and_swept() {
 #[tokio::test]
 async fn redis_outage_fails_within_the_timeout_and_recovers() {
     let mut redis = RedisServer::start();
-    let conn = RedisConn::connect(&RedisSettings::single(redis.addr()))
-        .await
-        .unwrap();
+    let conn = RedisConn::connect(&RedisSettings::single(redis.addr())).await.unwrap();
     let store = RedisStore::new(conn, Duration::from_millis(300), 0);
     let batch = Batch {
         counters: vec![CounterUpdate {
@@ -414,16 +282,11 @@ async fn redis_outage_fails_within_the_timeout_and_recovers() {
     let started = std::time::Instant::now();
     let err = store.update(&batch, now()).await.unwrap_err();
     assert!(err.is_transient(), "{err}");
-    assert!(
-        started.elapsed() < Duration::from_millis(1_000),
-        "failed in {:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() < Duration::from_millis(1_000), "failed in {:?}", started.elapsed());
     redis.restart();
-    let recovered = gatehouse_testkit::eventually(Duration::from_secs(10), || async {
-        store.update(&batch, now()).await.ok()
-    })
-    .await;
+    let recovered =
+        gatehouse_testkit::eventually(Duration::from_secs(10), || async { store.update(&batch, now()).await.ok() })
+            .await;
     assert!(recovered.is_some(), "store reconnects by itself");
 }
 
@@ -432,31 +295,16 @@ async fn redis_outage_fails_within_the_timeout_and_recovers() {
 #[tokio::test]
 async fn local_over_limit_cache_answers_without_the_store() {
     let redis = RedisServer::start();
-    let conn = RedisConn::connect(&RedisSettings::single(redis.addr()))
-        .await
-        .unwrap();
-    let store = super::local_cache::OverLimitCache::new(
-        RedisStore::new(conn, Duration::from_secs(2), 0),
-        1 << 20,
-    );
+    let conn = RedisConn::connect(&RedisSettings::single(redis.addr())).await.unwrap();
+    let store = super::local_cache::OverLimitCache::new(RedisStore::new(conn, Duration::from_secs(2), 0), 1 << 20);
     let clock = aligned_clock();
-    let ctx = Ctx {
-        store: Arc::new(store),
-        clock: clock.clone(),
-        prefix: "local_cache".into(),
-    };
+    let ctx = Ctx { store: Arc::new(store), clock: clock.clone(), prefix: "local_cache".into() };
     let c = ctx.counter("hot", Algorithm::FixedWindow, 2, 60, 1);
-    assert_eq!(
-        ctx.run(&c, 3).await,
-        vec![(false, 1), (false, 0), (true, 0)]
-    );
+    assert_eq!(ctx.run(&c, 3).await, vec![(false, 1), (false, 0), (true, 0)]);
     redis.cli(&["FLUSHALL"]);
     let s = ctx.one(&c).await;
     assert!(s.over_limit && s.from_local_cache, "{s:?}");
     clock.advance_ms(60_000);
     let s = ctx.one(&c).await;
-    assert!(
-        !s.over_limit && !s.from_local_cache,
-        "a new window asks Redis again: {s:?}"
-    );
+    assert!(!s.over_limit && !s.from_local_cache, "a new window asks Redis again: {s:?}");
 }
