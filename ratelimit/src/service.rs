@@ -109,7 +109,8 @@ impl StatsRef<'_> {
 enum Resolved<'r> {
     /// No rule: OK, no counter.
     None,
-    Unlimited,
+    /// An `unlimited` rule; its `replaces` still apply to the other descriptors.
+    Unlimited(&'r Arc<Rule>),
     Rule(&'r Arc<Rule>, Option<String>, String),
     Override(Limit, String),
 }
@@ -163,7 +164,7 @@ impl RateLimiter {
         let replaced: HashSet<&str> = resolved
             .iter()
             .filter_map(|r| match r {
-                Resolved::Rule(rule, ..) => Some(rule.replaces.iter().map(String::as_str)),
+                Resolved::Rule(rule, ..) | Resolved::Unlimited(rule) => Some(rule.replaces.iter().map(String::as_str)),
                 _ => None,
             })
             .flatten()
@@ -175,7 +176,7 @@ impl RateLimiter {
         for (i, r) in resolved.iter().enumerate() {
             let check = match r {
                 Resolved::None => None,
-                Resolved::Unlimited => {
+                Resolved::Unlimited(_) => {
                     unlimited[i] = true;
                     None
                 }
@@ -303,7 +304,7 @@ impl RateLimiter {
             return Resolved::None;
         };
         if matched.rule.unlimited {
-            return Resolved::Unlimited;
+            return Resolved::Unlimited(matched.rule);
         }
         let mut key = String::with_capacity(64);
         matched.write_cache_key(&mut key, &self.options.cache_key_prefix, domain_name, &d.entries);

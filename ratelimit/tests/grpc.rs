@@ -35,6 +35,11 @@ descriptors:
       unit: minute
       requests_per_unit: 100
       replaces: [{ name: general }]
+  - key: k
+    value: vip
+    rate_limit:
+      unlimited: true
+      replaces: [{ name: k_limited }]
   - key: bucket
     rate_limit: { unit: second, requests_per_unit: 1, algorithm: token_bucket, burst: 3, name: tb }
 "#;
@@ -160,6 +165,13 @@ async fn hits_addend_override_and_replaces() {
         assert_eq!(resp.overall_code, Code::Ok as i32);
         assert!(resp.statuses[0].current_limit.is_none(), "replaced rule is not applied");
     }
+    // An unlimited rule's replaces apply too: with `vip`, `limited` (2 per minute) is dropped.
+    let mut vip = request(vec![descriptor(&[("k", "limited")]), descriptor(&[("k", "vip")])]);
+    vip.hits_addend = 5;
+    let resp = call(&mut client, vip).await;
+    assert_eq!(resp.overall_code, Code::Ok as i32, "{resp:?}");
+    assert_eq!(resp.statuses[1].limit_remaining, u32::MAX);
+
     // Alone, general's limit of 1 applies.
     let alone = || request(vec![descriptor(&[("k", "general")])]);
     call(&mut client, alone()).await;
