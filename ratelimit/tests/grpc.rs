@@ -16,6 +16,7 @@ use gatehouse_ratelimit::settings::Settings;
 use gatehouse_ratelimit::{App, Listeners};
 use tokio::net::TcpListener;
 use tonic::transport::Channel;
+use tonic_health::pb::health_check_response::ServingStatus;
 
 const RULES: &str = r#"
 domain: test
@@ -241,23 +242,16 @@ async fn json_endpoint_and_healthcheck() {
     let url = format!("http://127.0.0.1:{}/healthcheck", draining.http);
     let channel = Channel::from_shared(format!("http://127.0.0.1:{}", draining.grpc)).unwrap().connect().await.unwrap();
     let mut grpc_health = tonic_health::pb::health_client::HealthClient::new(channel);
-    let serving = grpc_health
-        .check(tonic_health::pb::HealthCheckRequest { service: "ratelimit".into() })
-        .await
-        .unwrap()
-        .into_inner()
-        .status;
-    assert_eq!(serving, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+    let mut grpc_status = async || {
+        let request = tonic_health::pb::HealthCheckRequest { service: "ratelimit".into() };
+        let status = grpc_health.check(request).await.unwrap().into_inner().status;
+        ServingStatus::try_from(status).unwrap()
+    };
+    assert_eq!(grpc_status().await, ServingStatus::Serving);
     draining.shutdown.trigger();
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert_eq!(http.get(&url).send().await.unwrap().status().as_u16(), 500);
-    let status = grpc_health
-        .check(tonic_health::pb::HealthCheckRequest { service: "ratelimit".into() })
-        .await
-        .unwrap()
-        .into_inner()
-        .status;
-    assert_eq!(status, tonic_health::pb::health_check_response::ServingStatus::NotServing as i32);
+    assert_eq!(grpc_status().await, ServingStatus::NotServing);
 }
 
 /// GRPC_SERVER_USE_TLS with GRPC_CLIENT_TLS_CACERT: clients need a certificate from the CA.
