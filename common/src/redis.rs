@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use crate::config::{ConfigError, Env};
 use arc_swap::ArcSwap;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
@@ -68,6 +69,39 @@ pub struct RedisSettings {
 }
 
 impl RedisSettings {
+    /// The REDIS_* variables of envoyproxy/ratelimit, shared by every Gatehouse service:
+    /// REDIS_TYPE, REDIS_SOCKET_TYPE, REDIS_AUTH, REDIS_TLS*, REDIS_POOL_SIZE and REDIS_TIMEOUT.
+    /// `url` is REDIS_URL's value: comma-separated `host:port`s or `redis://` URLs.
+    pub fn from_env(env: &Env, url: &str) -> Result<RedisSettings, ConfigError> {
+        let topology: Topology = env.parse("REDIS_TYPE", Topology::Single)?;
+        let unix_socket = env.string("REDIS_SOCKET_TYPE", "tcp").eq_ignore_ascii_case("unix")
+            && topology == Topology::Single
+            && url.starts_with('/');
+        let urls = if unix_socket {
+            vec![format!("unix:{url}")]
+        } else {
+            url.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()
+        };
+        let tls = if env.bool("REDIS_TLS", false)? {
+            Some(RedisTls {
+                ca_cert: env.get("REDIS_TLS_CACERT").map(PathBuf::from),
+                client_cert: env.get("REDIS_TLS_CLIENT_CERT").map(PathBuf::from),
+                client_key: env.get("REDIS_TLS_CLIENT_KEY").map(PathBuf::from),
+                skip_hostname_verification: env.bool("REDIS_TLS_SKIP_HOSTNAME_VERIFICATION", false)?,
+            })
+        } else {
+            None
+        };
+        Ok(RedisSettings {
+            topology,
+            urls,
+            auth: env.get("REDIS_AUTH").map(str::to_string),
+            tls,
+            pool_size: env.parse("REDIS_POOL_SIZE", 10usize)?.clamp(1, 256),
+            timeout: env.duration("REDIS_TIMEOUT", Duration::from_secs(10))?,
+        })
+    }
+
     pub fn single(url: impl Into<String>) -> Self {
         RedisSettings {
             topology: Topology::Single,

@@ -40,6 +40,21 @@ pub struct ReloadStatus {
     pub last_error: Option<String>,
 }
 
+impl ReloadStatus {
+    /// The status as the services' `/config-status` endpoints show it.
+    pub fn to_json(&self) -> serde_json::Value {
+        let unix =
+            |t: Option<SystemTime>| t.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_secs());
+        serde_json::json!({
+            "reload_successes": self.successes,
+            "reload_failures": self.failures,
+            "last_success_unix": unix(self.last_success),
+            "last_failure_unix": unix(self.last_failure),
+            "last_error": self.last_error,
+        })
+    }
+}
+
 /// Where to look for changes.
 #[derive(Clone, Debug)]
 pub struct WatchSpec {

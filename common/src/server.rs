@@ -10,6 +10,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+
+use crate::config::{ConfigError, Env};
 use tokio::sync::watch;
 use tonic::service::Routes;
 use tonic::transport::server::TcpIncoming;
@@ -90,6 +92,25 @@ pub struct TlsFiles {
     pub cert: PathBuf,
     pub key: PathBuf,
     pub client_ca: Option<PathBuf>,
+}
+
+impl TlsFiles {
+    /// envoyproxy/ratelimit's gRPC listener TLS variables, used by every Gatehouse service:
+    /// GRPC_SERVER_USE_TLS, GRPC_SERVER_TLS_CERT, GRPC_SERVER_TLS_KEY and, for mTLS,
+    /// GRPC_CLIENT_TLS_CACERT.
+    pub fn from_env(env: &Env) -> Result<Option<TlsFiles>, ConfigError> {
+        if !env.bool("GRPC_SERVER_USE_TLS", false)? {
+            return Ok(None);
+        }
+        let required = |name: &str| {
+            env.get(name).map(PathBuf::from).ok_or_else(|| env.error(name, "required when GRPC_SERVER_USE_TLS=true"))
+        };
+        Ok(Some(TlsFiles {
+            cert: required("GRPC_SERVER_TLS_CERT")?,
+            key: required("GRPC_SERVER_TLS_KEY")?,
+            client_ca: env.get("GRPC_CLIENT_TLS_CACERT").map(PathBuf::from),
+        }))
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -69,18 +69,9 @@ async fn rlconfig(State(state): State<AppState>) -> String {
 async fn config_status(State(state): State<AppState>) -> Response {
     let rules = state.limiter.rules().load();
     let status = state.limiter.rules().status();
-    let time = |t: Option<std::time::SystemTime>| {
-        t.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_secs())
-    };
-    let body = json!({
-        "files": rules.files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>(),
-        "backend": state.limiter.store_name(),
-        "reload_successes": status.successes,
-        "reload_failures": status.failures,
-        "last_success_unix": time(status.last_success),
-        "last_failure_unix": time(status.last_failure),
-        "last_error": status.last_error,
-    });
+    let mut body = status.to_json();
+    body["files"] = json!(rules.files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>());
+    body["backend"] = json!(state.limiter.store_name());
     ([(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
 }
 

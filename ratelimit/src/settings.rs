@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use gatehouse_common::config::{ConfigError, Env};
-use gatehouse_common::redis::{RedisSettings, RedisTls, Topology};
+use gatehouse_common::redis::RedisSettings;
 use gatehouse_common::server::TlsFiles;
 use gatehouse_common::telemetry::LogFormat;
 
@@ -104,13 +104,6 @@ const UNSUPPORTED: &[(&str, &str, &str)] = &[
 
 impl Settings {
     pub fn from_env(env: &Env) -> Result<Settings, ConfigError> {
-        let addr = |host_var: &str, port_var: &str, port: u16| -> Result<SocketAddr, ConfigError> {
-            let host = env.string(host_var, "0.0.0.0");
-            let port = env.parse::<u16>(port_var, port)?;
-            let text = if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
-            text.parse().map_err(|e| env.error(host_var, format!("not an IP address: {e}")))
-        };
-
         let runtime_root = PathBuf::from(env.string("RUNTIME_ROOT", "/srv/runtime_data/current"));
         let config_dir = runtime_root
             .join(env.string("RUNTIME_SUBDIRECTORY", ""))
@@ -134,34 +127,7 @@ impl Settings {
             return Err(env.error("REDIS_URL", "BACKEND_TYPE=redis needs REDIS_URL (host:port)"));
         }
 
-        let topology: Topology = env.parse("REDIS_TYPE", Topology::Single)?;
-        let redis_url = redis_url.unwrap_or_default();
-        let unix_socket = env.string("REDIS_SOCKET_TYPE", "tcp").eq_ignore_ascii_case("unix")
-            && topology == Topology::Single
-            && redis_url.starts_with('/');
-        let urls = if unix_socket {
-            vec![format!("unix:{redis_url}")]
-        } else {
-            redis_url.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()
-        };
-        let tls = if env.bool("REDIS_TLS", false)? {
-            Some(RedisTls {
-                ca_cert: env.get("REDIS_TLS_CACERT").map(PathBuf::from),
-                client_cert: env.get("REDIS_TLS_CLIENT_CERT").map(PathBuf::from),
-                client_key: env.get("REDIS_TLS_CLIENT_KEY").map(PathBuf::from),
-                skip_hostname_verification: env.bool("REDIS_TLS_SKIP_HOSTNAME_VERIFICATION", false)?,
-            })
-        } else {
-            None
-        };
-        let redis = RedisSettings {
-            topology,
-            urls,
-            auth: env.get("REDIS_AUTH").map(str::to_string),
-            tls,
-            pool_size: env.parse("REDIS_POOL_SIZE", 10usize)?.clamp(1, 256),
-            timeout: env.duration("REDIS_TIMEOUT", Duration::from_secs(10))?,
-        };
+        let redis = RedisSettings::from_env(env, redis_url.as_deref().unwrap_or_default())?;
 
         let failure_mode = match env.string("BACKEND_FAILURE_MODE", "closed").to_ascii_lowercase().as_str() {
             "open" | "allow" => FailureMode::Open,
@@ -174,21 +140,7 @@ impl Settings {
             return Err(env.error("NEAR_LIMIT_RATIO", "expected a number between 0 and 1"));
         }
 
-        let grpc_tls = if env.bool("GRPC_SERVER_USE_TLS", false)? {
-            let cert = env
-                .get("GRPC_SERVER_TLS_CERT")
-                .ok_or_else(|| env.error("GRPC_SERVER_TLS_CERT", "required when GRPC_SERVER_USE_TLS=true"))?;
-            let key = env
-                .get("GRPC_SERVER_TLS_KEY")
-                .ok_or_else(|| env.error("GRPC_SERVER_TLS_KEY", "required when GRPC_SERVER_USE_TLS=true"))?;
-            Some(TlsFiles {
-                cert: cert.into(),
-                key: key.into(),
-                client_ca: env.get("GRPC_CLIENT_TLS_CACERT").map(PathBuf::from),
-            })
-        } else {
-            None
-        };
+        let grpc_tls = TlsFiles::from_env(env)?;
 
         let prometheus = if env.bool("USE_PROMETHEUS", false)? {
             let addr_text = env.string("PROMETHEUS_ADDR", ":9090");
@@ -228,9 +180,9 @@ impl Settings {
         }
 
         Ok(Settings {
-            grpc_addr: addr("GRPC_HOST", "GRPC_PORT", 8081)?,
-            http_addr: addr("HOST", "PORT", 8080)?,
-            debug_addr: addr("DEBUG_HOST", "DEBUG_PORT", 6070)?,
+            grpc_addr: env.socket_addr("GRPC_HOST", "GRPC_PORT", 8081)?,
+            http_addr: env.socket_addr("HOST", "PORT", 8080)?,
+            debug_addr: env.socket_addr("DEBUG_HOST", "DEBUG_PORT", 6070)?,
             prometheus,
             grpc_tls,
             grpc_max_connection_age: Some(env.duration("GRPC_MAX_CONNECTION_AGE", Duration::from_secs(24 * 3600))?)

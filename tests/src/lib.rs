@@ -1,13 +1,16 @@
 //! Fixtures for Gatehouse's tests: real Redis (single and Cluster), real Envoy from the
-//! reference config, and an echo upstream. Every fixture binds loopback ports chosen at run
+//! reference config, a real OpenID Provider (panva's `oidc-provider` under Node, from
+//! `tests/oidc/`), and an echo upstream. Every fixture binds loopback ports chosen at run
 //! time and stops its processes when dropped.
 //!
 //! Binaries are found through environment variables first, then the project's own install
 //! (`.venv/bin/envoy` from `scripts/install-test-deps.sh`), then `PATH`:
-//! `GATEHOUSE_ENVOY`, `GATEHOUSE_REDIS_SERVER`, `GATEHOUSE_REDIS_CLI`.
+//! `GATEHOUSE_ENVOY`, `GATEHOUSE_REDIS_SERVER`, `GATEHOUSE_REDIS_CLI`, `GATEHOUSE_NODE`.
+//! The provider's npm packages are installed into `tests/oidc/node_modules` by the same script.
 
 pub mod echo;
 pub mod envoy;
+pub mod oidc;
 pub mod redis;
 pub mod tls;
 

@@ -1,0 +1,172 @@
+//! The HTTP port: forward-auth for proxies that are not Envoy (or Envoy's HTTP ext_authz
+//! mode), the JWKS of the JWTs this service signs, health, metrics and config status.
+//!
+//! Forward-auth: `ANY /forward-auth/{policy}[/original/path]`, or `/forward-auth` to pick the
+//! policy by host. The original request comes from `X-Forwarded-Method`, `-Proto`, `-Host`
+//! and `-Uri` (Traefik, HAProxy) or `X-Original-Method` / `X-Original-URI` (NGINX
+//! `auth_request`), else from the path after the policy (Envoy's HTTP mode with `path_prefix`).
+//! 200 allows and carries the identity headers; 401/403 deny with the same JSON body as gRPC;
+//! 503 means the service cannot decide.
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use gatehouse_common::metrics::Metrics;
+use gatehouse_common::server::Shutdown;
+use serde_json::json;
+
+use crate::policy::{Decision, POLICY_CONTEXT_KEY};
+use crate::request::AuthRequest;
+use crate::service::Authorizer;
+
+#[derive(Clone)]
+struct AppState {
+    authorizer: Authorizer,
+    shutdown: Shutdown,
+}
+
+/// `/healthcheck` fails once `shutdown` triggers, so load balancers stop sending while
+/// connections drain.
+pub fn router(authorizer: Authorizer, metrics: &Metrics, shutdown: Shutdown) -> Router {
+    Router::new()
+        .route("/healthcheck", get(healthcheck))
+        .route("/.well-known/jwks.json", get(jwks))
+        .route("/config-status", get(config_status))
+        .route("/forward-auth", any(forward_auth_by_host))
+        .route("/forward-auth/{*rest}", any(forward_auth))
+        .with_state(AppState { authorizer, shutdown })
+        .merge(metrics.router("/metrics"))
+}
+
+async fn healthcheck(State(state): State<AppState>) -> Response {
+    if !state.shutdown.is_triggered() {
+        (StatusCode::OK, "OK").into_response()
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE.into_response()
+    }
+}
+
+async fn jwks(State(state): State<AppState>) -> Response {
+    let body = state.authorizer.signer.jwks().to_string();
+    ([(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, "max-age=300")], body).into_response()
+}
+
+async fn config_status(State(state): State<AppState>) -> Response {
+    let mut body = state.authorizer.policies.status().to_json();
+    let mut names: Vec<String> = state.authorizer.policies.load().by_name.keys().cloned().collect();
+    names.sort();
+    body["policies"] = json!(names);
+    ([(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+}
+
+async fn forward_auth_by_host(
+    State(state): State<AppState>,
+    method: Method,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    decide(&state, None, "/", method, headers, body).await
+}
+
+async fn forward_auth(
+    State(state): State<AppState>,
+    Path(rest): Path<String>,
+    method: Method,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let (policy, path) = match rest.split_once('/') {
+        Some((policy, path)) => (policy.to_string(), format!("/{path}")),
+        None => (rest, "/".to_string()),
+    };
+    decide(&state, Some(policy), &path, method, headers, body).await
+}
+
+async fn decide(
+    state: &AppState,
+    policy: Option<String>,
+    path: &str,
+    method: Method,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let request = forwarded_request(policy, path, &method, &headers, body);
+    let (policy, decision) = state.authorizer.check(&request).await;
+    match decision {
+        Ok(Decision::Allow(allow)) => {
+            let mut response = StatusCode::OK.into_response();
+            let out = response.headers_mut();
+            for (name, value) in allow.upstream_headers.iter().chain(&allow.client_headers) {
+                if let (Ok(name), Ok(value)) =
+                    (header::HeaderName::try_from(name.as_str()), HeaderValue::from_str(value))
+                {
+                    out.insert(name, value);
+                }
+            }
+            response
+        }
+        Ok(Decision::Deny(deny)) => {
+            let status = StatusCode::from_u16(deny.status).unwrap_or(StatusCode::FORBIDDEN);
+            let mut response = (status, deny.body(&policy, request.header("x-request-id"))).into_response();
+            let out = response.headers_mut();
+            out.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            for challenge in &deny.challenges {
+                if let Ok(v) = HeaderValue::from_str(challenge) {
+                    out.append(header::WWW_AUTHENTICATE, v);
+                }
+            }
+            response
+        }
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::CONTENT_TYPE, "application/json")],
+            json!({"error": "unavailable", "reason": "authorization cannot be decided now", "policy": policy})
+                .to_string(),
+        )
+            .into_response(),
+    }
+}
+
+/// The original request, from forwarding headers where the proxy sends them.
+fn forwarded_request(
+    policy: Option<String>,
+    path: &str,
+    method: &Method,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> AuthRequest {
+    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let mut request = AuthRequest {
+        method: get("x-forwarded-method").or_else(|| get("x-original-method")).unwrap_or_else(|| method.to_string()),
+        scheme: get("x-forwarded-proto").unwrap_or_else(|| "http".into()),
+        host: get("x-forwarded-host").or_else(|| get("host")).unwrap_or_default(),
+        ..Default::default()
+    };
+    let uri = get("x-forwarded-uri").or_else(|| get("x-original-uri")).unwrap_or_else(|| path.to_string());
+    request.set_path_and_query(&uri);
+    for (name, value) in headers {
+        if let Ok(v) = value.to_str() {
+            request
+                .headers
+                .entry(name.as_str().to_string())
+                .and_modify(|existing| {
+                    existing.push(',');
+                    existing.push_str(v)
+                })
+                .or_insert_with(|| v.to_string());
+        }
+    }
+    if let Some(forwarded_for) = get("x-forwarded-for") {
+        request.source.address = forwarded_for.split(',').next().unwrap_or_default().trim().to_string();
+    }
+    if !body.is_empty() {
+        request.body = Some(body.to_vec());
+    }
+    if let Some(policy) = policy {
+        request.context.insert(POLICY_CONTEXT_KEY.into(), policy);
+    }
+    request
+}

@@ -1,0 +1,261 @@
+//! Signing keys of token issuers: OIDC discovery, JWKS fetching, background refresh, and a
+//! rate cap on refetches for unknown `kid`s.
+//!
+//! Keys are fetched when the config that names the issuer loads, then every `refresh`, off
+//! the request path. A token whose `kid` is unknown triggers a refetch at most once per
+//! `min_refetch` per issuer, so forged kids cannot flood the IdP. Key sets outlive config
+//! reloads: [`Registry`] hands a reloaded config the same [`Jwks`] for the same source.
+//!
+//! Headers that point at keys (`jku`, `x5u`, an embedded `jwk`) are never looked at: keys come
+//! only from the configured issuer.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use jsonwebtoken::jwk::{Jwk, JwkSet};
+use jsonwebtoken::{Algorithm, DecodingKey};
+use parking_lot::Mutex;
+use serde::Deserialize;
+use tokio::time::Instant;
+
+use crate::Error;
+
+/// Where an issuer's keys come from.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub enum KeySource {
+    /// `{issuer}/.well-known/openid-configuration` names the `jwks_uri`.
+    Discovery {
+        issuer: String,
+    },
+    Uri(String),
+}
+
+/// How often keys are fetched.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub struct Refresh {
+    pub every: Duration,
+    pub min_refetch: Duration,
+    pub timeout: Duration,
+}
+
+/// One verification key.
+pub struct VerifyKey {
+    pub key: DecodingKey,
+    /// The algorithms this key may verify: the JWK's `alg`, else every algorithm of its type.
+    pub algorithms: Vec<Algorithm>,
+}
+
+#[derive(Default)]
+pub struct KeySet {
+    pub by_kid: HashMap<String, Arc<VerifyKey>>,
+    /// Keys without a `kid`, tried for tokens without one.
+    pub unnamed: Vec<Arc<VerifyKey>>,
+}
+
+/// What a key lookup found.
+pub enum Lookup {
+    Found(Vec<Arc<VerifyKey>>),
+    UnknownKid,
+}
+
+#[derive(Deserialize)]
+struct Discovery {
+    issuer: String,
+    jwks_uri: String,
+}
+
+pub struct Jwks {
+    source: KeySource,
+    refresh: Refresh,
+    http: reqwest::Client,
+    keys: ArcSwapOption<KeySet>,
+    /// When the last fetch started; caps refetches.
+    last_attempt: Mutex<Option<Instant>>,
+    /// One fetch at a time.
+    fetching: tokio::sync::Mutex<()>,
+}
+
+impl Jwks {
+    fn new(source: KeySource, refresh: Refresh, http: reqwest::Client) -> Jwks {
+        Jwks {
+            source,
+            refresh,
+            http,
+            keys: ArcSwapOption::empty(),
+            last_attempt: Mutex::new(None),
+            fetching: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// The keys for a token's `kid`. Fetches again if the kid is unknown and the last fetch
+    /// is older than `min_refetch`. Fails only when no keys were ever fetched.
+    pub async fn lookup(&self, kid: Option<&str>) -> Result<Lookup, Error> {
+        if let Some(found) = self.find(kid) {
+            return Ok(Lookup::Found(found));
+        }
+        let may_fetch = self.last_attempt.lock().is_none_or(|t| t.elapsed() >= self.refresh.min_refetch);
+        if may_fetch {
+            let _guard = self.fetching.lock().await;
+            // Another request may have fetched while this one waited.
+            if let Some(found) = self.find(kid) {
+                return Ok(Lookup::Found(found));
+            }
+            if self.last_attempt.lock().is_none_or(|t| t.elapsed() >= self.refresh.min_refetch) {
+                if let Err(e) = self.fetch().await {
+                    tracing::warn!(source = ?self.source, error = %e, "fetching signing keys failed");
+                }
+                if let Some(found) = self.find(kid) {
+                    return Ok(Lookup::Found(found));
+                }
+            }
+        }
+        if self.keys.load().is_none() {
+            return Err(Error::Unavailable(format!("no signing keys yet for {}", self.describe())));
+        }
+        Ok(Lookup::UnknownKid)
+    }
+
+    fn find(&self, kid: Option<&str>) -> Option<Vec<Arc<VerifyKey>>> {
+        let keys = self.keys.load();
+        let keys = keys.as_ref()?;
+        match kid {
+            Some(kid) => keys.by_kid.get(kid).map(|k| vec![k.clone()]),
+            None if !keys.unnamed.is_empty() => Some(keys.unnamed.clone()),
+            // No kid and only named keys: a single-key set is unambiguous.
+            None if keys.by_kid.len() == 1 => Some(keys.by_kid.values().cloned().collect()),
+            None => None,
+        }
+    }
+
+    fn describe(&self) -> String {
+        match &self.source {
+            KeySource::Discovery { issuer } => format!("issuer {issuer}"),
+            KeySource::Uri(uri) => uri.clone(),
+        }
+    }
+
+    /// Fetches the key set (after discovery, if configured) and swaps it in.
+    pub async fn fetch(&self) -> Result<(), String> {
+        *self.last_attempt.lock() = Some(Instant::now());
+        let jwks_uri = match &self.source {
+            KeySource::Uri(uri) => uri.clone(),
+            KeySource::Discovery { issuer } => {
+                let url = format!("{}/.well-known/openid-configuration", issuer.trim_end_matches('/'));
+                let doc: Discovery = self.get_json(&url).await?;
+                if doc.issuer.trim_end_matches('/') != issuer.trim_end_matches('/') {
+                    return Err(format!("discovery at {url} names issuer {:?}, expected {issuer:?}", doc.issuer));
+                }
+                doc.jwks_uri
+            }
+        };
+        let set: JwkSet = self.get_json(&jwks_uri).await?;
+        let mut keys = KeySet::default();
+        for jwk in &set.keys {
+            let Some(key) = verify_key(jwk) else {
+                continue;
+            };
+            match &jwk.common.key_id {
+                Some(kid) => {
+                    keys.by_kid.insert(kid.clone(), Arc::new(key));
+                }
+                None => keys.unnamed.push(Arc::new(key)),
+            }
+        }
+        tracing::debug!(source = ?self.source, keys = set.keys.len(), "signing keys fetched");
+        self.keys.store(Some(Arc::new(keys)));
+        Ok(())
+    }
+
+    async fn get_json<T: serde::de::DeserializeOwned>(&self, url: &str) -> Result<T, String> {
+        let response =
+            self.http.get(url).timeout(self.refresh.timeout).send().await.map_err(|e| format!("{url}: {e}"))?;
+        if !response.status().is_success() {
+            return Err(format!("{url}: HTTP {}", response.status()));
+        }
+        let body = response.bytes().await.map_err(|e| format!("{url}: {e}"))?;
+        if body.len() > 1 << 20 {
+            return Err(format!("{url}: response over 1 MiB"));
+        }
+        serde_json::from_slice(&body).map_err(|e| format!("{url}: {e}"))
+    }
+}
+
+/// A JWK usable for signature verification: public, asymmetric, not marked for encryption.
+fn verify_key(jwk: &Jwk) -> Option<VerifyKey> {
+    use jsonwebtoken::jwk::{AlgorithmParameters, PublicKeyUse};
+    if matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption)) {
+        return None;
+    }
+    let family: &[Algorithm] = match &jwk.algorithm {
+        AlgorithmParameters::RSA(_) => &[
+            Algorithm::RS256,
+            Algorithm::RS384,
+            Algorithm::RS512,
+            Algorithm::PS256,
+            Algorithm::PS384,
+            Algorithm::PS512,
+        ],
+        AlgorithmParameters::EllipticCurve(_) => &[Algorithm::ES256, Algorithm::ES384],
+        AlgorithmParameters::OctetKeyPair(_) => &[Algorithm::EdDSA],
+        // Symmetric keys are never accepted from a JWKS: that is algorithm confusion.
+        AlgorithmParameters::OctetKey(_) => return None,
+        _ => return None,
+    };
+    let algorithms = match jwk.common.key_algorithm.and_then(|a| a.to_string().parse::<Algorithm>().ok()) {
+        Some(alg) if family.contains(&alg) => vec![alg],
+        Some(_) => return None,
+        None => family.to_vec(),
+    };
+    Some(VerifyKey { key: DecodingKey::from_jwk(jwk).ok()?, algorithms })
+}
+
+/// Key sets by source, shared across config reloads so a reload does not refetch every
+/// issuer's keys, and so each source has one refresh loop.
+pub struct Registry {
+    http: reqwest::Client,
+    runtime: tokio::runtime::Handle,
+    live: Mutex<HashMap<(KeySource, Refresh), Weak<Jwks>>>,
+}
+
+impl Registry {
+    pub fn new(http: reqwest::Client, runtime: tokio::runtime::Handle) -> Registry {
+        Registry { http, runtime, live: Mutex::new(HashMap::new()) }
+    }
+
+    /// The key set for `source`, created (and first fetched in the background) if no live
+    /// config uses it yet.
+    pub fn get(&self, source: KeySource, refresh: Refresh) -> Arc<Jwks> {
+        let mut live = self.live.lock();
+        live.retain(|_, weak| weak.strong_count() > 0);
+        let id = (source.clone(), refresh);
+        if let Some(existing) = live.get(&id).and_then(Weak::upgrade) {
+            return existing;
+        }
+        let jwks = Arc::new(Jwks::new(source, refresh, self.http.clone()));
+        live.insert(id, Arc::downgrade(&jwks));
+        let weak = Arc::downgrade(&jwks);
+        self.runtime.spawn(async move {
+            loop {
+                let Some(jwks) = weak.upgrade() else { return };
+                let every = jwks.refresh.every;
+                {
+                    let _guard = jwks.fetching.lock().await;
+                    if let Err(e) = jwks.fetch().await {
+                        tracing::warn!(source = ?jwks.source, error = %e, "fetching signing keys failed");
+                    }
+                }
+                // Retry sooner while no keys are known.
+                let wait = if jwks.keys.load().is_none() { jwks.refresh.min_refetch.min(every) } else { every };
+                drop(jwks);
+                tokio::time::sleep(wait).await;
+            }
+        });
+        jwks
+    }
+
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+}

@@ -1,0 +1,118 @@
+//! gatehouse-extauth: configured by environment variables and one policy file.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use gatehouse_common::config::Env;
+use gatehouse_common::server::Shutdown;
+use gatehouse_common::telemetry;
+use gatehouse_extauth::settings::Settings;
+use gatehouse_extauth::{App, Listeners};
+
+/// mimalloc: as in gatehouse-ratelimit, many small per-request allocations from two threads.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+#[command(name = "gatehouse-extauth", version, about = "Envoy external authorization service")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve Check and forward-auth (the default), configured by environment variables.
+    Serve,
+    /// Validate a policy file and list its policies, or print the exact errors.
+    CheckConfig { path: PathBuf },
+    /// Print the hash of an API key (or password) for the policy file or Redis.
+    HashKey {
+        key: String,
+        /// argon2id instead of SHA-256 (slower to check; for low-entropy secrets).
+        #[arg(long)]
+        argon2: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    match Cli::parse().command {
+        Some(Command::HashKey { key, argon2 }) => {
+            if argon2 {
+                match gatehouse_extauth::hash_key_argon2(&key) {
+                    Ok(h) => println!("{h}"),
+                    Err(e) => {
+                        eprintln!("gatehouse-extauth: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                }
+            } else {
+                println!("{}", gatehouse_extauth::hash_key_sha256(&key));
+            }
+            ExitCode::SUCCESS
+        }
+        Some(Command::CheckConfig { path }) => check_config(path),
+        Some(Command::Serve) | None => match serve() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("gatehouse-extauth: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn check_config(path: PathBuf) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("gatehouse-extauth: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        // Key sets are created but not needed: a check never contacts an IdP.
+        let registry =
+            gatehouse_extauth::identity::jwks::Registry::new(reqwest::Client::new(), tokio::runtime::Handle::current());
+        let ctx = gatehouse_extauth::config::BuildContext { jwks: &registry, redis: None };
+        match gatehouse_extauth::config::load(&path, &ctx) {
+            Ok(policies) => {
+                let mut names: Vec<_> = policies.by_name.keys().cloned().collect();
+                names.sort();
+                for name in names {
+                    println!("policy {name}");
+                }
+                eprintln!("OK: {}", path.display());
+                ExitCode::SUCCESS
+            }
+            Err(errors) => {
+                eprintln!("{errors}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+fn serve() -> anyhow::Result<()> {
+    let settings = Settings::from_env(&Env::from_process())?;
+    telemetry::init(&settings.log_level, settings.log_format).map_err(anyhow::Error::msg)?;
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let listeners = Listeners::bind(&settings).await.context("binding listeners")?;
+        tracing::info!(
+            grpc = %settings.grpc_addr,
+            http = %settings.http_addr,
+            config = %settings.config_file.display(),
+            "starting gatehouse-extauth"
+        );
+        let app = App::build(settings).await?;
+        let shutdown = Shutdown::new();
+        shutdown.trigger_on_signals();
+        app.serve(listeners, shutdown).await?;
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
