@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use tempfile::TempDir;
 
+use crate::tls::Pki;
 use crate::{Process, binary, eventually, repo_root};
 
 pub fn envoy_binary() -> PathBuf {
@@ -52,6 +53,10 @@ pub struct Envoy {
     pub admin: String,
     /// The `gateway` listener's port.
     pub port: u16,
+    /// The `gateway_mtls` listener's port (TLS, client certificate required).
+    pub mtls_port: u16,
+    /// The PKI of the mTLS listener, when the fixture made it (no TLS_* vars given).
+    pub pki: Option<Pki>,
     /// Held so that Envoy stops when the fixture is dropped.
     _process: Process,
     _dir: TempDir,
@@ -68,6 +73,11 @@ pub fn default_vars() -> BTreeMap<String, String> {
         ("RATELIMIT_HOST", "127.0.0.1"),
         ("RATELIMIT_PORT", "1"),
         ("RATELIMIT_FAILURE_MODE_DENY", "false"),
+        ("EXTAUTH_HOST", "127.0.0.1"),
+        ("EXTAUTH_PORT", "1"),
+        ("EXTAUTH_HTTP_PORT", "1"),
+        ("EXTAUTH_FAILURE_MODE_ALLOW", "false"),
+        ("GATEWAY_MTLS_PORT", "0"),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -79,8 +89,19 @@ impl Envoy {
     pub async fn start(vars: &BTreeMap<String, String>) -> Envoy {
         let template_path = repo_root().join("envoy/gateway.yaml");
         let template = std::fs::read_to_string(&template_path).expect("read envoy/gateway.yaml");
-        let config = render(&template, vars).unwrap_or_else(|e| panic!("{}: {e}", template_path.display()));
         let dir = tempfile::tempdir().expect("temp dir for envoy");
+        // The mTLS listener needs certificates: a throwaway PKI unless the test brings its own.
+        let mut vars = vars.clone();
+        let pki = (!vars.contains_key("TLS_CERT_FILE")).then(|| {
+            let pki = Pki::generate(dir.path());
+            for (name, path) in
+                [("TLS_CERT_FILE", &pki.server_cert), ("TLS_KEY_FILE", &pki.server_key), ("TLS_CA_FILE", &pki.ca_cert)]
+            {
+                vars.insert(name.to_string(), path.display().to_string());
+            }
+            pki
+        });
+        let config = render(&template, &vars).unwrap_or_else(|e| panic!("{}: {e}", template_path.display()));
         let config_path = dir.path().join("envoy.yaml");
         let admin_path = dir.path().join("admin.txt");
         std::fs::write(&config_path, config).expect("write envoy config");
@@ -107,22 +128,23 @@ impl Envoy {
         };
         let client = reqwest::Client::new();
         let url = format!("http://{admin}/listeners?format=json");
-        let port = eventually(Duration::from_secs(30), || {
+        let port_of = |name: &'static str| {
             let req = client.get(&url).send();
             async move {
                 let json: serde_json::Value = req.await.ok()?.json().await.ok()?;
                 json["listener_statuses"]
                     .as_array()?
                     .iter()
-                    .find(|l| l["name"] == "gateway")?["local_address"]["socket_address"]["port_value"]
+                    .find(|l| l["name"] == name)?["local_address"]["socket_address"]["port_value"]
                     .as_u64()
                     .map(|p| p as u16)
                     .filter(|p| *p != 0)
             }
-        })
-        .await
-        .expect("envoy gateway listener port");
-        Envoy { admin, port, _process: process, _dir: dir }
+        };
+        let port = eventually(Duration::from_secs(30), || port_of("gateway")).await.expect("envoy gateway listener port");
+        let mtls_port =
+            eventually(Duration::from_secs(30), || port_of("gateway_mtls")).await.expect("envoy mTLS listener port");
+        Envoy { admin, port, mtls_port, pki, _process: process, _dir: dir }
     }
 
     pub fn url(&self, path: &str) -> String {
