@@ -1,18 +1,42 @@
 #!/usr/bin/env bash
-# `make up`: the local gateway on embedded defaults, no Redis needed.
-#   Envoy (envoy/gateway.yaml) on :10000 -> demo upstream (Envoy's own :10001)
+# `make up`: the local gateway on embedded defaults, no Redis and no identity provider needed.
+#   Envoy (envoy/gateway.yaml) on :10000, and over mTLS on :10443 -> demo upstream (Envoy's own :10001)
 #   gatehouse-ratelimit on :8081 (gRPC), :8080 (/healthcheck, /json), :6070 (/rlconfig, /metrics),
 #   in-memory counters, rules from examples/ratelimit/config/.
+#   gatehouse-extauth on :9191 (gRPC ext_authz), :9192 (forward-auth, /healthcheck,
+#   /config-status, /metrics, /.well-known/jwks.json), policies from examples/extauth/policies.yaml.
+#   A throwaway CA, server and client certificate in .run/pki/ (made once).
 # Ctrl-C stops everything.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 scripts/install-test-deps.sh
-echo "[up] building gatehouse-ratelimit"
-cargo build -q -p gatehouse-ratelimit
+echo "[up] building gatehouse-ratelimit and gatehouse-extauth"
+cargo build -q -p gatehouse-ratelimit -p gatehouse-extauth
 
 run=.run
 mkdir -p "$run"
+
+# The mTLS listener's PKI: a CA, a server certificate for 127.0.0.1/localhost, and a client
+# certificate whose URI SAN (spiffe://gatehouse.test/demo) the `mtls` policy allows.
+pki="$run/pki"
+if [ ! -s "$pki/client.crt" ]; then
+    echo "[up] making a throwaway CA and certificates in $pki"
+    mkdir -p "$pki"
+    (
+        cd "$pki"
+        newkey=(-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes)
+        openssl req -x509 "${newkey[@]}" -keyout ca.key -out ca.crt -days 365 -subj /CN=gatehouse-demo-ca 2>/dev/null
+        printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' >server.ext
+        printf 'subjectAltName=URI:spiffe://gatehouse.test/demo\nextendedKeyUsage=clientAuth\n' >client.ext
+        for name in server client; do
+            openssl req "${newkey[@]}" -keyout "$name.key" -out "$name.csr" -subj "/CN=$name" 2>/dev/null
+            openssl x509 -req -in "$name.csr" -CA ca.crt -CAkey ca.key -CAcreateserial \
+                -out "$name.crt" -days 365 -extfile "$name.ext" 2>/dev/null
+        done
+    )
+fi
+
 pids=()
 cleanup() {
     for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
@@ -26,34 +50,67 @@ LIMIT_RESPONSE_HEADERS_ENABLED=true LOG_LEVEL="${LOG_LEVEL:-info}" \
     target/debug/gatehouse-ratelimit >"$run/ratelimit.log" 2>&1 &
 pids+=($!)
 
-ENVOY_ADMIN_PORT=9901 GATEWAY_PORT=10000 DEMO_UPSTREAM_PORT=10001 \
+EXTAUTH_CONFIG=examples/extauth/policies.yaml \
+GRPC_HOST=127.0.0.1 GRPC_PORT=9191 HOST=127.0.0.1 PORT=9192 LOG_LEVEL="${LOG_LEVEL:-info}" \
+    target/debug/gatehouse-extauth >"$run/extauth.log" 2>&1 &
+pids+=($!)
+
+ENVOY_ADMIN_PORT=9901 GATEWAY_PORT=10000 GATEWAY_MTLS_PORT=10443 DEMO_UPSTREAM_PORT=10001 \
 UPSTREAM_HOST=127.0.0.1 UPSTREAM_PORT=10001 RATELIMIT_HOST=127.0.0.1 RATELIMIT_PORT=8081 \
 RATELIMIT_FAILURE_MODE_DENY=false \
+EXTAUTH_HOST=127.0.0.1 EXTAUTH_PORT=9191 EXTAUTH_HTTP_PORT=9192 EXTAUTH_FAILURE_MODE_ALLOW=false \
+TLS_CERT_FILE="$PWD/$pki/server.crt" TLS_KEY_FILE="$PWD/$pki/server.key" TLS_CA_FILE="$PWD/$pki/ca.crt" \
     scripts/render-envoy.sh envoy/gateway.yaml "$run/envoy.yaml"
 .venv/bin/envoy -c "$run/envoy.yaml" --disable-hot-restart -l warning >"$run/envoy.log" 2>&1 &
 pids+=($!)
 
+ready() {
+    curl -fs -o /dev/null http://127.0.0.1:8080/healthcheck \
+        && curl -fs -o /dev/null http://127.0.0.1:9192/healthcheck \
+        && curl -fs -o /dev/null http://127.0.0.1:9901/ready
+}
 for _ in $(seq 1 100); do
-    if curl -fs -o /dev/null http://127.0.0.1:8080/healthcheck && curl -fs -o /dev/null http://127.0.0.1:9901/ready; then
-        break
-    fi
+    if ready; then break; fi
+    for pid in "${pids[@]}"; do
+        kill -0 "$pid" 2>/dev/null || { echo "[up] a service exited; see $run/*.log" >&2; exit 1; }
+    done
     sleep 0.2
 done
-curl -fs -o /dev/null http://127.0.0.1:9901/ready || { echo "[up] envoy did not start; see $run/envoy.log" >&2; exit 1; }
+ready || { echo "[up] not ready after 20s; see $run/*.log" >&2; exit 1; }
 
 cat <<'TXT'
 
 Gatehouse is up. Logs in .run/. Try:
 
-  # 3 per minute: two 200s, then 429 with RateLimit-* headers
+  # rate limiting: 3 per minute, then 429 with RateLimit-* headers
   for i in 1 2 3 4; do curl -s -o /dev/null -D - http://127.0.0.1:10000/rl/generic | grep -Ei '^(HTTP|ratelimit)'; done
 
   # per API key: 2 per second and 20 per minute
   curl -i -H 'x-api-key: demo-key' http://127.0.0.1:10000/rl/header
 
-  # the loaded rules, and metrics
+  # extauth: no key -> 401 with WWW-Authenticate and a JSON reason
+  curl -i http://127.0.0.1:10000/auth/keys
+  # the demo key (header or ?api_key=) -> 200 from the demo upstream
+  curl -i -H 'x-api-key: demo-key' http://127.0.0.1:10000/auth/keys
+  curl -i 'http://127.0.0.1:10000/auth/keys?api_key=demo-key'
+  # basic auth -> 200; a wrong password -> 401
+  curl -i -u demo:demo-password http://127.0.0.1:10000/auth/basic
+  # rules: GET passes, POST is denied by the `read-only` rule -> 403
+  curl -i -H 'x-api-key: demo-key' http://127.0.0.1:10000/auth/rules
+  curl -i -X POST -H 'x-api-key: demo-key' http://127.0.0.1:10000/auth/rules
+  # anonymous -> 200; a client certificate (SPIFFE ID) on the mTLS listener -> 200
+  curl -i http://127.0.0.1:10000/auth/public
+  curl -i --cacert .run/pki/ca.crt --cert .run/pki/client.crt --key .run/pki/client.key https://127.0.0.1:10443/auth/mtls
+  # the same key check over HTTP forward-auth (what NGINX, Traefik and HAProxy call)
+  curl -i -H 'x-api-key: demo-key' http://127.0.0.1:9192/forward-auth/keys/some/path
+  # limits keyed on the API key id from extauth's metadata: 5 per minute, then 429
+  for i in 1 2 3 4 5 6; do curl -s -o /dev/null -w '%{http_code}\n' -H 'x-api-key: demo-key' http://127.0.0.1:10000/auth/limited; done
+
+  # loaded rules and policies, and metrics
   curl http://127.0.0.1:6070/rlconfig
+  curl http://127.0.0.1:9192/config-status
   curl -s http://127.0.0.1:6070/metrics | grep ratelimit_service_rate_limit
+  curl -s http://127.0.0.1:9192/metrics | grep extauth_decisions
 
 Ctrl-C to stop.
 TXT

@@ -141,7 +141,8 @@ impl Envoy {
                     .filter(|p| *p != 0)
             }
         };
-        let port = eventually(Duration::from_secs(30), || port_of("gateway")).await.expect("envoy gateway listener port");
+        let port =
+            eventually(Duration::from_secs(30), || port_of("gateway")).await.expect("envoy gateway listener port");
         let mtls_port =
             eventually(Duration::from_secs(30), || port_of("gateway_mtls")).await.expect("envoy mTLS listener port");
         Envoy { admin, port, mtls_port, pki, _process: process, _dir: dir }

@@ -10,6 +10,7 @@
 
 pub mod echo;
 pub mod envoy;
+pub mod issuer;
 pub mod oidc;
 pub mod redis;
 pub mod tls;

@@ -107,6 +107,8 @@ impl JwtAuth {
         };
         let mut validation = Validation::new(header.alg);
         validation.leeway = self.leeway.as_secs();
+        // jsonwebtoken checks `exp` by default but `nbf` only when asked.
+        validation.validate_nbf = true;
         validation.set_issuer(&[&self.issuer]);
         validation.set_required_spec_claims(&["exp", "iss"]);
         if self.audiences.is_empty() {
