@@ -61,10 +61,19 @@ policies:
     identity:
       any_of:
         - name: test-issuer
-          jwt: {{ issuer: "{ti}", jwks_uri: "{ti}/jwks.json", audiences: [gatehouse-api], algorithms: [RS256], jwks_min_refetch: 1s, leeway: 5s }}
+          jwt:
+            issuer: "{ti}"
+            jwks_uri: "{ti}/jwks.json"
+            audiences: [gatehouse-api]
+            algorithms: [RS256]
+            jwks_min_refetch: 1s
+            leeway: 5s
+            from: [{{ header: authorization, prefix: "Bearer " }}, {{ cookie: access_token }}]
     response:
       headers:
         x-user-id: {{ from: sub }}
+      query_set:
+        caller: {{ from: sub }}
   - name: oidc
     identity:
       any_of:
@@ -362,6 +371,22 @@ async fn api_keys_basic_auth_and_anonymous() {
     // Anonymous, explicitly allowed.
     assert_eq!(s.get("/auth/public/", &[]).await.status, 200);
 
+    // Forward-auth called directly, as NGINX auth_request or Traefik ForwardAuth do: the
+    // original request arrives in X-Forwarded-* / X-Original-* headers.
+    let forward = |headers: &[(&str, &str)]| {
+        let mut req = s.client.get(format!("http://127.0.0.1:{}/forward-auth/keys", s.extauth_http));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        req.send()
+    };
+    let r = forward(&[("x-forwarded-method", "GET"), ("x-forwarded-uri", "/orders?api_key=nope")]).await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.headers()["www-authenticate"], "APIKey realm=\"keys\"");
+    let r = forward(&[("x-original-uri", &format!("/orders?api_key={KEY_A}"))]).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-user-id"], "team-a", "identity headers for the proxy to copy upstream");
+
     // Forward-auth through Envoy's HTTP ext_authz mode: same policy, same answers.
     let r = s.get("/auth/http/orders", &[]).await;
     assert_eq!(r.status, 401);
@@ -457,7 +482,12 @@ async fn forged_and_invalid_tokens_are_rejected() {
         }
         c
     };
-    assert_eq!(s.get("/auth/jwt/x", &[("authorization", &bearer(&i.mint(&good)))]).await.status, 200);
+    let r = s.get("/auth/jwt/x?a=1", &[("authorization", &bearer(&i.mint(&good)))]).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.json()["path"], "/auth/jwt/x?a=1&caller=user-1", "query parameter set from the identity");
+    // The same token from a cookie.
+    let cookie = format!("theme=dark; access_token={}", i.mint(&good));
+    assert_eq!(s.get("/auth/jwt/x", &[("cookie", &cookie)]).await.status, 200);
 
     let attacker_dir = s.dir.path().join("attacker");
     std::fs::create_dir_all(&attacker_dir).unwrap();
