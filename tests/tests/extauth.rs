@@ -468,6 +468,18 @@ async fn idp_down_cached_keys_keep_working_and_new_issuers_fail_with_503() {
     .await
     .expect("the reloaded config has the new policy");
     assert_eq!(r.status, 503, "{r:?}");
+
+    // A broken file is rejected: the last good policies keep serving, and the error shows.
+    std::fs::write(&s.config, "policies:\n  - name: keys\n    identity: { any_of: [] }\n    typo: 1\n").unwrap();
+    let status_url = format!("http://127.0.0.1:{}/config-status", s.extauth_http);
+    let status = eventually(Duration::from_secs(10), || async {
+        let status: Value = reqwest::get(&status_url).await.ok()?.json().await.ok()?;
+        status["last_error"].as_str().map(str::to_string)
+    })
+    .await
+    .expect("the rejection is reported on /config-status");
+    assert!(status.contains("policies.yaml:4:5: unknown field `typo`"), "{status}");
+    assert_eq!(s.get("/auth/keys/x", &[("x-api-key", KEY_A)]).await.status, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
