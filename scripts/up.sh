@@ -98,6 +98,9 @@ Gatehouse is up. Logs in .run/. Try:
   # rules: GET passes, POST is denied by the `read-only` rule -> 403
   curl -i -H 'x-api-key: demo-key' http://127.0.0.1:10000/auth/rules
   curl -i -X POST -H 'x-api-key: demo-key' http://127.0.0.1:10000/auth/rules
+  # no policy on the route: chosen by host (401 from `keys`); an unknown host -> 403
+  curl -i -H 'host: keys.gatehouse.test' http://127.0.0.1:10000/auth/host
+  curl -i http://127.0.0.1:10000/auth/host
   # anonymous -> 200; a client certificate (SPIFFE ID) on the mTLS listener -> 200
   curl -i http://127.0.0.1:10000/auth/public
   curl -i --cacert .run/pki/ca.crt --cert .run/pki/client.crt --key .run/pki/client.key https://127.0.0.1:10443/auth/mtls

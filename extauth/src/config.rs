@@ -270,6 +270,8 @@ pub struct SignedJwtSpec {
 pub struct BuildContext<'a> {
     pub jwks: &'a Registry,
     pub redis: Option<&'a RedisConn>,
+    /// Validating only (`check-config`): settings such as Redis are not required.
+    pub check_only: bool,
 }
 
 const DEFAULT_ALGORITHMS: [Algorithm; 9] = [
@@ -287,13 +289,15 @@ const DEFAULT_ALGORITHMS: [Algorithm; 9] = [
 /// Loads and builds the policy file.
 pub fn load(file: &Path, ctx: &BuildContext<'_>) -> Result<Policies, ConfigErrors> {
     let spec: FileSpec = load_yaml(file)?;
-    Builder { file, ctx, errors: Vec::new() }.build(spec)
+    Builder { file, ctx, errors: Vec::new(), referenced: Vec::new() }.build(spec)
 }
 
 struct Builder<'a, 'b> {
     file: &'a Path,
     ctx: &'a BuildContext<'b>,
     errors: Vec<ConfigError>,
+    /// Files the policies read (htpasswd, Rego, secrets): watched for changes too.
+    referenced: Vec<PathBuf>,
 }
 
 impl Builder<'_, '_> {
@@ -301,9 +305,16 @@ impl Builder<'_, '_> {
         self.errors.push(ConfigError::at(self.file, position, message));
     }
 
-    fn relative(&self, path: &str) -> PathBuf {
+    /// A path from the policy file, relative to it; remembered for watching.
+    fn relative(&mut self, path: &str) -> PathBuf {
         let path = Path::new(path);
-        if path.is_absolute() { path.to_path_buf() } else { self.file.parent().unwrap_or(Path::new(".")).join(path) }
+        let path = if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            self.file.parent().unwrap_or(Path::new(".")).join(path)
+        };
+        self.referenced.push(path.clone());
+        path
     }
 
     fn build(mut self, spec: FileSpec) -> Result<Policies, ConfigErrors> {
@@ -319,6 +330,15 @@ impl Builder<'_, '_> {
             }
             for host in hosts {
                 let host = host.to_ascii_lowercase();
+                if host.contains(':') || (host.starts_with('*') && !host.starts_with("*.")) {
+                    self.error(
+                        at,
+                        format!(
+                            "policy {name:?}: host {host:?}: write a host without a port, or `*.suffix` for a wildcard"
+                        ),
+                    );
+                    continue;
+                }
                 let clash = match host.strip_prefix('*') {
                     Some(suffix) => {
                         let clash = policies.wildcard_hosts.iter().any(|(s, _)| s == suffix);
@@ -342,6 +362,7 @@ impl Builder<'_, '_> {
                 }
             }
         }
+        policies.files = std::iter::once(self.file.to_path_buf()).chain(self.referenced).collect();
         if self.errors.is_empty() { Ok(policies) } else { Err(ConfigErrors(self.errors)) }
     }
 
@@ -506,13 +527,14 @@ impl Builder<'_, '_> {
                 prefix,
                 spec.redis_cache_ttl.map_or(Duration::from_secs(10), |d| d.0),
             )),
+            (Some(_), None) if self.ctx.check_only => None,
             (Some(_), None) => {
                 self.error(at, format!("{what}: api_key.redis_prefix needs Redis: set REDIS_URL"));
                 None
             }
             (None, _) => None,
         };
-        if by_digest.is_empty() && argon2.is_empty() && redis.is_none() {
+        if by_digest.is_empty() && argon2.is_empty() && redis.is_none() && !self.ctx.check_only {
             self.error(at, format!("{what}: api_key has no `keys` and no `redis_prefix`"));
         }
         Some(Method::ApiKey(ApiKeys {

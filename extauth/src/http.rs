@@ -10,7 +10,7 @@
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
@@ -74,6 +74,7 @@ async fn forward_auth_by_host(
 async fn forward_auth(
     State(state): State<AppState>,
     Path(rest): Path<String>,
+    RawQuery(query): RawQuery,
     method: Method,
     headers: HeaderMap,
     body: Bytes,
@@ -82,7 +83,14 @@ async fn forward_auth(
         Some((policy, path)) => (policy.to_string(), format!("/{path}")),
         None => (rest, "/".to_string()),
     };
-    decide(&state, Some(policy), &path, method, headers, body).await
+    decide(&state, Some(policy), &with_query(path, query), method, headers, body).await
+}
+
+fn with_query(path: String, query: Option<String>) -> String {
+    match query {
+        Some(q) if !q.is_empty() => format!("{path}?{q}"),
+        _ => path,
+    }
 }
 
 async fn decide(

@@ -118,8 +118,9 @@ impl App {
             .map_err(|e| StartError::Serve(ServeError::Io(std::io::Error::other(e))))?;
         let registry = Arc::new(Registry::new(http, tokio::runtime::Handle::current()));
         let file = settings.config_file.clone();
-        let load: Arc<dyn Fn() -> Result<policy::Policies, ConfigErrors> + Send + Sync> =
-            Arc::new(move || config::load(&file, &config::BuildContext { jwks: &registry, redis: redis.as_ref() }));
+        let load: Arc<dyn Fn() -> Result<policy::Policies, ConfigErrors> + Send + Sync> = Arc::new(move || {
+            config::load(&file, &config::BuildContext { jwks: &registry, redis: redis.as_ref(), check_only: false })
+        });
         let initial = {
             let load = load.clone();
             tokio::task::spawn_blocking(move || load())
@@ -142,7 +143,8 @@ impl App {
 
     /// Serves until `shutdown`, watching the policy file for changes.
     pub async fn serve(self, listeners: Listeners, shutdown: Shutdown) -> Result<(), StartError> {
-        let watch_paths: Vec<PathBuf> = vec![self.settings.config_file.clone()];
+        // The policy file and what it references (htpasswd, Rego, secret files) at start.
+        let watch_paths: Vec<PathBuf> = self.authorizer.policies.load().files.clone();
         let mut spec = WatchSpec::new(watch_paths);
         spec.watch_root = self.settings.config_file.parent().map(|p| p.to_path_buf());
         let load = self.load.clone();

@@ -76,7 +76,7 @@ fn check_config(path: PathBuf) -> ExitCode {
         // Key sets are created but not needed: a check never contacts an IdP.
         let registry =
             gatehouse_extauth::identity::jwks::Registry::new(reqwest::Client::new(), tokio::runtime::Handle::current());
-        let ctx = gatehouse_extauth::config::BuildContext { jwks: &registry, redis: None };
+        let ctx = gatehouse_extauth::config::BuildContext { jwks: &registry, redis: None, check_only: true };
         match gatehouse_extauth::config::load(&path, &ctx) {
             Ok(policies) => {
                 let mut names: Vec<_> = policies.by_name.keys().cloned().collect();

@@ -130,10 +130,10 @@ impl Policy {
                 }));
             }
         }
-        self.allow(request, &identity, signer).map(Decision::Allow)
+        self.allow(&identity, signer).map(Decision::Allow)
     }
 
-    fn allow(&self, request: &AuthRequest, identity: &Identity, signer: &Signer) -> Result<Allow, Error> {
+    fn allow(&self, identity: &Identity, signer: &Signer) -> Result<Allow, Error> {
         let r = &self.response;
         let resolve_all = |list: &[(String, ValueSource)]| -> Vec<(String, String)> {
             list.iter().filter_map(|(name, source)| Some((name.clone(), source.resolve(identity)?))).collect()
@@ -148,19 +148,12 @@ impl Policy {
             subject: identity.subject.clone(),
         };
         if r.strip_credentials {
-            self.strip_credentials(request, identity, &mut allow);
+            self.strip_credentials(&mut allow);
         }
 
         let mut put = |k: &str, v: String| {
             allow.metadata.insert(k.to_string(), Value::String(v));
         };
-        put("policy", self.name.to_string());
-        put("method", identity.method.to_string());
-        put("kind", identity.kind.as_str().to_string());
-        put("subject", identity.subject.clone());
-        if !identity.scopes.is_empty() {
-            put("scopes", identity.scopes.join(" "));
-        }
         // Key metadata (plan, owner...) is flattened so ratelimit descriptors can key on it.
         for (k, v) in &identity.metadata {
             put(k, value_to_string(v));
@@ -169,6 +162,15 @@ impl Policy {
             if let Some(v) = source.resolve(identity) {
                 put(k, v);
             }
+        }
+        // Built-in keys last: a key record (possibly from Redis) cannot replace what rate
+        // limits key on.
+        put("policy", self.name.to_string());
+        put("method", identity.method.to_string());
+        put("kind", identity.kind.as_str().to_string());
+        put("subject", identity.subject.clone());
+        if !identity.scopes.is_empty() {
+            put("scopes", identity.scopes.join(" "));
         }
 
         if let Some(jwt) = &r.signed_jwt {
@@ -191,31 +193,31 @@ impl Policy {
         Ok(allow)
     }
 
-    /// Removes what the caller authenticated with, so upstream never sees the credential.
-    fn strip_credentials(&self, _request: &AuthRequest, identity: &Identity, allow: &mut Allow) {
+    /// Removes every credential this policy reads, so upstream never sees one (with `all_of`
+    /// or an expression, several methods may have consumed a credential).
+    fn strip_credentials(&self, allow: &mut Allow) {
         use crate::identity::Method;
-        let Some((_, method)) = self.identity.methods.iter().find(|(name, _)| *name == identity.method) else {
-            return;
-        };
-        let sources = match method {
-            Method::ApiKey(m) => &m.sources,
-            Method::Jwt(m) => &m.sources,
-            Method::Introspection(m) => &m.sources,
-            Method::Basic(_) => {
-                allow.remove_headers.push("authorization".into());
-                return;
-            }
-            Method::Mtls(_) | Method::Anonymous => return,
-        };
-        for source in sources {
-            let (header, query) = source.strip_target();
-            if let Some(h) = header {
-                allow.remove_headers.push(h.to_string());
-            }
-            if let Some(q) = query {
-                allow.query_remove.push(q.to_string());
+        for (_, method) in &self.identity.methods {
+            let sources = match method {
+                Method::ApiKey(m) => &m.sources,
+                Method::Jwt(m) => &m.sources,
+                Method::Introspection(m) => &m.sources,
+                Method::Basic(_) => {
+                    allow.remove_headers.push("authorization".into());
+                    continue;
+                }
+                Method::Mtls(_) | Method::Anonymous => continue,
+            };
+            for source in sources {
+                let (header, query) = source.strip_target();
+                allow.remove_headers.extend(header.map(str::to_string));
+                allow.query_remove.extend(query.map(str::to_string));
             }
         }
+        allow.remove_headers.sort();
+        allow.remove_headers.dedup();
+        allow.query_remove.sort();
+        allow.query_remove.dedup();
     }
 }
 
@@ -227,6 +229,8 @@ pub struct Policies {
     pub hosts: HashMap<String, Arc<Policy>>,
     pub wildcard_hosts: Vec<(String, Arc<Policy>)>,
     pub default: Option<Arc<Policy>>,
+    /// The policy file and the files it references.
+    pub files: Vec<std::path::PathBuf>,
 }
 
 /// Why no policy applies.

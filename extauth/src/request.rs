@@ -66,9 +66,11 @@ impl AuthRequest {
     /// The request as CEL and Rego policies see it under `request`. This shape is documented in
     /// docs/extauth.md and is a stable interface.
     pub fn to_json(&self) -> Value {
-        let query: Map<String, Value> = form_urlencoded::parse(self.query.as_bytes())
-            .map(|(k, v)| (k.into_owned(), Value::String(v.into_owned())))
-            .collect();
+        // The first value of a repeated parameter, as `query_param` and matchers see it.
+        let mut query = Map::new();
+        for (k, v) in form_urlencoded::parse(self.query.as_bytes()) {
+            query.entry(k.into_owned()).or_insert_with(|| Value::String(v.into_owned()));
+        }
         json!({
             "method": self.method,
             "scheme": self.scheme,

@@ -24,8 +24,8 @@ pub struct Signer {
     kid: String,
     key: EncodingKey,
     jwks: Value,
-    /// Minted tokens by claims digest, reused for half their lifetime.
-    minted: Cache<Digest, String>,
+    /// Minted tokens by claims digest, with their `exp`; reused for half their lifetime.
+    minted: Cache<Digest, (String, u64)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -38,7 +38,9 @@ pub enum SignerError {
 
 impl Signer {
     /// Loads a PKCS#8 P-256 key from `path`, or generates one.
-    pub fn new(issuer: String, path: Option<&Path>, reuse_for: Duration) -> Result<Signer, SignerError> {
+    /// `max_reuse` bounds how long a minted token is kept for reuse; a token is reused only
+    /// for the first half of its own lifetime either way.
+    pub fn new(issuer: String, path: Option<&Path>, max_reuse: Duration) -> Result<Signer, SignerError> {
         let pkcs8 = match path {
             Some(path) => {
                 let err = |message: String| SignerError::Key { path: path.display().to_string(), message };
@@ -73,7 +75,7 @@ impl Signer {
             kid,
             key: EncodingKey::from_ec_der(&pkcs8),
             jwks,
-            minted: Cache::builder().max_capacity(100_000).time_to_live(reuse_for.max(Duration::from_secs(1))).build(),
+            minted: Cache::builder().max_capacity(100_000).time_to_live(max_reuse.max(Duration::from_secs(1))).build(),
         })
     }
 
@@ -90,16 +92,19 @@ impl Signer {
     pub fn mint(&self, mut claims: Map<String, Value>, ttl: Duration) -> Result<String, jsonwebtoken::errors::Error> {
         claims.insert("iss".into(), Value::String(self.issuer.clone()));
         let digest = sha256(Value::Object(claims.clone()).to_string().as_bytes());
-        if let Some(token) = self.minted.get(&digest) {
+        let now = now_secs();
+        if let Some((token, exp)) = self.minted.get(&digest)
+            && exp > now + ttl.as_secs() / 2
+        {
             return Ok(token);
         }
-        let now = now_secs();
         claims.insert("iat".into(), now.into());
-        claims.insert("exp".into(), (now + ttl.as_secs()).into());
+        let exp = now + ttl.as_secs();
+        claims.insert("exp".into(), exp.into());
         let mut header = Header::new(Algorithm::ES256);
         header.kid = Some(self.kid.clone());
         let token = jsonwebtoken::encode(&header, &claims, &self.key)?;
-        self.minted.insert(digest, token.clone());
+        self.minted.insert(digest, (token.clone(), exp));
         Ok(token)
     }
 }

@@ -10,7 +10,7 @@ async fn errors(yaml: &str) -> String {
     let file = dir.path().join("policies.yaml");
     std::fs::write(&file, yaml).unwrap();
     let registry = Registry::new(reqwest::Client::new(), tokio::runtime::Handle::current());
-    let out = match load(&file, &BuildContext { jwks: &registry, redis: None }) {
+    let out = match load(&file, &BuildContext { jwks: &registry, redis: None, check_only: false }) {
         Ok(_) => String::new(),
         Err(e) => e.to_string(),
     };

@@ -233,8 +233,15 @@ impl IdentityStage {
         let authenticated = match &self.combination {
             Combination::AnyOf => {
                 let mut found = None;
+                let mut rejected = false;
                 for (i, (name, method)) in self.methods.iter().enumerate() {
+                    // A bad credential is not rescued by a later `anonymous`: the caller tried
+                    // to authenticate and failed.
+                    if rejected && matches!(method, Method::Anonymous) {
+                        continue;
+                    }
                     let outcome = method.authenticate(name, request).await?;
+                    rejected |= matches!(outcome, Outcome::Rejected(_));
                     let ok = matches!(outcome, Outcome::Authenticated(_));
                     outcomes[i] = Some(outcome);
                     if ok {
