@@ -1,6 +1,6 @@
 # The two entry points: `make up` runs the local gateway, `make test` installs what the
 # tests need and runs every check CI runs.
-.PHONY: up test deps check lint unit bench bench-load
+.PHONY: up test deps check lint unit bench bench-load bench-extauth
 
 up:
 	scripts/up.sh
@@ -20,3 +20,6 @@ bench:
 
 bench-load: deps
 	scripts/bench-ratelimit.sh
+
+bench-extauth: deps
+	scripts/bench-extauth.sh

@@ -4,13 +4,16 @@
 #  1. Check over gRPC with h2load and a pre-encoded CheckRequest, for a no-op tonic
 #     Authorization server (the ceiling), an API key policy and a JWT (RS256) policy:
 #     req/s, latency at full load, latency at half of the measured maximum.
-#  2. Through Envoy with wrk: ext_authz to gatehouse-extauth against Envoy's own jwt_authn
-#     filter on the same token, both answering with a direct_response (no upstream).
+#  2. Through Envoy with wrk: ext_authz (gRPC) to gatehouse-extauth against Envoy's own
+#     jwt_authn filter on the same token, both answering with a direct_response (no upstream);
+#     and, to see Envoy's own share, no authorization at all, ext_authz to the no-op server,
+#     and ext_authz in HTTP mode (forward-auth) to gatehouse-extauth.
 #  3. Requests the JWKS server (the IdP) saw during the measured runs: expected 0.
 #  4. Idle RSS of gatehouse-extauth.
 #
 #   scripts/bench-extauth.sh                                 # defaults below
 #   N=200000 C=16 M=16 WRK_C=32 WRK_D=10s ROUNDS=2 ENVOY_CONCURRENCY=1 scripts/bench-extauth.sh
+#   PARTS=envoy ENVOY_CONCURRENCY=2 scripts/bench-extauth.sh  # only part 2 (PARTS=grpc: only 1)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -22,6 +25,7 @@ WRK_D=${WRK_D:-10s}
 ROUNDS=${ROUNDS:-2}
 ENVOY_CONCURRENCY=${ENVOY_CONCURRENCY:-1}
 LOG_LEVEL=${LOG_LEVEL:-info}
+PARTS=${PARTS:-grpc,envoy}
 envoy=.venv/bin/envoy
 for tool in h2load wrk curl openssl python3 "$envoy"; do
     command -v "$tool" >/dev/null || { echo "bench-extauth: $tool not found; run scripts/install-test-deps.sh" >&2; exit 1; }
@@ -169,20 +173,28 @@ h2_bench() {
     echo "--- half load: ${h2[*]} -n $((N / 2)) --rps $per_client -d $(basename "$req") --log-file=... URL"
     "${h2[@]}" -n "$((N / 2))" --rps "$per_client" -d "$req" --log-file="$work/$name-half.log" "$url" >"$work/$name-half.h2"
     local half_rps; half_rps=$(awk '/^finished in/ { gsub(",", "", $4); print $4 }' "$work/$name-half.h2")
-    python3 - "$work/$name-full.log" "$work/$name-half.log" "$half_rps" <<'PY'
+    # And closed loop with one stream per connection (C in flight): no bursts, but no queue
+    # either (h2load waits for each answer before it times the next request).
+    h2load -c "$C" -m 1 -t 1 -H 'content-type: application/grpc' -H 'te: trailers' -n "$((N / 2))" \
+        -d "$req" --log-file="$work/$name-m1.log" "$url" >"$work/$name-m1.h2"
+    local m1_rps; m1_rps=$(awk '/^finished in/ { gsub(",", "", $4); print $4 }' "$work/$name-m1.h2")
+    python3 - "$work/$name-full.log" "$work/$name-half.log" "$half_rps" "$work/$name-m1.log" "$m1_rps" "$C" <<'PY'
 import sys
 def pct(path):
     lat = sorted(int(line.split()[2]) for line in open(path) if line.strip())
     p = lambda q: lat[min(len(lat) - 1, int(len(lat) * q))] / 1000
     return f"p50 {p(0.50):.2f}  p90 {p(0.90):.2f}  p99 {p(0.99):.2f}  max {lat[-1] / 1000:.2f}  ({len(lat)} requests)"
-print(f"latency ms, full load: {pct(sys.argv[1])}")
-print(f"latency ms, half load ({float(sys.argv[3]):.0f} req/s): {pct(sys.argv[2])}")
+full, half, half_rps, m1, m1_rps, c = sys.argv[1:]
+print(f"latency ms, full load: {pct(full)}")
+print(f"latency ms, half load --rps ({float(half_rps):.0f} req/s): {pct(half)}")
+print(f"latency ms, -m 1 ({c} in flight, {float(m1_rps):.0f} req/s): {pct(m1)}")
 PY
     echo "JWKS requests during the measured runs: $(($(jwks_fetches) - fetched_before))"
     echo "RSS after the runs: $(rss "$pid")"
 }
 
 # --- 1. Direct gRPC ---------------------------------------------------------------------------
+if [[ $PARTS == *grpc* ]]; then
 echo "##### 1. Check over gRPC (h2load, $((C * M)) in flight)"
 port=$(free_port)
 "$examples/noop_check_server" "127.0.0.1:$port" &
@@ -200,12 +212,19 @@ check_once "$work/jwt-missing.bin"
 h2_bench api-key "$grpc_port" "$work/keys.bin" keys
 h2_bench jwt "$grpc_port" "$work/jwt.bin" jwt
 kill "$extauth_pid"
+fi
+[[ $PARTS == *envoy* ]] || exit 0
 
 # --- 2. Through Envoy ------------------------------------------------------------------------
 echo
 echo "##### 2. Through Envoy (--concurrency $ENVOY_CONCURRENCY; wrk -t1 -c$WRK_C -d$WRK_D)"
 start_extauth
 echo "--- gatehouse-extauth (fresh): RSS idle $(rss "$extauth_pid")"
+noop_port=$(free_port)
+"$examples/noop_check_server" "127.0.0.1:$noop_port" &
+noop_pid=$!
+pids+=("$noop_pid")
+wait_port "$noop_port"
 
 # start_envoy NAME TEMPLATE [VAR=VALUE...]: sets envoy_pid, envoy_port, envoy_admin.
 start_envoy() {
@@ -231,35 +250,41 @@ start_envoy extauth-jwt envoy/bench/extauth-jwt.yaml EXTAUTH_PORT="$grpc_port"
 extauth_envoy_pid=$envoy_pid extauth_envoy_port=$envoy_port extauth_envoy_admin=$envoy_admin
 start_envoy jwt-authn envoy/bench/jwt-authn.yaml JWKS_PORT="$jwks_port" JWT_ISSUER="$issuer" JWT_AUDIENCE="$audience"
 authn_envoy_pid=$envoy_pid authn_envoy_port=$envoy_port authn_envoy_admin=$envoy_admin
+start_envoy extauth-noop envoy/bench/extauth-jwt.yaml EXTAUTH_PORT="$noop_port"
+noop_envoy_pid=$envoy_pid noop_envoy_port=$envoy_port
+start_envoy extauth-http envoy/bench/extauth-http-jwt.yaml EXTAUTH_HTTP_PORT="$http_port"
+http_envoy_pid=$envoy_pid http_envoy_port=$envoy_port
 sleep 1
 
 status() { curl -s -o /dev/null -w '%{http_code}' "$@"; }
 echo "--- sanity (HTTP status: with the token / without / with a tampered signature):"
-for target in "ext_authz $extauth_envoy_port /" "jwt_authn $authn_envoy_port /" "jwt_authn-nocache $authn_envoy_port /nocache/"; do
+for target in "ext_authz $extauth_envoy_port /" "ext_authz-http $http_envoy_port /" "jwt_authn $authn_envoy_port /" \
+    "jwt_authn-nocache $authn_envoy_port /nocache/"; do
     read -r label port path <<<"$target"
     echo "    $label: $(status -H "authorization: Bearer $token" "http://127.0.0.1:$port$path")" \
         "/ $(status "http://127.0.0.1:$port$path")" \
         "/ $(status -H "authorization: Bearer ${token%??????}AAAAAA" "http://127.0.0.1:$port$path")"
 done
 
-# wrk_run NAME ENVOY_PID PORT PATH [wrk args]: warm-up, then the measured run.
+# wrk_run NAME ENVOY_PID AUTH_PID PORT PATH [wrk args]: warm-up, then the measured run. CPU
+# time is counted for Envoy and for the authorization server AUTH_PID.
 wrk_run() {
-    local name=$1 envoy_pid=$2 port=$3 path=$4; shift 4
+    local name=$1 envoy_pid=$2 auth_pid=$3 port=$4 path=$5; shift 5
     local url="http://127.0.0.1:$port$path"
     wrk -t1 -c"$WRK_C" -d2s "$@" "$url" >/dev/null
     local e_ticks x_ticks fetched_before
     e_ticks=$(cpu_ticks "$envoy_pid")
-    x_ticks=$(cpu_ticks "$extauth_pid")
+    x_ticks=$(cpu_ticks "$auth_pid")
     fetched_before=$(jwks_fetches)
     wrk -t1 -c"$WRK_C" -d"$WRK_D" --latency "$@" "$url" >"$work/$name.wrk"
-    local e_ms x_ms; e_ms=$(cpu_ms "$envoy_pid" "$e_ticks"); x_ms=$(cpu_ms "$extauth_pid" "$x_ticks")
+    local e_ms x_ms; e_ms=$(cpu_ms "$envoy_pid" "$e_ticks"); x_ms=$(cpu_ms "$auth_pid" "$x_ticks")
     local rps requests non2xx fetched
     rps=$(awk '/^Requests\/sec:/ { print $2 }' "$work/$name.wrk")
     requests=$(awk '/requests in/ { print $1 }' "$work/$name.wrk")
     non2xx=$(awk '/Non-2xx/ { print $NF }' "$work/$name.wrk")
     fetched=$(($(jwks_fetches) - fetched_before))
     local lat; lat=$(awk '$1 ~ /^(50|90|99)%$/ { printf "p%s %s  ", substr($1, 1, length($1) - 1), $2 }' "$work/$name.wrk")
-    printf '%-18s %10s req/s  %s non-2xx %s  CPU/request: envoy %s µs, extauth %s µs  JWKS requests %s\n' \
+    printf '%-17s %9s req/s  %s non-2xx %s  CPU/request: envoy %s µs, auth server %s µs  JWKS requests %s\n' \
         "$name" "$rps" "$lat" "${non2xx:-0}" "$((e_ms * 1000 / requests))" "$((x_ms * 1000 / requests))" "$fetched"
     [ -z "$non2xx" ] || { echo "bench-extauth: $name: non-2xx responses" >&2; cat "$work/$name.wrk" >&2; exit 1; }
     echo "$name $rps" >>"$work/wrk.results"
@@ -269,12 +294,14 @@ auth=(-H "authorization: Bearer $token")
 echo "--- wrk -t1 -c$WRK_C -d$WRK_D --latency [-H 'authorization: Bearer TOKEN'] http://127.0.0.1:PORT/PATH, $ROUNDS rounds"
 for round in $(seq 1 "$ROUNDS"); do
     echo "round $round:"
-    wrk_run envoy-open "$extauth_envoy_pid" "$extauth_envoy_port" /open
-    wrk_run ext_authz "$extauth_envoy_pid" "$extauth_envoy_port" / "${auth[@]}"
-    wrk_run jwt_authn "$authn_envoy_pid" "$authn_envoy_port" / "${auth[@]}"
-    wrk_run jwt_authn-nocache "$authn_envoy_pid" "$authn_envoy_port" /nocache/ "${auth[@]}"
+    wrk_run envoy-open "$extauth_envoy_pid" "$extauth_pid" "$extauth_envoy_port" /open
+    wrk_run ext_authz-noop "$noop_envoy_pid" "$noop_pid" "$noop_envoy_port" / "${auth[@]}"
+    wrk_run ext_authz "$extauth_envoy_pid" "$extauth_pid" "$extauth_envoy_port" / "${auth[@]}"
+    wrk_run ext_authz-http "$http_envoy_pid" "$extauth_pid" "$http_envoy_port" / "${auth[@]}"
+    wrk_run jwt_authn "$authn_envoy_pid" "$extauth_pid" "$authn_envoy_port" / "${auth[@]}"
+    wrk_run jwt_authn-nocache "$authn_envoy_pid" "$extauth_pid" "$authn_envoy_port" /nocache/ "${auth[@]}"
 done
-echo "Envoy stats: ext_authz $(curl -s "http://127.0.0.1:$extauth_envoy_admin/stats?filter=ext_authz\.(ok|denied|error)$" | tr '\n' ' ')"
+echo "Envoy stats: ext_authz (gRPC) $(curl -s "http://127.0.0.1:$extauth_envoy_admin/stats?filter=ext_authz\.(ok|denied|error)$" | tr '\n' ' ')"
 echo "             jwt_authn $(curl -s "http://127.0.0.1:$authn_envoy_admin/stats?filter=jwt_authn\.(allowed|denied)$" | tr '\n' ' ')"
 python3 - "$work/wrk.results" <<'PY'
 import statistics, sys
@@ -284,8 +311,10 @@ for line in open(sys.argv[1]):
     runs.setdefault(name, []).append(float(rps))
 med = {k: statistics.median(v) for k, v in runs.items()}
 print("median req/s: " + ", ".join(f"{k} {v:,.0f}" for k, v in med.items()))
-print(f"ext_authz / jwt_authn (cached): {med['ext_authz'] / med['jwt_authn']:.0%};"
-      f" ext_authz / jwt_authn (no cache): {med['ext_authz'] / med['jwt_authn-nocache']:.0%}")
+for name in ("ext_authz-noop", "ext_authz", "ext_authz-http"):
+    print(f"{name} / jwt_authn (cached): {med[name] / med['jwt_authn']:.0%};"
+          f" / jwt_authn (no cache): {med[name] / med['jwt_authn-nocache']:.0%}")
+print(f"ext_authz / ext_authz-noop: {med['ext_authz'] / med['ext_authz-noop']:.0%}")
 PY
 
 echo

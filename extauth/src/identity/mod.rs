@@ -313,3 +313,68 @@ impl IdentityStage {
         Ok(Verdict::Unauthenticated { rejection, challenges })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::api_key::{ApiKeys, KeyInfo, sha256};
+    use crate::identity::source::SourceSpec;
+
+    fn keys() -> Method {
+        let mut by_digest = std::collections::HashMap::new();
+        by_digest.insert(sha256(b"good"), Arc::new(KeyInfo { id: "k".into(), ..Default::default() }));
+        Method::ApiKey(ApiKeys {
+            sources: vec![SourceSpec::header("x-api-key", None).build().unwrap()],
+            by_digest,
+            argon2: Vec::new(),
+            argon2_verified: moka::sync::Cache::new(1),
+            redis: None,
+        })
+    }
+
+    async fn run(stage: &IdentityStage, key: Option<&str>) -> Verdict {
+        let mut r = AuthRequest::default();
+        if let Some(k) = key {
+            r.headers.insert("x-api-key".into(), k.into());
+        }
+        stage.run("realm", &r).await.unwrap()
+    }
+
+    fn subject(v: &Verdict) -> Option<&str> {
+        match v {
+            Verdict::Authenticated(i) => Some(&i.subject),
+            Verdict::Unauthenticated { .. } => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn anonymous_never_rescues_a_rejected_credential() {
+        let stage = IdentityStage {
+            methods: vec![(Arc::from("keys"), keys()), (Arc::from("anyone"), Method::Anonymous)],
+            combination: Combination::AnyOf,
+        };
+        assert_eq!(subject(&run(&stage, Some("good")).await), Some("k"));
+        assert_eq!(subject(&run(&stage, None).await), Some("anonymous"));
+        let Verdict::Unauthenticated { rejection, challenges } = run(&stage, Some("bad")).await else {
+            panic!("a wrong key must not pass as anonymous");
+        };
+        assert_eq!(rejection.reason, "invalid API key");
+        assert_eq!(challenges, vec!["APIKey realm=\"realm\"".to_string()]);
+    }
+
+    #[tokio::test]
+    async fn all_of_and_expressions() {
+        let both = IdentityStage {
+            methods: vec![(Arc::from("keys"), keys()), (Arc::from("anyone"), Method::Anonymous)],
+            combination: Combination::AllOf,
+        };
+        assert_eq!(subject(&run(&both, Some("good")).await), Some("k"), "the first method's identity");
+        assert_eq!(subject(&run(&both, None).await), None);
+        let not_keys = IdentityStage {
+            methods: vec![(Arc::from("keys"), keys())],
+            combination: Combination::Expression(Expression::parse("!keys", |_| Some(0)).unwrap()),
+        };
+        assert_eq!(subject(&run(&not_keys, None).await), Some("anonymous"));
+        assert_eq!(subject(&run(&not_keys, Some("good")).await), None);
+    }
+}
