@@ -1,0 +1,221 @@
+//! `envoy.service.ext_proc.v3.ExternalProcessor/Process`: one bidirectional stream per HTTP
+//! request. Each ProcessingRequest becomes a call on the [`Exchange`], and its [`Reply`]
+//! becomes the ProcessingResponse: a headers/body response with header and body mutations,
+//! `mode_override` and `clear_route_cache`, or an ImmediateResponse with a JSON body.
+
+use std::pin::Pin;
+
+use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
+use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue, HeaderValueOption};
+use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::ProcessingMode;
+use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::processing_mode::{BodySendMode, HeaderSendMode};
+use envoy_types::pb::envoy::service::ext_proc::v3::common_response::ResponseStatus;
+use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::{
+    ExternalProcessor, ExternalProcessorServer,
+};
+use envoy_types::pb::envoy::service::ext_proc::v3::processing_request::Request as Phase;
+use envoy_types::pb::envoy::service::ext_proc::v3::processing_response::Response as PhaseResponse;
+use envoy_types::pb::envoy::service::ext_proc::v3::{
+    BodyMutation, BodyResponse, CommonResponse, HeaderMutation, HeadersResponse, ImmediateResponse, ProcessingRequest,
+    ProcessingResponse, TrailersResponse, body_mutation,
+};
+use envoy_types::pb::envoy::r#type::v3::HttpStatus;
+use futures::Stream;
+use gatehouse_common::pbjson;
+use serde_json::{Map, Value};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::exchange::{Exchange, Modes, Rejection, Reply};
+use crate::message::{Edit, Headers};
+use crate::service::Transformer;
+use crate::transformation::METADATA_NAMESPACE;
+
+/// The gRPC metadata key (set by the route's `grpc_initial_metadata`) naming the
+/// transformation.
+pub const TRANSFORMATION_METADATA_KEY: &str = "x-gatehouse-transform";
+
+pub struct ProcessService {
+    transformer: Transformer,
+}
+
+pub fn server(transformer: Transformer) -> ExternalProcessorServer<ProcessService> {
+    ExternalProcessorServer::new(ProcessService { transformer })
+}
+
+type ResponseStream = Pin<Box<dyn Stream<Item = Result<ProcessingResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl ExternalProcessor for ProcessService {
+    type ProcessStream = ResponseStream;
+
+    async fn process(
+        &self,
+        request: Request<Streaming<ProcessingRequest>>,
+    ) -> Result<Response<Self::ProcessStream>, Status> {
+        let name = request.metadata().get(TRANSFORMATION_METADATA_KEY).and_then(|v| v.to_str().ok());
+        let exchange = self.transformer.exchange(name);
+        let inbound = request.into_inner();
+        let stats = self.transformer.stats.clone();
+        // No task per stream: the response stream pulls the next message and answers it.
+        let stream = futures::stream::unfold((inbound, exchange), move |(mut inbound, mut exchange)| {
+            let stats = stats.clone();
+            async move {
+                loop {
+                    match inbound.message().await {
+                        Ok(Some(message)) => {
+                            if let Some(response) = handle(&mut exchange, message) {
+                                return Some((Ok(response), (inbound, exchange)));
+                            }
+                        }
+                        Ok(None) => {
+                            stats.finished(&exchange);
+                            return None;
+                        }
+                        Err(status) => {
+                            tracing::debug!(%status, "ext_proc stream ended by Envoy");
+                            stats.finished(&exchange);
+                            return None;
+                        }
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+/// Answers one message; `None` for messages that take no answer (observability mode).
+pub fn handle(exchange: &mut Exchange, message: ProcessingRequest) -> Option<ProcessingResponse> {
+    if message.observability_mode {
+        return None;
+    }
+    let response = match message.request? {
+        Phase::RequestHeaders(h) => {
+            let reply = exchange.on_request_headers(headers(h.headers), h.end_of_stream);
+            to_response(reply, |r| PhaseResponse::RequestHeaders(HeadersResponse { response: Some(r) }), true)
+        }
+        Phase::RequestBody(b) => {
+            let reply = exchange.on_request_body(&b.body);
+            to_response(reply, |r| PhaseResponse::RequestBody(BodyResponse { response: Some(r) }), true)
+        }
+        Phase::ResponseHeaders(h) => {
+            let reply = exchange.on_response_headers(headers(h.headers), h.end_of_stream);
+            to_response(reply, |r| PhaseResponse::ResponseHeaders(HeadersResponse { response: Some(r) }), false)
+        }
+        Phase::ResponseBody(b) => {
+            let reply = exchange.on_response_body(&b.body);
+            to_response(reply, |r| PhaseResponse::ResponseBody(BodyResponse { response: Some(r) }), false)
+        }
+        // Trailers are passed on unchanged.
+        Phase::RequestTrailers(_) => ProcessingResponse {
+            response: Some(PhaseResponse::RequestTrailers(TrailersResponse::default())),
+            ..Default::default()
+        },
+        Phase::ResponseTrailers(_) => ProcessingResponse {
+            response: Some(PhaseResponse::ResponseTrailers(TrailersResponse::default())),
+            ..Default::default()
+        },
+    };
+    Some(response)
+}
+
+/// Header values arrive in `raw_value` (Envoy ≥ 1.29); `value` is read for older senders.
+fn headers(map: Option<HeaderMap>) -> Headers {
+    let mut out = Headers::default();
+    for h in map.map(|m| m.headers).unwrap_or_default() {
+        let value = if h.raw_value.is_empty() {
+            h.value
+        } else {
+            String::from_utf8(h.raw_value).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+        };
+        out.push(h.key, value);
+    }
+    out
+}
+
+fn to_response(
+    reply: Reply,
+    wrap: impl FnOnce(CommonResponse) -> PhaseResponse,
+    request_direction: bool,
+) -> ProcessingResponse {
+    match reply {
+        Reply::Reject(rejection) => immediate(&rejection),
+        Reply::Continue { edit, replace, modes } => {
+            let dynamic_metadata = (!edit.metadata.is_empty()).then(|| {
+                let mut namespaces = Map::new();
+                namespaces.insert(METADATA_NAMESPACE.to_string(), Value::Object(edit.metadata.clone()));
+                pbjson::to_struct(&namespaces)
+            });
+            let common = CommonResponse {
+                status: if replace { ResponseStatus::ContinueAndReplace } else { ResponseStatus::Continue } as i32,
+                clear_route_cache: request_direction && edit.route_changed,
+                header_mutation: header_mutation(&edit),
+                body_mutation: edit.body.map(|b| BodyMutation { mutation: Some(body_mutation::Mutation::Body(b)) }),
+                trailers: None,
+            };
+            ProcessingResponse {
+                response: Some(wrap(common)),
+                dynamic_metadata,
+                mode_override: modes.map(processing_mode),
+                ..Default::default()
+            }
+        }
+    }
+}
+
+fn header_mutation(edit: &Edit) -> Option<HeaderMutation> {
+    if edit.set.is_empty() && edit.append.is_empty() && edit.remove.is_empty() {
+        return None;
+    }
+    let option = |(name, value): &(String, String), action: HeaderAppendAction| HeaderValueOption {
+        header: Some(HeaderValue { key: name.clone(), raw_value: value.clone().into_bytes(), ..Default::default() }),
+        append_action: action as i32,
+        ..Default::default()
+    };
+    Some(HeaderMutation {
+        set_headers: edit
+            .set
+            .iter()
+            .map(|h| option(h, HeaderAppendAction::OverwriteIfExistsOrAdd))
+            .chain(edit.append.iter().map(|h| option(h, HeaderAppendAction::AppendIfExistsOrAdd)))
+            .collect(),
+        remove_headers: edit.remove.clone(),
+    })
+}
+
+fn processing_mode(modes: Modes) -> ProcessingMode {
+    let header = |send: bool| if send { HeaderSendMode::Send } else { HeaderSendMode::Skip } as i32;
+    let body = |send: bool| if send { BodySendMode::Buffered } else { BodySendMode::None } as i32;
+    ProcessingMode {
+        request_header_mode: HeaderSendMode::Send as i32,
+        response_header_mode: header(modes.response_headers),
+        request_body_mode: body(modes.request_body),
+        response_body_mode: body(modes.response_body),
+        request_trailer_mode: HeaderSendMode::Skip as i32,
+        response_trailer_mode: HeaderSendMode::Skip as i32,
+    }
+}
+
+/// The local reply: the status, and `{"error", "message"}` as JSON.
+fn immediate(rejection: &Rejection) -> ProcessingResponse {
+    let body = serde_json::json!({ "error": rejection.error, "message": rejection.message }).to_string();
+    let content_type = HeaderValueOption {
+        header: Some(HeaderValue {
+            key: "content-type".into(),
+            raw_value: b"application/json".to_vec(),
+            ..Default::default()
+        }),
+        append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
+        ..Default::default()
+    };
+    ProcessingResponse {
+        response: Some(PhaseResponse::ImmediateResponse(ImmediateResponse {
+            status: Some(HttpStatus { code: i32::from(rejection.status) }),
+            headers: Some(HeaderMutation { set_headers: vec![content_type], remove_headers: Vec::new() }),
+            body: body.into_bytes(),
+            grpc_status: None,
+            details: format!("gatehouse_transform_{}", rejection.error),
+        })),
+        ..Default::default()
+    }
+}

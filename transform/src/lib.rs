@@ -1,0 +1,120 @@
+//! gatehouse-transform: request and response transformation as Envoy's external processor
+//! (`envoy.service.ext_proc.v3`).
+//!
+//! A stream flows: [`grpc`] (one ext_proc stream per HTTP request) → [`exchange::Exchange`]
+//! (what to ask Envoy for, which rule applies) → [`transformation::Rule::apply`] (body,
+//! headers, request line, status, metadata) → an [`message::Edit`] → mutations back to Envoy.
+//! [`config`] builds [`transformation::Transformations`] from the YAML file; [`template`],
+//! [`extract`], [`json_patch`] and [`xml`] are the operations' building blocks.
+
+pub mod config;
+pub mod exchange;
+pub mod extract;
+pub mod grpc;
+pub mod http;
+pub mod json_patch;
+pub mod message;
+pub mod service;
+pub mod settings;
+pub mod stats;
+pub mod template;
+pub mod transformation;
+pub mod xml;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use gatehouse_common::config::ConfigErrors;
+use gatehouse_common::metrics::Metrics;
+use gatehouse_common::reload::{Reloader, WatchSpec};
+use gatehouse_common::server::{self, GrpcOptions, ServeError, Shutdown};
+use tokio::net::TcpListener;
+
+use crate::service::Transformer;
+use crate::settings::Settings;
+use crate::stats::Stats;
+use crate::transformation::Transformations;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("invalid transformation config:\n{0}")]
+    Config(#[from] ConfigErrors),
+    #[error(transparent)]
+    Serve(#[from] ServeError),
+}
+
+/// The listeners a service instance serves on. Tests bind `127.0.0.1:0` and pass them in.
+#[derive(Debug)]
+pub struct Listeners {
+    pub grpc: TcpListener,
+    pub http: Option<TcpListener>,
+}
+
+impl Listeners {
+    pub async fn bind(settings: &Settings) -> std::io::Result<Listeners> {
+        Ok(Listeners {
+            grpc: TcpListener::bind(settings.grpc_addr).await?,
+            http: Some(TcpListener::bind(settings.http_addr).await?),
+        })
+    }
+}
+
+type Loader = Arc<dyn Fn() -> Result<Transformations, ConfigErrors> + Send + Sync>;
+
+pub struct App {
+    settings: Settings,
+    transformer: Transformer,
+    metrics: Metrics,
+    load: Loader,
+}
+
+impl App {
+    /// Loads the transformation file (failing on errors: a service must not start with a
+    /// config it cannot apply).
+    pub fn build(settings: Settings) -> Result<App, StartError> {
+        let metrics = Metrics::new();
+        let stats = Stats::new(&metrics);
+        let file = settings.config_file.clone();
+        let env: BTreeMap<String, String> = settings.template_env.clone();
+        let load: Loader = Arc::new(move || config::load(&file, &env));
+        let config = Reloader::new(load()?, &metrics, "transform_config_load");
+        Ok(App { settings, transformer: Transformer { config, stats }, metrics, load })
+    }
+
+    pub fn transformer(&self) -> &Transformer {
+        &self.transformer
+    }
+
+    /// Serves until `shutdown`, watching the transformation file for changes.
+    pub async fn serve(self, listeners: Listeners, shutdown: Shutdown) -> Result<(), StartError> {
+        let watch_paths: Vec<PathBuf> = self.transformer.config.load().files.clone();
+        let mut spec = WatchSpec::new(watch_paths);
+        spec.watch_root = self.settings.config_file.parent().map(|p| p.to_path_buf());
+        let load = self.load.clone();
+        let _watch = self.transformer.config.watch(spec, move || load(), {
+            let shutdown = shutdown.clone();
+            async move { shutdown.wait().await }
+        });
+
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health.set_service_status("", tonic_health::ServingStatus::Serving).await;
+        let routes = tonic::service::Routes::new(health_service).add_service(grpc::server(self.transformer.clone()));
+        let options =
+            GrpcOptions { tls: self.settings.grpc_tls.clone(), drain: self.settings.drain, max_connection_age: None };
+        let grpc = server::serve_grpc(listeners.grpc, routes, health, options, shutdown.clone());
+        let http = async {
+            match listeners.http {
+                Some(l) => {
+                    let router = http::router(self.transformer.clone(), &self.metrics, shutdown.clone());
+                    server::serve_http(l, router, self.settings.drain, shutdown.clone()).await
+                }
+                None => Ok(()),
+            }
+        };
+        let (g, h) = tokio::join!(grpc, http);
+        g?;
+        h?;
+        Ok(())
+    }
+}
