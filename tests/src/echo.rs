@@ -1,10 +1,18 @@
 //! An upstream that answers every request with what it received, as JSON:
-//! `{"method", "path", "headers": {name: value}, "body"}`.
+//! `{"method", "path", "headers": {name: value}, "body"}` (repeated headers joined with `,`); a gzip body is decompressed and
+//! marked `"gzip": true`.
+//!
+//! Tests make it answer otherwise with request headers: `x-echo-status` (the status),
+//! `x-echo-body` (the body, instead of the JSON), `x-echo-content-type`, and
+//! `x-echo-header: name=value` (a response header to add).
 
 use std::collections::BTreeMap;
 
+use std::io::Read;
+
 use axum::body::Bytes;
-use axum::http::{HeaderMap, Method, Uri};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
 use tokio::net::TcpListener;
 
 /// A running echo server; stops when dropped.
@@ -32,13 +40,50 @@ impl Drop for Echo {
     }
 }
 
-async fn echo(method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> axum::Json<serde_json::Value> {
-    let headers: BTreeMap<String, String> =
-        headers.iter().map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned())).collect();
-    axum::Json(serde_json::json!({
+async fn echo(method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let status = header("x-echo-status").and_then(|s| s.parse().ok()).unwrap_or(StatusCode::OK);
+    if let Some(body) = header("x-echo-body") {
+        let content_type = header("x-echo-content-type").unwrap_or_else(|| "text/plain".into());
+        return (status, [(axum::http::header::CONTENT_TYPE, content_type)], body).into_response();
+    }
+    let extra = header("x-echo-header").and_then(|h| h.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())));
+    let mut response = answer(status, &headers, uri, method, body);
+    if let Some((name, value)) = extra
+        && let (Ok(name), Ok(value)) = (HeaderName::try_from(name), HeaderValue::try_from(value))
+    {
+        response.headers_mut().insert(name, value);
+    }
+    response
+}
+
+fn answer(status: StatusCode, headers: &HeaderMap, uri: Uri, method: Method, body: Bytes) -> Response {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let gzip = header("content-encoding").is_some_and(|e| e == "gzip");
+    let body = if gzip {
+        let mut out = Vec::new();
+        match flate2::read::GzDecoder::new(&body[..]).read_to_end(&mut out) {
+            Ok(_) => Bytes::from(out),
+            Err(e) => Bytes::from(format!("<invalid gzip: {e}>")),
+        }
+    } else {
+        body
+    };
+    // A repeated header is one entry, its values joined with ",".
+    let mut seen: BTreeMap<String, String> = BTreeMap::new();
+    for (k, v) in headers {
+        let v = String::from_utf8_lossy(v.as_bytes());
+        seen.entry(k.to_string()).and_modify(|e| *e = format!("{e},{v}")).or_insert_with(|| v.into_owned());
+    }
+    let headers = seen;
+    let mut json = serde_json::json!({
         "method": method.as_str(),
         "path": uri.to_string(),
         "headers": headers,
         "body": String::from_utf8_lossy(&body),
-    }))
+    });
+    if gzip {
+        json["gzip"] = true.into();
+    }
+    (status, axum::Json(json)).into_response()
 }

@@ -77,6 +77,9 @@ pub fn default_vars() -> BTreeMap<String, String> {
         ("EXTAUTH_PORT", "1"),
         ("EXTAUTH_HTTP_PORT", "1"),
         ("EXTAUTH_FAILURE_MODE_ALLOW", "false"),
+        ("TRANSFORM_HOST", "127.0.0.1"),
+        ("TRANSFORM_PORT", "1"),
+        ("TRANSFORM_FAILURE_MODE_ALLOW", "false"),
         ("GATEWAY_MTLS_PORT", "0"),
     ]
     .into_iter()

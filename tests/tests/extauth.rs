@@ -22,6 +22,9 @@ use serde_json::{Value, json};
 use tempfile::TempDir;
 use tokio::net::TcpListener;
 
+mod support;
+use support::{Reply, send, start_ratelimit};
+
 const RESOURCE: &str = "https://api.gatehouse.test";
 const KEY_A: &str = "key-a-0123456789abcdef";
 const KEY_B: &str = "key-b-0123456789abcdef";
@@ -171,30 +174,6 @@ async fn start_extauth(config: &Path, redis: &RedisServer) -> (u16, u16, Shutdow
     (ports.0, ports.1, shutdown)
 }
 
-/// A gatehouse-ratelimit replica with one rule: 3 requests per minute per API key id.
-async fn start_ratelimit(dir: &Path) -> (u16, Shutdown) {
-    use gatehouse_ratelimit::clock::Clock;
-    let config = dir.join("rl/config");
-    std::fs::create_dir_all(&config).unwrap();
-    std::fs::write(
-        config.join("gateway.yaml"),
-        "domain: gateway\ndescriptors:\n  - key: api_key_id\n    rate_limit: { unit: minute, requests_per_unit: 3 }\n",
-    )
-    .unwrap();
-    let env = Env::from_pairs([
-        ("RUNTIME_ROOT", dir.join("rl").display().to_string()),
-        ("RUNTIME_SUBDIRECTORY", String::new()),
-    ]);
-    let settings = gatehouse_ratelimit::settings::Settings::from_env(&env).expect("ratelimit settings");
-    let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = grpc.local_addr().unwrap().port();
-    let app = gatehouse_ratelimit::App::build(settings, Clock::System).await.expect("ratelimit starts");
-    let shutdown = Shutdown::new();
-    let listeners = gatehouse_ratelimit::Listeners { grpc, http: None, debug: None, prometheus: None };
-    tokio::spawn(app.serve(listeners, shutdown.clone()));
-    (port, shutdown)
-}
-
 impl Stack {
     async fn start(with_ratelimit: bool) -> Stack {
         let dir = tempfile::tempdir().unwrap();
@@ -204,7 +183,9 @@ impl Stack {
         let config = dir.path().join("policies.yaml");
         std::fs::write(&config, policy_file(&issuer, &idp, "")).unwrap();
         let (grpc, http, shutdown) = start_extauth(&config, &redis).await;
-        let ratelimit = if with_ratelimit { Some(start_ratelimit(dir.path()).await) } else { None };
+        // One rule: 3 requests per minute per API key id.
+        let rules = "domain: gateway\ndescriptors:\n  - key: api_key_id\n    rate_limit: { unit: minute, requests_per_unit: 3 }\n";
+        let ratelimit = if with_ratelimit { Some(start_ratelimit(dir.path(), rules).await) } else { None };
         let echo = Echo::start().await;
         let mut vars: BTreeMap<String, String> = default_vars();
         vars.insert("UPSTREAM_PORT".into(), echo.port.to_string());
@@ -239,48 +220,11 @@ impl Stack {
     }
 
     async fn request(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> Reply {
-        let mut req = self.client.request(method.parse().unwrap(), self.envoy.url(path));
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        let resp = req.send().await.expect("request through envoy");
-        let status = resp.status().as_u16();
-        let headers = resp
-            .headers()
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_string()))
-            .fold(BTreeMap::new(), |mut m: BTreeMap<String, Vec<String>>, (k, v)| {
-                m.entry(k).or_default().push(v);
-                m
-            });
-        let body = resp.text().await.unwrap_or_default();
-        Reply { status, headers, body }
+        send(&self.client, method, &self.envoy.url(path), headers, None).await
     }
 
     async fn get(&self, path: &str, headers: &[(&str, &str)]) -> Reply {
         self.request("GET", path, headers).await
-    }
-}
-
-#[derive(Debug)]
-struct Reply {
-    status: u16,
-    headers: BTreeMap<String, Vec<String>>,
-    body: String,
-}
-
-impl Reply {
-    fn header(&self, name: &str) -> &str {
-        self.headers.get(name).and_then(|v| v.first()).map(String::as_str).unwrap_or("")
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
-    }
-
-    /// The request the upstream saw (the echo server's answer).
-    fn upstream_header(&self, name: &str) -> Option<String> {
-        self.json()["headers"][name].as_str().map(str::to_string)
     }
 }
 

@@ -20,6 +20,7 @@ use envoy_types::pb::envoy::service::ext_proc::v3::{
     ProcessingResponse, TrailersResponse, body_mutation,
 };
 use envoy_types::pb::envoy::r#type::v3::HttpStatus;
+use envoy_types::pb::google::protobuf::BoolValue;
 use futures::Stream;
 use gatehouse_common::pbjson;
 use serde_json::{Map, Value};
@@ -167,17 +168,22 @@ fn header_mutation(edit: &Edit) -> Option<HeaderMutation> {
     if edit.set.is_empty() && edit.append.is_empty() && edit.remove.is_empty() {
         return None;
     }
-    let option = |(name, value): &(String, String), action: HeaderAppendAction| HeaderValueOption {
+    // ext_proc reads the (deprecated) `append` flag, defaulting to false; `append_action`'s
+    // default, APPEND_IF_EXISTS_OR_ADD, is indistinguishable from unset. So: overwrite is
+    // spelled with append_action, append with the flag.
+    #[allow(deprecated)]
+    let option = |(name, value): &(String, String), append: bool| HeaderValueOption {
         header: Some(HeaderValue { key: name.clone(), raw_value: value.clone().into_bytes(), ..Default::default() }),
-        append_action: action as i32,
+        append: append.then_some(BoolValue { value: true }),
+        append_action: if append { 0 } else { HeaderAppendAction::OverwriteIfExistsOrAdd as i32 },
         ..Default::default()
     };
     Some(HeaderMutation {
         set_headers: edit
             .set
             .iter()
-            .map(|h| option(h, HeaderAppendAction::OverwriteIfExistsOrAdd))
-            .chain(edit.append.iter().map(|h| option(h, HeaderAppendAction::AppendIfExistsOrAdd)))
+            .map(|h| option(h, false))
+            .chain(edit.append.iter().map(|h| option(h, true)))
             .collect(),
         remove_headers: edit.remove.clone(),
     })
