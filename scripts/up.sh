@@ -1,18 +1,22 @@
 #!/usr/bin/env bash
 # `make up`: the local gateway on embedded defaults, no Redis and no identity provider needed.
-#   Envoy (envoy/gateway.yaml) on :10000, and over mTLS on :10443 -> demo upstream (Envoy's own :10001)
+#   Envoy (envoy/gateway.yaml) on :10000, and over mTLS on :10443 -> an upstream on :10002 that
+#   answers with the request it received (tests/src/echo.rs), so transformations are visible.
 #   gatehouse-ratelimit on :8081 (gRPC), :8080 (/healthcheck, /json), :6070 (/rlconfig, /metrics),
 #   in-memory counters, rules from examples/ratelimit/config/.
 #   gatehouse-extauth on :9191 (gRPC ext_authz), :9192 (forward-auth, /healthcheck,
 #   /config-status, /metrics, /.well-known/jwks.json), policies from examples/extauth/policies.yaml.
+#   gatehouse-transform on :9291 (gRPC ext_proc), :9292 (/healthcheck, /config-status, /metrics),
+#   transformations from examples/transform/transformations.yaml.
 #   A throwaway CA, server and client certificate in .run/pki/ (made once).
 # Ctrl-C stops everything.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 scripts/install-test-deps.sh
-echo "[up] building gatehouse-ratelimit and gatehouse-extauth"
-cargo build -q -p gatehouse-ratelimit -p gatehouse-extauth
+echo "[up] building gatehouse-ratelimit, gatehouse-extauth, gatehouse-transform and the echo upstream"
+cargo build -q -p gatehouse-ratelimit -p gatehouse-extauth -p gatehouse-transform
+cargo build -q -p gatehouse-testkit --example echo
 
 run=.run
 mkdir -p "$run"
@@ -55,10 +59,19 @@ GRPC_HOST=127.0.0.1 GRPC_PORT=9191 HOST=127.0.0.1 PORT=9192 LOG_LEVEL="${LOG_LEV
     target/debug/gatehouse-extauth >"$run/extauth.log" 2>&1 &
 pids+=($!)
 
+TRANSFORM_CONFIG=examples/transform/transformations.yaml TRANSFORM_TEMPLATE_ENV=STAGE STAGE=demo \
+GRPC_HOST=127.0.0.1 GRPC_PORT=9291 HOST=127.0.0.1 PORT=9292 LOG_LEVEL="${LOG_LEVEL:-info}" \
+    target/debug/gatehouse-transform >"$run/transform.log" 2>&1 &
+pids+=($!)
+
+target/debug/examples/echo 127.0.0.1:10002 >"$run/echo.log" 2>&1 &
+pids+=($!)
+
 ENVOY_ADMIN_PORT=9901 GATEWAY_PORT=10000 GATEWAY_MTLS_PORT=10443 DEMO_UPSTREAM_PORT=10001 \
-UPSTREAM_HOST=127.0.0.1 UPSTREAM_PORT=10001 RATELIMIT_HOST=127.0.0.1 RATELIMIT_PORT=8081 \
+UPSTREAM_HOST=127.0.0.1 UPSTREAM_PORT=10002 RATELIMIT_HOST=127.0.0.1 RATELIMIT_PORT=8081 \
 RATELIMIT_FAILURE_MODE_DENY=false \
 EXTAUTH_HOST=127.0.0.1 EXTAUTH_PORT=9191 EXTAUTH_HTTP_PORT=9192 EXTAUTH_FAILURE_MODE_ALLOW=false \
+TRANSFORM_HOST=127.0.0.1 TRANSFORM_PORT=9291 TRANSFORM_FAILURE_MODE_ALLOW=false \
 TLS_CERT_FILE="$PWD/$pki/server.crt" TLS_KEY_FILE="$PWD/$pki/server.key" TLS_CA_FILE="$PWD/$pki/ca.crt" \
     scripts/render-envoy.sh envoy/gateway.yaml "$run/envoy.yaml"
 .venv/bin/envoy -c "$run/envoy.yaml" --disable-hot-restart -l warning >"$run/envoy.log" 2>&1 &
@@ -67,6 +80,7 @@ pids+=($!)
 ready() {
     curl -fs -o /dev/null http://127.0.0.1:8080/healthcheck \
         && curl -fs -o /dev/null http://127.0.0.1:9192/healthcheck \
+        && curl -fs -o /dev/null http://127.0.0.1:9292/healthcheck \
         && curl -fs -o /dev/null http://127.0.0.1:9901/ready
 }
 for _ in $(seq 1 100); do
@@ -109,9 +123,26 @@ Gatehouse is up. Logs in .run/. Try:
   # limits keyed on the API key id from extauth's metadata: 5 per minute, then 429
   for i in 1 2 3 4 5 6; do curl -s -o /dev/null -w '%{http_code}\n' -H 'x-api-key: demo-key' http://127.0.0.1:10000/auth/limited; done
 
+  # transformations (gatehouse-transform, ext_proc); the upstream echoes what it received
+  # headers set/appended/removed/renamed, and a response header added
+  curl -i -H 'x-user: ann' -H 'x-legacy-token: t0k' http://127.0.0.1:10000/tx/headers
+  # path, method and query rewritten: GET /tx/rewrite/orders/42?debug=1 -> PUT /tx/rewrite/v2/orders?id=42&source=gateway
+  curl -s -H 'x-http-method-override: PUT' 'http://127.0.0.1:10000/tx/rewrite/orders/42?debug=1'
+  # a JSON body patched (and the response too); not JSON -> 400; over 64 KiB -> 413
+  curl -s -H 'content-type: application/json' -H 'x-user: ann' -d '{"order":{"id":"o-1"},"password":"x"}' 'http://127.0.0.1:10000/tx/json?page=2'
+  curl -i -H 'content-type: application/json' -d 'not json' http://127.0.0.1:10000/tx/json
+  # a body-less GET becomes a POST with a JSON body; the AWS-style envelope
+  curl -s -H 'x-user: ann' 'http://127.0.0.1:10000/tx/create?q=shoes'
+  curl -s 'http://127.0.0.1:10000/tx/envelope/items?id=1'
+  # JSON -> XML for a SOAP backend
+  curl -s -H 'content-type: application/json' -d '{"GetOrder":{"id":7}}' http://127.0.0.1:10000/tx/soap
+  # an upstream 503 becomes the standard error envelope (502) with the request id
+  curl -i -H 'x-echo-status: 503' -H 'x-echo-body: stack trace' http://127.0.0.1:10000/tx/errors
+
   # loaded rules and policies, and metrics
   curl http://127.0.0.1:6070/rlconfig
   curl http://127.0.0.1:9192/config-status
+  curl http://127.0.0.1:9292/config-status
   curl -s http://127.0.0.1:6070/metrics | grep ratelimit_service_rate_limit
   curl -s http://127.0.0.1:9192/metrics | grep extauth_decisions
 

@@ -23,14 +23,24 @@ pub struct Echo {
 }
 
 impl Echo {
+    /// Starts on a free loopback port.
     pub async fn start() -> Echo {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind echo");
-        let port = listener.local_addr().expect("echo addr").port();
+        Echo::bind("127.0.0.1:0").await.expect("bind echo")
+    }
+
+    pub async fn bind(addr: &str) -> std::io::Result<Echo> {
+        let listener = TcpListener::bind(addr).await?;
+        let port = listener.local_addr()?.port();
         let app = axum::Router::new().fallback(echo);
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        Echo { port, task }
+        Ok(Echo { port, task })
+    }
+
+    /// Serves until the process ends.
+    pub async fn run(mut self) {
+        let _ = (&mut self.task).await;
     }
 }
 
