@@ -16,7 +16,7 @@ lint:
 	cargo clippy --workspace --all-targets -- -D warnings
 
 bench:
-	cargo bench -p gatehouse-ratelimit
+	cargo bench -p gatehouse-ratelimit -p gatehouse-transform
 
 bench-load: deps
 	scripts/bench-ratelimit.sh
