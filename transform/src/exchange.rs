@@ -242,3 +242,92 @@ fn rejection(rule: &str, direction: Direction, failure: &Failure) -> Rejection {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::path::Path;
+
+    use super::*;
+
+    const CONFIG: &str = r#"
+transformations:
+  - name: t
+    request:
+      - match: { path: { prefix: /headers } }
+        headers: { set: { x-a: "1" } }
+      - match: { path: { prefix: /create } }
+        body: [ { template: '{"made": true}' } ]
+      - match: { path: { prefix: /read } }
+        body: [ { json: [ { set: { path: /read, value: true } } ] } ]
+    response:
+      - match: { status: { equals: "500" } }
+        body: [ { json: [ { set: { path: /wrapped, value: true } } ] } ]
+"#;
+
+    fn exchange(name: Option<&str>) -> Exchange {
+        let config = crate::config::parse(Path::new("t.yaml"), CONFIG, &BTreeMap::new()).unwrap();
+        Exchange::new(Arc::new(config), name)
+    }
+
+    fn request(path: &str) -> Headers {
+        Headers::from_pairs([(":method", "POST"), (":path", path)])
+    }
+
+    fn modes(reply: &Reply) -> Option<Modes> {
+        match reply {
+            Reply::Continue { modes, .. } => *modes,
+            Reply::Reject(r) => panic!("{r:?}"),
+        }
+    }
+
+    #[test]
+    fn asks_envoy_only_for_what_the_rule_needs() {
+        let none = Modes::default();
+        assert_eq!(modes(&exchange(None).on_request_headers(request("/x"), false)), Some(none));
+        let with_response = Modes { response_headers: true, ..none };
+        assert_eq!(modes(&exchange(Some("t")).on_request_headers(request("/headers"), false)), Some(with_response));
+        let reading = Modes { request_body: true, response_headers: true, ..none };
+        assert_eq!(modes(&exchange(Some("t")).on_request_headers(request("/read"), false)), Some(reading));
+
+        let mut e = exchange(Some("t"));
+        e.on_request_headers(request("/x"), true);
+        let reply = e.on_response_headers(Headers::from_pairs([(":status", "500")]), false);
+        assert_eq!(modes(&reply), Some(Modes { response_headers: true, response_body: true, ..none }));
+        let Reply::Continue { edit, replace, .. } = e.on_response_body(br#"{"e": 1}"#) else { panic!() };
+        assert!(!replace);
+        assert_eq!(edit.body.as_deref(), Some(&br#"{"e":1,"wrapped":true}"#[..]));
+        assert_eq!(
+            edit.set,
+            vec![("content-type".into(), "application/json".into()), ("content-length".into(), "22".into())]
+        );
+    }
+
+    #[test]
+    fn a_body_written_without_reading_replaces_on_the_headers() {
+        let Reply::Continue { edit, replace, .. } = exchange(Some("t")).on_request_headers(request("/create"), true)
+        else {
+            panic!()
+        };
+        assert!(replace);
+        assert_eq!(edit.body.as_deref(), Some(&br#"{"made": true}"#[..]));
+        // A body-less request on a rule that reads the body: transformed on the headers.
+        let Reply::Continue { edit, replace, .. } = exchange(Some("t")).on_request_headers(request("/read"), true)
+        else {
+            panic!()
+        };
+        assert!(replace);
+        assert_eq!(edit.body.as_deref(), Some(&br#"{"read":true}"#[..]));
+    }
+
+    #[test]
+    fn failures_and_unknown_names_reject() {
+        let mut e = exchange(Some("t"));
+        e.on_request_headers(request("/read"), false);
+        let Reply::Reject(r) = e.on_request_body(b"{oops") else { panic!() };
+        assert_eq!((r.status, r.error), (400, "invalid_body"));
+        assert_eq!(e.outcome, Outcome::Rejected(400));
+        let Reply::Reject(r) = exchange(Some("nope")).on_request_headers(request("/x"), true) else { panic!() };
+        assert_eq!((r.status, r.error), (500, "unknown_transformation"));
+    }
+}

@@ -58,16 +58,21 @@ impl ExternalProcessor for ProcessService {
         let inbound = request.into_inner();
         let stats = self.transformer.stats.clone();
         // No task per stream: the response stream pulls the next message and answers it.
-        let stream = futures::stream::unfold((inbound, exchange), move |(mut inbound, mut exchange)| {
+        // The state is `None` once the stream has failed, which ends it.
+        let stream = futures::stream::unfold(Some((inbound, exchange)), move |state| {
             let stats = stats.clone();
             async move {
+                let (mut inbound, mut exchange) = state?;
                 loop {
                     match inbound.message().await {
-                        Ok(Some(message)) => {
-                            if let Some(response) = handle(&mut exchange, message) {
-                                return Some((Ok(response), (inbound, exchange)));
+                        Ok(Some(message)) => match handle(&mut exchange, message) {
+                            Ok(Some(response)) => return Some((Ok(response), Some((inbound, exchange)))),
+                            Ok(None) => {}
+                            Err(status) => {
+                                stats.finished(&exchange);
+                                return Some((Err(status), None));
                             }
-                        }
+                        },
                         Ok(None) => {
                             stats.finished(&exchange);
                             return None;
@@ -85,12 +90,16 @@ impl ExternalProcessor for ProcessService {
     }
 }
 
-/// Answers one message; `None` for messages that take no answer (observability mode).
-pub fn handle(exchange: &mut Exchange, message: ProcessingRequest) -> Option<ProcessingResponse> {
+/// Answers one message; `None` for messages that take no answer (observability mode). A
+/// message without a phase is INVALID_ARGUMENT, which ends the stream (Envoy then applies
+/// `failure_mode_allow`).
+pub fn handle(exchange: &mut Exchange, message: ProcessingRequest) -> Result<Option<ProcessingResponse>, Status> {
     if message.observability_mode {
-        return None;
+        return Ok(None);
     }
-    let response = match message.request? {
+    let phase =
+        message.request.ok_or_else(|| Status::invalid_argument("ProcessingRequest carries no request phase"))?;
+    let response = match phase {
         Phase::RequestHeaders(h) => {
             let reply = exchange.on_request_headers(headers(h.headers), h.end_of_stream);
             to_response(reply, |r| PhaseResponse::RequestHeaders(HeadersResponse { response: Some(r) }), true)
@@ -117,7 +126,7 @@ pub fn handle(exchange: &mut Exchange, message: ProcessingRequest) -> Option<Pro
             ..Default::default()
         },
     };
-    Some(response)
+    Ok(Some(response))
 }
 
 /// Header values arrive in `raw_value` (Envoy ≥ 1.29); `value` is read for older senders.
