@@ -1,6 +1,6 @@
 # The two entry points: `make up` runs the local gateway, `make test` installs what the
 # tests need and runs every check CI runs.
-.PHONY: up test deps check lint unit bench bench-load bench-extauth
+.PHONY: up test deps check lint unit bench bench-load bench-extauth bench-transform
 
 up:
 	scripts/up.sh
@@ -23,3 +23,6 @@ bench-load: deps
 
 bench-extauth: deps
 	scripts/bench-extauth.sh
+
+bench-transform: deps
+	scripts/bench-transform.sh

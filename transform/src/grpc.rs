@@ -29,6 +29,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::exchange::{Exchange, Modes, Rejection, Reply};
 use crate::message::{Edit, Headers};
 use crate::service::Transformer;
+use crate::stats::Stats;
 use crate::transformation::METADATA_NAMESPACE;
 
 /// The gRPC metadata key (set by the route's `grpc_initial_metadata`) naming the
@@ -54,39 +55,44 @@ impl ExternalProcessor for ProcessService {
         request: Request<Streaming<ProcessingRequest>>,
     ) -> Result<Response<Self::ProcessStream>, Status> {
         let name = request.metadata().get(TRANSFORMATION_METADATA_KEY).and_then(|v| v.to_str().ok());
-        let exchange = self.transformer.exchange(name);
+        let counted = Counted { exchange: self.transformer.exchange(name), stats: self.transformer.stats.clone() };
         let inbound = request.into_inner();
-        let stats = self.transformer.stats.clone();
         // No task per stream: the response stream pulls the next message and answers it.
-        // The state is `None` once the stream has failed, which ends it.
-        let stream = futures::stream::unfold(Some((inbound, exchange)), move |state| {
-            let stats = stats.clone();
-            async move {
-                let (mut inbound, mut exchange) = state?;
-                loop {
-                    match inbound.message().await {
-                        Ok(Some(message)) => match handle(&mut exchange, message) {
-                            Ok(Some(response)) => return Some((Ok(response), Some((inbound, exchange)))),
-                            Ok(None) => {}
-                            Err(status) => {
-                                stats.finished(&exchange);
-                                return Some((Err(status), None));
-                            }
-                        },
-                        Ok(None) => {
-                            stats.finished(&exchange);
-                            return None;
-                        }
-                        Err(status) => {
-                            tracing::debug!(%status, "ext_proc stream ended by Envoy");
-                            stats.finished(&exchange);
-                            return None;
-                        }
+        // The state is `None` once the stream has failed, which ends it. The exchange is
+        // counted when `counted` is dropped, however the stream ends.
+        let stream = futures::stream::unfold(Some((inbound, counted)), |state| async move {
+            let (mut inbound, mut counted) = state?;
+            loop {
+                match inbound.message().await {
+                    Ok(Some(message)) => match handle(&mut counted.exchange, message) {
+                        Ok(Some(response)) => return Some((Ok(response), Some((inbound, counted)))),
+                        Ok(None) => {}
+                        Err(status) => return Some((Err(status), None)),
+                    },
+                    Ok(None) => return None,
+                    Err(status) => {
+                        tracing::debug!(%status, "ext_proc stream ended by Envoy");
+                        return None;
                     }
                 }
             }
         });
         Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+/// One stream's exchange, counted in the metrics when dropped. Envoy ends an ext_proc stream
+/// with END_STREAM and RST_STREAM together once the HTTP request is done; the reset makes
+/// tonic drop the response stream without polling it again, so counting when the input ends
+/// missed almost every exchange that came through Envoy.
+struct Counted {
+    exchange: Exchange,
+    stats: Stats,
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.stats.finished(&self.exchange);
     }
 }
 
