@@ -51,7 +51,7 @@ fn request_headers() -> Headers {
 
 /// A JSON document of about 4 KiB.
 fn body_4k() -> Vec<u8> {
-    let items: Vec<serde_json::Value> = (0..40)
+    let items: Vec<serde_json::Value> = (0..64)
         .map(|i| serde_json::json!({"sku": format!("sku-{i:04}"), "qty": i, "note": "lorem ipsum dolor sit amet"}))
         .collect();
     let doc = serde_json::json!({"items": items, "drop": "x", "old": {"a": 1}});
