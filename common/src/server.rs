@@ -176,6 +176,64 @@ pub async fn serve_grpc(
     Ok(())
 }
 
+/// A service's two ports: gRPC (`routes`, plus `grpc.health.v1` reporting SERVING until
+/// shutdown) and, optionally, HTTP (the router gets [`healthcheck_router`] merged in). Returns
+/// when both have stopped.
+pub async fn serve_grpc_and_http(
+    grpc: TcpListener,
+    routes: Routes,
+    http: Option<(TcpListener, axum::Router)>,
+    options: GrpcOptions,
+    shutdown: Shutdown,
+) -> Result<(), ServeError> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_service_status("", tonic_health::ServingStatus::Serving).await;
+    let drain = options.drain;
+    let grpc = serve_grpc(grpc, routes.add_service(health_service), health, options, shutdown.clone());
+    let http = async {
+        match http {
+            Some((listener, router)) => {
+                let router = router.merge(healthcheck_router(shutdown.clone()));
+                serve_http(listener, router, drain, shutdown.clone()).await
+            }
+            None => Ok(()),
+        }
+    };
+    let (g, h) = tokio::join!(grpc, http);
+    g.and(h)
+}
+
+/// `GET /healthcheck`: 200 `OK` until `shutdown` triggers, then 503, so load balancers stop
+/// sending while connections drain.
+pub fn healthcheck_router(shutdown: Shutdown) -> axum::Router {
+    use axum::http::StatusCode;
+    axum::Router::new().route(
+        "/healthcheck",
+        axum::routing::get(move || {
+            let triggered = shutdown.is_triggered();
+            async move { if triggered { (StatusCode::SERVICE_UNAVAILABLE, "") } else { (StatusCode::OK, "OK") } }
+        }),
+    )
+}
+
+/// A service's `main` after its settings and logging: runs `serve` on a multi-thread runtime
+/// with a [`Shutdown`] that SIGTERM and SIGINT trigger.
+pub fn run_until_signalled<F, Fut, E>(serve: F) -> Result<(), E>
+where
+    F: FnOnce(Shutdown) -> Fut,
+    Fut: std::future::Future<Output = Result<(), E>>,
+    E: From<std::io::Error>,
+{
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let shutdown = Shutdown::new();
+        shutdown.trigger_on_signals();
+        serve(shutdown).await?;
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
 /// Serves a plain HTTP router until `shutdown` plus `drain`.
 pub async fn serve_http(
     listener: TcpListener,

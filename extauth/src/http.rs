@@ -15,7 +15,6 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use gatehouse_common::metrics::Metrics;
-use gatehouse_common::server::Shutdown;
 use serde_json::json;
 
 use crate::policy::{Decision, POLICY_CONTEXT_KEY};
@@ -25,28 +24,17 @@ use crate::service::Authorizer;
 #[derive(Clone)]
 struct AppState {
     authorizer: Authorizer,
-    shutdown: Shutdown,
 }
 
-/// `/healthcheck` fails once `shutdown` triggers, so load balancers stop sending while
-/// connections drain.
-pub fn router(authorizer: Authorizer, metrics: &Metrics, shutdown: Shutdown) -> Router {
+/// The service's own endpoints; `common::server` adds `/healthcheck`.
+pub fn router(authorizer: Authorizer, metrics: &Metrics) -> Router {
     Router::new()
-        .route("/healthcheck", get(healthcheck))
         .route("/.well-known/jwks.json", get(jwks))
         .route("/config-status", get(config_status))
         .route("/forward-auth", any(forward_auth_by_host))
         .route("/forward-auth/{*rest}", any(forward_auth))
-        .with_state(AppState { authorizer, shutdown })
+        .with_state(AppState { authorizer })
         .merge(metrics.router("/metrics"))
-}
-
-async fn healthcheck(State(state): State<AppState>) -> Response {
-    if !state.shutdown.is_triggered() {
-        (StatusCode::OK, "OK").into_response()
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE.into_response()
-    }
 }
 
 async fn jwks(State(state): State<AppState>) -> Response {

@@ -153,25 +153,11 @@ impl App {
             async move { shutdown.wait().await }
         });
 
-        let (health, health_service) = tonic_health::server::health_reporter();
-        health.set_service_status("", tonic_health::ServingStatus::Serving).await;
-        let mut routes = tonic::service::Routes::new(health_service);
-        routes = routes.add_service(grpc::server(self.authorizer.clone()));
+        let routes = tonic::service::Routes::default().add_service(grpc::server(self.authorizer.clone()));
+        let http = listeners.http.map(|l| (l, http::router(self.authorizer.clone(), &self.metrics)));
         let options =
             GrpcOptions { tls: self.settings.grpc_tls.clone(), drain: self.settings.drain, max_connection_age: None };
-        let grpc = server::serve_grpc(listeners.grpc, routes, health, options, shutdown.clone());
-        let http = async {
-            match listeners.http {
-                Some(l) => {
-                    let router = http::router(self.authorizer.clone(), &self.metrics, shutdown.clone());
-                    server::serve_http(l, router, self.settings.drain, shutdown.clone()).await
-                }
-                None => Ok(()),
-            }
-        };
-        let (g, h) = tokio::join!(grpc, http);
-        g?;
-        h?;
+        server::serve_grpc_and_http(listeners.grpc, routes, http, options, shutdown).await?;
         Ok(())
     }
 }

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use gatehouse_common::config::Env;
-use gatehouse_common::server::Shutdown;
+use gatehouse_common::server;
 use gatehouse_common::telemetry;
 use gatehouse_ratelimit::clock::Clock;
 use gatehouse_ratelimit::settings::Settings;
@@ -80,12 +80,10 @@ fn check_config(path: &std::path::Path, merge_domains: bool) -> ExitCode {
 fn serve() -> anyhow::Result<()> {
     let settings = Settings::from_env(&Env::from_process())?;
     telemetry::init(&settings.log_level, settings.log_format).map_err(anyhow::Error::msg)?;
-    let runtime =
-        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
     for warning in &settings.ignored {
         tracing::warn!("{warning}");
     }
-    runtime.block_on(async move {
+    server::run_until_signalled(|shutdown| async move {
         let listeners = Listeners::bind(&settings).await.context("binding listeners")?;
         tracing::info!(
             grpc = %settings.grpc_addr,
@@ -95,10 +93,7 @@ fn serve() -> anyhow::Result<()> {
             "starting gatehouse-ratelimit"
         );
         let app = App::build(settings, Clock::System).await?;
-        let shutdown = Shutdown::new();
-        shutdown.trigger_on_signals();
         app.serve(listeners, shutdown).await?;
-        tracing::info!("stopped");
         Ok(())
     })
 }

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use gatehouse_common::config::Env;
-use gatehouse_common::server::Shutdown;
+use gatehouse_common::server;
 use gatehouse_common::telemetry;
 use gatehouse_transform::settings::Settings;
 use gatehouse_transform::{App, Listeners};
@@ -68,9 +68,7 @@ fn main() -> ExitCode {
 fn serve() -> anyhow::Result<()> {
     let settings = Settings::from_env(&Env::from_process())?;
     telemetry::init(&settings.log_level, settings.log_format).map_err(anyhow::Error::msg)?;
-    let runtime =
-        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
-    runtime.block_on(async move {
+    server::run_until_signalled(|shutdown| async move {
         let listeners = Listeners::bind(&settings).await.context("binding listeners")?;
         tracing::info!(
             grpc = %settings.grpc_addr,
@@ -79,10 +77,7 @@ fn serve() -> anyhow::Result<()> {
             "starting gatehouse-transform"
         );
         let app = App::build(settings)?;
-        let shutdown = Shutdown::new();
-        shutdown.trigger_on_signals();
         app.serve(listeners, shutdown).await?;
-        tracing::info!("stopped");
         Ok(())
     })
 }
