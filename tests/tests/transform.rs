@@ -368,6 +368,8 @@ async fn config_changes_apply_and_bad_files_are_rejected() {
     // A template with an unknown variable: rejected, reported, and the old config serves.
     std::fs::write(&tmp, changed.replace("{{ method }} {{ path }}", "{{ methd }}")).unwrap();
     std::fs::rename(&tmp, &s.config).unwrap();
+    let health = reqwest::get(format!("http://127.0.0.1:{}/healthcheck", s.transform_http)).await.unwrap();
+    assert_eq!(health.status(), 200);
     let status_url = format!("http://127.0.0.1:{}/config-status", s.transform_http);
     let rejected = eventually(Duration::from_secs(10), || async {
         let status: Value = reqwest::get(&status_url).await.ok()?.json().await.ok()?;
