@@ -26,39 +26,13 @@ ROUNDS=${ROUNDS:-2}
 ENVOY_CONCURRENCY=${ENVOY_CONCURRENCY:-1}
 LOG_LEVEL=${LOG_LEVEL:-info}
 PARTS=${PARTS:-grpc,envoy}
-envoy=.venv/bin/envoy
-for tool in h2load wrk curl openssl python3 "$envoy"; do
-    command -v "$tool" >/dev/null || { echo "bench-extauth: $tool not found; run scripts/install-test-deps.sh" >&2; exit 1; }
-done
-
-work=$(mktemp -d)
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT INT TERM
+source scripts/lib/bench.sh
+require h2load wrk curl openssl python3 "$envoy"
 
 cargo build -q --release -p gatehouse-extauth --bin gatehouse-extauth \
     --example encode_check --example mint_jwt --example noop_check_server
 bin=target/release/gatehouse-extauth
 examples=target/release/examples
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() {
-    for _ in $(seq 1 100); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        sleep 0.1
-    done
-    echo "bench-extauth: nothing listens on port $1" >&2
-    return 1
-}
-rss() { awk '/VmRSS/{print $2" "$3}' "/proc/$1/status"; }
-clk_tck=$(getconf CLK_TCK)
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-# cpu_ms PID TICKS_BEFORE: CPU milliseconds (user + system) the process used since then.
-cpu_ms() { echo $(( ($(cpu_ticks "$1") - $2) * 1000 / clk_tck )); }
 
 # --- The identity provider: an RSA key, a token it signed, its JWKS over plain HTTP ----------
 openssl genrsa -out "$work/key.pem" 2048 2>/dev/null
@@ -226,33 +200,13 @@ noop_pid=$!
 pids+=("$noop_pid")
 wait_port "$noop_port"
 
-# start_envoy NAME TEMPLATE [VAR=VALUE...]: sets envoy_pid, envoy_port, envoy_admin.
-start_envoy() {
-    local name=$1 template=$2; shift 2
-    envoy_port=$(free_port)
-    envoy_admin=$(free_port)
-    env ENVOY_ADMIN_PORT="$envoy_admin" GATEWAY_PORT="$envoy_port" "$@" \
-        scripts/render-envoy.sh "$template" "$work/$name.yaml"
-    "$envoy" -c "$work/$name.yaml" --concurrency "$ENVOY_CONCURRENCY" --disable-hot-restart -l warning \
-        >"$work/$name.log" 2>&1 &
-    envoy_pid=$!
-    pids+=("$envoy_pid")
-    for _ in $(seq 1 100); do
-        curl -fs -o /dev/null "http://127.0.0.1:$envoy_admin/ready" && return 0
-        sleep 0.1
-    done
-    echo "bench-extauth: envoy $name did not start:" >&2
-    cat "$work/$name.log" >&2
-    exit 1
-}
-
-start_envoy extauth-jwt envoy/bench/extauth-jwt.yaml EXTAUTH_PORT="$grpc_port"
+start_envoy extauth-jwt envoy/bench/extauth-jwt.yaml "$ENVOY_CONCURRENCY" EXTAUTH_PORT="$grpc_port"
 extauth_envoy_pid=$envoy_pid extauth_envoy_port=$envoy_port extauth_envoy_admin=$envoy_admin
-start_envoy jwt-authn envoy/bench/jwt-authn.yaml JWKS_PORT="$jwks_port" JWT_ISSUER="$issuer" JWT_AUDIENCE="$audience"
+start_envoy jwt-authn envoy/bench/jwt-authn.yaml "$ENVOY_CONCURRENCY" JWKS_PORT="$jwks_port" JWT_ISSUER="$issuer" JWT_AUDIENCE="$audience"
 authn_envoy_pid=$envoy_pid authn_envoy_port=$envoy_port authn_envoy_admin=$envoy_admin
-start_envoy extauth-noop envoy/bench/extauth-jwt.yaml EXTAUTH_PORT="$noop_port"
+start_envoy extauth-noop envoy/bench/extauth-jwt.yaml "$ENVOY_CONCURRENCY" EXTAUTH_PORT="$noop_port"
 noop_envoy_pid=$envoy_pid noop_envoy_port=$envoy_port
-start_envoy extauth-http envoy/bench/extauth-http-jwt.yaml EXTAUTH_HTTP_PORT="$http_port"
+start_envoy extauth-http envoy/bench/extauth-http-jwt.yaml "$ENVOY_CONCURRENCY" EXTAUTH_HTTP_PORT="$http_port"
 http_envoy_pid=$envoy_pid http_envoy_port=$envoy_port
 sleep 1
 

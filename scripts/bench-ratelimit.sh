@@ -10,14 +10,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 N=${N:-200000}
 C=${C:-16}
 M=${M:-16}
-work=$(mktemp -d)
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT INT TERM
+source scripts/lib/bench.sh
 
 cargo build -q --release -p gatehouse-ratelimit --bin gatehouse-ratelimit --example noop_server
 bin=target/release/gatehouse-ratelimit
@@ -42,8 +35,6 @@ descriptor = field(1, entry)
 request = field(1, b"bench") + field(2, descriptor)
 open(sys.argv[1], "wb").write(b"\x00" + struct.pack(">I", len(request)) + request)
 PY
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # run NAME [ENV=VALUE...]: the service with that environment; NAME "ceiling" runs the no-op
 # tonic server instead, the upper bound for this machine at this moment.

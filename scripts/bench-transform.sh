@@ -36,39 +36,12 @@ UPSTREAM_CONCURRENCY=${UPSTREAM_CONCURRENCY:-1}
 BODY_BYTES=${BODY_BYTES:-4096}
 LOG_LEVEL=${LOG_LEVEL:-info}
 PARTS=${PARTS:-headers,json}
-envoy=.venv/bin/envoy
-for tool in wrk h2load curl python3 "$envoy"; do
-    command -v "$tool" >/dev/null || { echo "bench-transform: $tool not found; run scripts/install-test-deps.sh" >&2; exit 1; }
-done
+source scripts/lib/bench.sh
+require wrk h2load curl python3 "$envoy"
 wrk2=$(command -v wrk2 || true)
-
-work=$(mktemp -d)
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT INT TERM
 
 cargo build -q --release -p gatehouse-transform
 bin=target/release/gatehouse-transform
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() {
-    for _ in $(seq 1 100); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        sleep 0.1
-    done
-    echo "bench-transform: nothing listens on port $1" >&2
-    return 1
-}
-rss() { awk '/VmRSS/{print $2" "$3}' "/proc/$1/status"; }
-clk_tck=$(getconf CLK_TCK)
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-# cpu_ms PID TICKS_BEFORE: CPU milliseconds (user + system) the process used since then.
-cpu_ms() { echo $(( ($(cpu_ticks "$1") - $2) * 1000 / clk_tck )); }
-fail() { echo "bench-transform: $*" >&2; exit 1; }
 
 # --- The transformations, the request body, wrk's scripts ------------------------------------
 cat >"$work/transformations.yaml" <<'YAML'
@@ -143,29 +116,6 @@ errors = re.search(r"Socket errors: (.*)", text)
 print(rps, requests, *(f"{pct.get(p, float('nan')):.3f}" for p in ("50", "90", "99")),
       non2xx[1] if non2xx else 0, (errors[1] if errors else "none").replace(" ", ""))
 PY
-}
-
-# --- The upstream, gatehouse-transform, the gateway Envoys ------------------------------------
-# start_envoy NAME TEMPLATE CONCURRENCY [VAR=VALUE...]: sets envoy_pid, envoy_port, envoy_admin.
-# UPSTREAM_PORT is the upstream's port; for the upstream itself (started first, upstream_port
-# unset) it is its own listener, the port just picked.
-start_envoy() {
-    local name=$1 template=$2 concurrency=$3; shift 3
-    envoy_port=$(free_port)
-    envoy_admin=$(free_port)
-    env ENVOY_ADMIN_PORT="$envoy_admin" GATEWAY_PORT="$envoy_port" UPSTREAM_PORT="${upstream_port:-$envoy_port}" "$@" \
-        scripts/render-envoy.sh "$template" "$work/$name.yaml"
-    "$envoy" -c "$work/$name.yaml" --concurrency "$concurrency" --disable-hot-restart -l warning \
-        >"$work/$name.log" 2>&1 &
-    envoy_pid=$!
-    pids+=("$envoy_pid")
-    for _ in $(seq 1 100); do
-        curl -fs -o /dev/null "http://127.0.0.1:$envoy_admin/ready" && return 0
-        sleep 0.1
-    done
-    echo "bench-transform: envoy $name did not start:" >&2
-    cat "$work/$name.log" >&2
-    exit 1
 }
 
 unset upstream_port
