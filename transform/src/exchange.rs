@@ -137,12 +137,7 @@ impl Exchange {
     }
 
     pub fn on_request_body(&mut self, body: &[u8]) -> Reply {
-        match (self.transformation.clone(), self.request_rule) {
-            (Some(t), Some(i)) if t.request[i].reads_body => {
-                self.apply(&t, &t.request[i], Direction::Request, Phase::Body(body), None)
-            }
-            _ => Reply::pass(None),
-        }
+        self.on_body(Direction::Request, body)
     }
 
     pub fn on_response_headers(&mut self, headers: Headers, end_of_stream: bool) -> Reply {
@@ -163,10 +158,18 @@ impl Exchange {
     }
 
     pub fn on_response_body(&mut self, body: &[u8]) -> Reply {
-        match (self.transformation.clone(), self.response_rule) {
-            (Some(t), Some(i)) if t.response[i].reads_body => {
-                self.apply(&t, &t.response[i], Direction::Response, Phase::Body(body), None)
-            }
+        self.on_body(Direction::Response, body)
+    }
+
+    /// A buffered body, for the rule chosen on that direction's headers if it reads one.
+    fn on_body(&mut self, direction: Direction, body: &[u8]) -> Reply {
+        let Some(t) = self.transformation.clone() else { return Reply::pass(None) };
+        let (rules, chosen) = match direction {
+            Direction::Request => (&t.request, self.request_rule),
+            Direction::Response => (&t.response, self.response_rule),
+        };
+        match chosen.map(|i| &rules[i]) {
+            Some(rule) if rule.reads_body => self.apply(&t, rule, direction, Phase::Body(body), None),
             _ => Reply::pass(None),
         }
     }

@@ -82,10 +82,6 @@ impl App {
         Ok(App { settings, transformer: Transformer { config, stats }, metrics, load })
     }
 
-    pub fn transformer(&self) -> &Transformer {
-        &self.transformer
-    }
-
     /// Serves until `shutdown`, watching the transformation file for changes.
     pub async fn serve(self, listeners: Listeners, shutdown: Shutdown) -> Result<(), StartError> {
         let watch_paths: Vec<PathBuf> = self.transformer.config.load().files.clone();

@@ -92,10 +92,6 @@ pub struct Edit {
 }
 
 impl Edit {
-    pub fn is_empty(&self) -> bool {
-        self.set.is_empty() && self.append.is_empty() && self.remove.is_empty() && self.body.is_none()
-    }
-
     /// Sets `name`, replacing an earlier set of the same header in this edit.
     pub fn set_header(&mut self, name: &str, value: String) {
         self.set.retain(|(k, _)| k != name);

@@ -89,12 +89,6 @@ pub struct HeaderOps {
     pub rename: Vec<(String, String)>,
 }
 
-impl HeaderOps {
-    pub fn is_empty(&self) -> bool {
-        self.set.is_empty() && self.append.is_empty() && self.remove.is_empty() && self.rename.is_empty()
-    }
-}
-
 #[derive(Debug, Default)]
 pub struct QueryOps {
     pub set: Vec<(String, Text)>,
@@ -223,16 +217,6 @@ impl Matcher {
             && self.headers.iter().all(|(name, m)| m.matches(response.get(name)))
             && self.path.as_ref().is_none_or(|m| m.matches(Some(request.path_only())))
             && self.method.as_ref().is_none_or(|m| m.matches(Some(request.method())))
-    }
-}
-
-impl Transformation {
-    pub fn request_rule(&self, request: &Request) -> Option<&Rule> {
-        self.request.iter().find(|r| r.matcher.matches_request(request))
-    }
-
-    pub fn response_rule(&self, request: &Request, response: &Headers) -> Option<&Rule> {
-        self.response.iter().find(|r| r.matcher.matches_response(request, response))
     }
 }
 
