@@ -157,16 +157,17 @@ fn to_response(
     match reply {
         Reply::Reject(rejection) => immediate(&rejection),
         Reply::Continue { edit, replace, modes } => {
-            let dynamic_metadata = (!edit.metadata.is_empty()).then(|| {
+            let Edit { set, append, remove, body, metadata, route_changed } = edit;
+            let dynamic_metadata = (!metadata.is_empty()).then(|| {
                 let mut namespaces = Map::new();
-                namespaces.insert(METADATA_NAMESPACE.to_string(), Value::Object(edit.metadata.clone()));
+                namespaces.insert(METADATA_NAMESPACE.to_string(), Value::Object(metadata));
                 pbjson::to_struct(&namespaces)
             });
             let common = CommonResponse {
                 status: if replace { ResponseStatus::ContinueAndReplace } else { ResponseStatus::Continue } as i32,
-                clear_route_cache: request_direction && edit.route_changed,
-                header_mutation: header_mutation(&edit),
-                body_mutation: edit.body.map(|b| BodyMutation { mutation: Some(body_mutation::Mutation::Body(b)) }),
+                clear_route_cache: request_direction && route_changed,
+                header_mutation: header_mutation(set, append, remove),
+                body_mutation: body.map(|b| BodyMutation { mutation: Some(body_mutation::Mutation::Body(b)) }),
                 trailers: None,
             };
             ProcessingResponse {
@@ -179,28 +180,31 @@ fn to_response(
     }
 }
 
-fn header_mutation(edit: &Edit) -> Option<HeaderMutation> {
-    if edit.set.is_empty() && edit.append.is_empty() && edit.remove.is_empty() {
+fn header_mutation(
+    set: Vec<(String, String)>,
+    append: Vec<(String, String)>,
+    remove: Vec<String>,
+) -> Option<HeaderMutation> {
+    if set.is_empty() && append.is_empty() && remove.is_empty() {
         return None;
     }
     // ext_proc reads the (deprecated) `append` flag, defaulting to false; `append_action`'s
     // default, APPEND_IF_EXISTS_OR_ADD, is indistinguishable from unset. So: overwrite is
     // spelled with append_action, append with the flag.
     #[allow(deprecated)]
-    let option = |(name, value): &(String, String), append: bool| HeaderValueOption {
-        header: Some(HeaderValue { key: name.clone(), raw_value: value.clone().into_bytes(), ..Default::default() }),
+    let option = |(name, value): (String, String), append: bool| HeaderValueOption {
+        header: Some(HeaderValue { key: name, raw_value: value.into_bytes(), ..Default::default() }),
         append: append.then_some(BoolValue { value: true }),
         append_action: if append { 0 } else { HeaderAppendAction::OverwriteIfExistsOrAdd as i32 },
         ..Default::default()
     };
     Some(HeaderMutation {
-        set_headers: edit
-            .set
-            .iter()
+        set_headers: set
+            .into_iter()
             .map(|h| option(h, false))
-            .chain(edit.append.iter().map(|h| option(h, true)))
+            .chain(append.into_iter().map(|h| option(h, true)))
             .collect(),
-        remove_headers: edit.remove.clone(),
+        remove_headers: remove,
     })
 }
 
