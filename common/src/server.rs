@@ -176,6 +176,55 @@ pub async fn serve_grpc(
     Ok(())
 }
 
+/// The settings every Gatehouse service reads the same way: `GRPC_HOST`/`GRPC_PORT`,
+/// `HOST`/`PORT`, the gRPC TLS variables ([`TlsFiles::from_env`]), `LOG_LEVEL`, `LOG_FORMAT`
+/// and `SHUTDOWN_DRAIN`.
+#[derive(Clone, Debug)]
+pub struct ServiceSettings {
+    pub grpc_addr: std::net::SocketAddr,
+    /// Health, metrics, config status and the service's own HTTP endpoints.
+    pub http_addr: std::net::SocketAddr,
+    pub grpc_tls: Option<TlsFiles>,
+    pub log_level: String,
+    pub log_format: crate::telemetry::LogFormat,
+    /// Time between NOT_SERVING and closing listeners.
+    pub drain: Duration,
+}
+
+impl ServiceSettings {
+    pub fn from_env(env: &Env, grpc_port: u16, http_port: u16) -> Result<ServiceSettings, ConfigError> {
+        Ok(ServiceSettings {
+            grpc_addr: env.socket_addr("GRPC_HOST", "GRPC_PORT", grpc_port)?,
+            http_addr: env.socket_addr("HOST", "PORT", http_port)?,
+            grpc_tls: TlsFiles::from_env(env)?,
+            log_level: env.string("LOG_LEVEL", "info"),
+            log_format: env.parse("LOG_FORMAT", crate::telemetry::LogFormat::Text)?,
+            drain: env.duration("SHUTDOWN_DRAIN", Duration::from_secs(0))?,
+        })
+    }
+
+    pub fn grpc_options(&self) -> GrpcOptions {
+        GrpcOptions { tls: self.grpc_tls.clone(), drain: self.drain, max_connection_age: None }
+    }
+}
+
+/// The listeners of a service with a gRPC and an HTTP port. Tests bind `127.0.0.1:0` and
+/// pass them in.
+#[derive(Debug)]
+pub struct Listeners {
+    pub grpc: TcpListener,
+    pub http: Option<TcpListener>,
+}
+
+impl Listeners {
+    pub async fn bind(settings: &ServiceSettings) -> std::io::Result<Listeners> {
+        Ok(Listeners {
+            grpc: TcpListener::bind(settings.grpc_addr).await?,
+            http: Some(TcpListener::bind(settings.http_addr).await?),
+        })
+    }
+}
+
 /// A service's two ports: gRPC (`routes`, plus `grpc.health.v1` reporting SERVING until
 /// shutdown) and, optionally, HTTP (the router gets [`healthcheck_router`] merged in). Returns
 /// when both have stopped.

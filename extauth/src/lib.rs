@@ -25,8 +25,8 @@ use gatehouse_common::config::ConfigErrors;
 use gatehouse_common::metrics::Metrics;
 use gatehouse_common::redis::{RedisConn, RedisSetupError};
 use gatehouse_common::reload::{Reloader, WatchSpec};
-use gatehouse_common::server::{self, GrpcOptions, ServeError, Shutdown};
-use tokio::net::TcpListener;
+pub use gatehouse_common::server::Listeners;
+use gatehouse_common::server::{self, ServeError, Shutdown};
 
 use crate::identity::jwks::Registry;
 use crate::service::Authorizer;
@@ -76,22 +76,6 @@ pub fn hash_key_argon2(secret: &str) -> Result<String, String> {
 /// Hashes an API key with SHA-256, for the config file or Redis: `sha256:<hex>`.
 pub fn hash_key_sha256(secret: &str) -> String {
     format!("sha256:{}", identity::api_key::hex(&identity::api_key::sha256(secret.as_bytes())))
-}
-
-/// The listeners a service instance serves on. Tests bind `127.0.0.1:0` and pass them in.
-#[derive(Debug)]
-pub struct Listeners {
-    pub grpc: TcpListener,
-    pub http: Option<TcpListener>,
-}
-
-impl Listeners {
-    pub async fn bind(settings: &Settings) -> std::io::Result<Listeners> {
-        Ok(Listeners {
-            grpc: TcpListener::bind(settings.grpc_addr).await?,
-            http: Some(TcpListener::bind(settings.http_addr).await?),
-        })
-    }
 }
 
 pub struct App {
@@ -155,8 +139,7 @@ impl App {
 
         let routes = tonic::service::Routes::default().add_service(grpc::server(self.authorizer.clone()));
         let http = listeners.http.map(|l| (l, http::router(self.authorizer.clone(), &self.metrics)));
-        let options =
-            GrpcOptions { tls: self.settings.grpc_tls.clone(), drain: self.settings.drain, max_connection_age: None };
+        let options = self.settings.service.grpc_options();
         server::serve_grpc_and_http(listeners.grpc, routes, http, options, shutdown).await?;
         Ok(())
     }

@@ -97,12 +97,12 @@ fn check_config(path: PathBuf) -> ExitCode {
 
 fn serve() -> anyhow::Result<()> {
     let settings = Settings::from_env(&Env::from_process())?;
-    telemetry::init(&settings.log_level, settings.log_format).map_err(anyhow::Error::msg)?;
+    telemetry::init(&settings.service.log_level, settings.service.log_format).map_err(anyhow::Error::msg)?;
     server::run_until_signalled(|shutdown| async move {
-        let listeners = Listeners::bind(&settings).await.context("binding listeners")?;
+        let listeners = Listeners::bind(&settings.service).await.context("binding listeners")?;
         tracing::info!(
-            grpc = %settings.grpc_addr,
-            http = %settings.http_addr,
+            grpc = %settings.service.grpc_addr,
+            http = %settings.service.http_addr,
             config = %settings.config_file.display(),
             "starting gatehouse-extauth"
         );

@@ -28,8 +28,8 @@ use std::sync::Arc;
 use gatehouse_common::config::ConfigErrors;
 use gatehouse_common::metrics::Metrics;
 use gatehouse_common::reload::{Reloader, WatchSpec};
-use gatehouse_common::server::{self, GrpcOptions, ServeError, Shutdown};
-use tokio::net::TcpListener;
+pub use gatehouse_common::server::Listeners;
+use gatehouse_common::server::{self, ServeError, Shutdown};
 
 use crate::service::Transformer;
 use crate::settings::Settings;
@@ -42,22 +42,6 @@ pub enum StartError {
     Config(#[from] ConfigErrors),
     #[error(transparent)]
     Serve(#[from] ServeError),
-}
-
-/// The listeners a service instance serves on. Tests bind `127.0.0.1:0` and pass them in.
-#[derive(Debug)]
-pub struct Listeners {
-    pub grpc: TcpListener,
-    pub http: Option<TcpListener>,
-}
-
-impl Listeners {
-    pub async fn bind(settings: &Settings) -> std::io::Result<Listeners> {
-        Ok(Listeners {
-            grpc: TcpListener::bind(settings.grpc_addr).await?,
-            http: Some(TcpListener::bind(settings.http_addr).await?),
-        })
-    }
 }
 
 type Loader = Arc<dyn Fn() -> Result<Transformations, ConfigErrors> + Send + Sync>;
@@ -95,8 +79,7 @@ impl App {
 
         let routes = tonic::service::Routes::default().add_service(grpc::server(self.transformer.clone()));
         let http = listeners.http.map(|l| (l, http::router(self.transformer.clone(), &self.metrics)));
-        let options =
-            GrpcOptions { tls: self.settings.grpc_tls.clone(), drain: self.settings.drain, max_connection_age: None };
+        let options = self.settings.service.grpc_options();
         server::serve_grpc_and_http(listeners.grpc, routes, http, options, shutdown).await?;
         Ok(())
     }

@@ -1,27 +1,17 @@
 //! Environment variables, named as the other Gatehouse services name them.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use gatehouse_common::config::{ConfigError, Env};
-use gatehouse_common::server::TlsFiles;
-use gatehouse_common::telemetry::LogFormat;
+use gatehouse_common::server::ServiceSettings;
 
 #[derive(Clone, Debug)]
 pub struct Settings {
     /// The transformation file (TRANSFORM_CONFIG).
     pub config_file: PathBuf,
-    /// GRPC_HOST / GRPC_PORT (9291).
-    pub grpc_addr: SocketAddr,
-    /// HOST / PORT (9292): health, metrics, config status.
-    pub http_addr: SocketAddr,
-    pub grpc_tls: Option<TlsFiles>,
-    pub log_level: String,
-    pub log_format: LogFormat,
-    /// SHUTDOWN_DRAIN: time between NOT_SERVING and closing listeners.
-    pub drain: Duration,
+    /// The shared variables: GRPC_PORT (9291), PORT (9292), TLS, logs, drain.
+    pub service: ServiceSettings,
     /// What templates' `env()` reads: the variables named in TRANSFORM_TEMPLATE_ENV
     /// (comma-separated), so secrets in the environment stay out of reach of templates.
     pub template_env: BTreeMap<String, String>,
@@ -38,12 +28,7 @@ impl Settings {
             .collect();
         Ok(Settings {
             config_file: PathBuf::from(env.string("TRANSFORM_CONFIG", "/etc/gatehouse/transform.yaml")),
-            grpc_addr: env.socket_addr("GRPC_HOST", "GRPC_PORT", 9291)?,
-            http_addr: env.socket_addr("HOST", "PORT", 9292)?,
-            grpc_tls: TlsFiles::from_env(env)?,
-            log_level: env.string("LOG_LEVEL", "info"),
-            log_format: env.parse("LOG_FORMAT", LogFormat::Text)?,
-            drain: env.duration("SHUTDOWN_DRAIN", Duration::from_secs(0))?,
+            service: ServiceSettings::from_env(env, 9291, 9292)?,
             template_env,
         })
     }
@@ -56,7 +41,7 @@ mod tests {
     #[test]
     fn defaults_and_template_env() {
         let s = Settings::from_env(&Env::default()).unwrap();
-        assert_eq!((s.grpc_addr.port(), s.http_addr.port()), (9291, 9292));
+        assert_eq!((s.service.grpc_addr.port(), s.service.http_addr.port()), (9291, 9292));
         let s = Settings::from_env(&Env::from_pairs([
             ("TRANSFORM_TEMPLATE_ENV", "STAGE, MISSING"),
             ("STAGE", "prod"),
