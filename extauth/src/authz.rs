@@ -11,7 +11,8 @@ use std::sync::Arc;
 use gatehouse_common::matcher::StringMatcher;
 use serde_json::{Value, json};
 
-use crate::identity::{Identity, lookup_path, value_to_string};
+use crate::identity::claims::value_matches;
+use crate::identity::{Identity, lookup_path};
 use crate::request::AuthRequest;
 
 /// A request or identity attribute a matcher tests.
@@ -46,17 +47,9 @@ impl Condition {
             Selector::Context(name) => matcher.matches(request.context.get(name).map(String::as_str)),
             Selector::Subject => matcher.matches(Some(&identity.subject)),
             Selector::Scopes => matcher.matches_list(identity.scopes.iter().map(String::as_str)),
-            Selector::Claim(path) => json_matches(matcher, lookup_path(&identity.claims, path)),
-            Selector::Metadata(path) => json_matches(matcher, lookup_path(&identity.metadata, path)),
+            Selector::Claim(path) => value_matches(matcher, lookup_path(&identity.claims, path)),
+            Selector::Metadata(path) => value_matches(matcher, lookup_path(&identity.metadata, path)),
         })
-    }
-}
-
-fn json_matches(matcher: &StringMatcher, value: Option<&Value>) -> bool {
-    match value {
-        Some(Value::Array(items)) => matcher.matches_list(items.iter().filter_map(Value::as_str)),
-        Some(v) => matcher.matches(Some(&value_to_string(v))),
-        None => matcher.matches(None),
     }
 }
 

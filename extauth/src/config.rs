@@ -19,7 +19,7 @@ use crate::authz::{Check, Condition, Rule, Selector};
 use crate::identity::api_key::{ApiKeys, KeyInfo, RedisKeys, parse_sha256};
 use crate::identity::basic::{BasicAuth, PasswordHash, parse_htpasswd};
 use crate::identity::introspection::{ClientAuth, Introspection};
-use crate::identity::jwks::{KeySource, Refresh, Registry};
+use crate::identity::jwks::{Discovered, Jwks, KeySource, Refresh, Registry, issuer_mismatch};
 use crate::identity::jwt::{JwtAuth, token_cache};
 use crate::identity::mtls::MtlsAuth;
 use crate::identity::source::{Source, SourceSpec};
@@ -155,6 +155,9 @@ pub struct IntrospectionSpec {
     pub from: Vec<SourceSpec>,
     #[serde(default)]
     pub required_scopes: Vec<String>,
+    /// The answer's `aud` must name one of these.
+    #[serde(default)]
+    pub audiences: Vec<String>,
     /// Default 60s, and never past the token's `exp`.
     pub cache_ttl: Option<ConfigDuration>,
     pub timeout: Option<ConfigDuration>,
@@ -286,10 +289,49 @@ const DEFAULT_ALGORITHMS: [Algorithm; 9] = [
     Algorithm::EdDSA,
 ];
 
-/// Loads and builds the policy file.
+/// Loads and builds the policy file. Contacts no IdP: see [`load_and_check_issuers`].
 pub fn load(file: &Path, ctx: &BuildContext<'_>) -> Result<Policies, ConfigErrors> {
     let spec: FileSpec = load_yaml(file)?;
-    Builder { file, ctx, errors: Vec::new(), referenced: Vec::new() }.build(spec)
+    Builder { file, ctx, errors: Vec::new(), referenced: Vec::new(), issuer_checks: Vec::new() }.build(spec)
+}
+
+/// A `jwt.issuer` whose discovery document must name it identically.
+pub struct IssuerCheck {
+    what: String,
+    at: Position,
+    configured: String,
+    jwks: Arc<Jwks>,
+}
+
+/// Loads the policy file, then fetches the discovery document of every issuer that uses
+/// discovery and refuses the file if one names a different issuer (say `http://idp` for a
+/// configured `http://idp/`): under such a config every token would be refused. An IdP that
+/// cannot be reached is not an error (keys are fetched again in the background); its
+/// warning is returned with the policies.
+///
+/// Blocks on the IdP, bounded by each issuer's `timeout`: call it from a blocking thread
+/// (the reloader's, `spawn_blocking`), never from async code.
+pub fn load_and_check_issuers(file: &Path, ctx: &BuildContext<'_>) -> Result<(Policies, Vec<String>), ConfigErrors> {
+    let policies = load(file, ctx)?;
+    let mut errors = Vec::new();
+    let mut warnings = Vec::new();
+    ctx.jwks.runtime().block_on(async {
+        for check in &policies.issuer_checks {
+            match check.jwks.discovered().await {
+                Some(Discovered::Issuer { url, issuer }) if issuer != check.configured => errors.push(ConfigError::at(
+                    file,
+                    check.at,
+                    format!("{}: jwt.issuer: {}", check.what, issuer_mismatch(&check.configured, &issuer, &url)),
+                )),
+                Some(Discovered::Unreachable(e)) => warnings.push(format!(
+                    "{}: jwt.issuer {:?} was not checked against its discovery document: {e}",
+                    check.what, check.configured
+                )),
+                Some(Discovered::Issuer { .. }) | None => {}
+            }
+        }
+    });
+    if errors.is_empty() { Ok((policies, warnings)) } else { Err(ConfigErrors(errors)) }
 }
 
 struct Builder<'a, 'b> {
@@ -298,6 +340,7 @@ struct Builder<'a, 'b> {
     errors: Vec<ConfigError>,
     /// Files the policies read (htpasswd, Rego, secrets): watched for changes too.
     referenced: Vec<PathBuf>,
+    issuer_checks: Vec<IssuerCheck>,
 }
 
 impl Builder<'_, '_> {
@@ -363,6 +406,7 @@ impl Builder<'_, '_> {
             }
         }
         policies.files = std::iter::once(self.file.to_path_buf()).chain(self.referenced).collect();
+        policies.issuer_checks = self.issuer_checks;
         if self.errors.is_empty() { Ok(policies) } else { Err(ConfigErrors(self.errors)) }
     }
 
@@ -590,7 +634,7 @@ impl Builder<'_, '_> {
                 out
             }
         };
-        let issuer = spec.issuer.value.trim_end_matches('/').to_string();
+        let issuer = spec.issuer.value.clone();
         if !(issuer.starts_with("https://") || issuer.starts_with("http://")) {
             self.error(Position::of(&spec.issuer), format!("{what}: jwt.issuer must be an http(s) URL"));
         }
@@ -607,10 +651,20 @@ impl Builder<'_, '_> {
             min_refetch: spec.jwks_min_refetch.map_or(Duration::from_secs(30), |d| d.0),
             timeout: spec.timeout.map_or(Duration::from_secs(5), |d| d.0),
         };
+        let discovery = spec.jwks_uri.is_none();
         let source = match spec.jwks_uri {
             Some(uri) => KeySource::Uri(uri),
             None => KeySource::Discovery { issuer: issuer.clone() },
         };
+        let jwks = self.ctx.jwks.get(source, refresh);
+        if discovery {
+            self.issuer_checks.push(IssuerCheck {
+                what: what.to_string(),
+                at: Position::of(&spec.issuer),
+                configured: issuer,
+                jwks: jwks.clone(),
+            });
+        }
         Some(Method::Jwt(JwtAuth {
             sources,
             issuer: spec.issuer.value.clone(),
@@ -620,7 +674,7 @@ impl Builder<'_, '_> {
             max_token_bytes: spec.max_token_bytes.unwrap_or(8 * 1024),
             required_scopes: spec.required_scopes,
             required_claims,
-            jwks: self.ctx.jwks.get(source, refresh),
+            jwks,
             cache: token_cache(100_000),
         }))
     }
@@ -662,6 +716,7 @@ impl Builder<'_, '_> {
             client_secret: secret,
             client_auth,
             required_scopes: spec.required_scopes,
+            audiences: spec.audiences,
             cache_ttl: spec.cache_ttl.map_or(Duration::from_secs(60), |d| d.0),
             timeout: spec.timeout.map_or(Duration::from_secs(5), |d| d.0),
             http: self.ctx.jwks.http().clone(),
@@ -788,6 +843,19 @@ impl Builder<'_, '_> {
         for (name, _) in upstream_headers.iter().chain(&client_headers) {
             if name.starts_with(':') || name == "host" {
                 self.error(at, format!("{what}: header {name:?} cannot be set by ext_authz"));
+            }
+        }
+        if let Some(s) = &r.signed_jwt {
+            for path in &s.claims {
+                let key = crate::policy::copied_claim_name(path);
+                if crate::policy::RESERVED_UPSTREAM_CLAIMS.contains(&key) {
+                    self.error(
+                        at,
+                        format!(
+                            "{what}.signed_jwt.claims: {path:?} would set the {key:?} claim, which the service sets itself (the upstream token's iss, sub, aud and lifetime are never copied from the caller's)"
+                        ),
+                    );
+                }
             }
         }
         let signed_jwt = r.signed_jwt.map(|s| SignedJwt {

@@ -102,8 +102,14 @@ impl App {
             .map_err(|e| StartError::Serve(ServeError::Io(std::io::Error::other(e))))?;
         let registry = Arc::new(Registry::new(http, tokio::runtime::Handle::current()));
         let file = settings.config_file.clone();
+        // Runs on a blocking thread (spawn_blocking, the reloader): it may wait on discovery.
         let load: Arc<dyn Fn() -> Result<policy::Policies, ConfigErrors> + Send + Sync> = Arc::new(move || {
-            config::load(&file, &config::BuildContext { jwks: &registry, redis: redis.as_ref(), check_only: false })
+            let ctx = config::BuildContext { jwks: &registry, redis: redis.as_ref(), check_only: false };
+            let (policies, warnings) = config::load_and_check_issuers(&file, &ctx)?;
+            for warning in warnings {
+                tracing::warn!("{warning}");
+            }
+            Ok(policies)
         });
         let initial = {
             let load = load.clone();

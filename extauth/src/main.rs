@@ -65,34 +65,37 @@ fn main() -> ExitCode {
 }
 
 fn check_config(path: PathBuf) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    // Multi-threaded: the load blocks this thread on discovery while a worker drives the I/O.
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("gatehouse-extauth: {e}");
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(async {
-        // Key sets are created but not needed: a check never contacts an IdP.
-        let registry =
-            gatehouse_extauth::identity::jwks::Registry::new(reqwest::Client::new(), tokio::runtime::Handle::current());
-        let ctx = gatehouse_extauth::config::BuildContext { jwks: &registry, redis: None, check_only: true };
-        match gatehouse_extauth::config::load(&path, &ctx) {
-            Ok(policies) => {
-                let mut names: Vec<_> = policies.by_name.keys().cloned().collect();
-                names.sort();
-                for name in names {
-                    println!("policy {name}");
-                }
-                eprintln!("OK: {}", path.display());
-                ExitCode::SUCCESS
+    let _entered = runtime.enter();
+    let registry = gatehouse_extauth::identity::jwks::Registry::new(reqwest::Client::new(), runtime.handle().clone());
+    let ctx = gatehouse_extauth::config::BuildContext { jwks: &registry, redis: None, check_only: true };
+    // Discovery is fetched so that an issuer spelled differently from the IdP's is caught
+    // here rather than as a 401 for every token.
+    match gatehouse_extauth::config::load_and_check_issuers(&path, &ctx) {
+        Ok((policies, warnings)) => {
+            let mut names: Vec<_> = policies.by_name.keys().cloned().collect();
+            names.sort();
+            for name in names {
+                println!("policy {name}");
             }
-            Err(errors) => {
-                eprintln!("{errors}");
-                ExitCode::FAILURE
+            for warning in warnings {
+                eprintln!("warning: {warning}");
             }
+            eprintln!("OK: {}", path.display());
+            ExitCode::SUCCESS
         }
-    })
+        Err(errors) => {
+            eprintln!("{errors}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn serve() -> anyhow::Result<()> {

@@ -42,6 +42,17 @@ pub struct SignedJwt {
     pub claims: Vec<String>,
 }
 
+/// Claims of a signed upstream JWT that the service sets itself and that no copied identity
+/// value may name: a caller's `aud` or `exp` must never become the upstream token's.
+pub const RESERVED_UPSTREAM_CLAIMS: [&str; 9] =
+    ["iss", "sub", "aud", "exp", "nbf", "iat", "jti", "gatehouse_policy", "gatehouse_method"];
+
+/// The claim name an identity path is copied under: its last segment (`claims.tenant` →
+/// `tenant`).
+pub fn copied_claim_name(path: &str) -> &str {
+    path.rsplit('.').next().unwrap_or(path)
+}
+
 /// What an allowed request carries upstream and back.
 #[derive(Default)]
 pub struct ResponseSpec {
@@ -175,17 +186,18 @@ impl Policy {
 
         if let Some(jwt) = &r.signed_jwt {
             let mut claims = Map::new();
+            for path in &jwt.claims {
+                if let Some(v) = identity.lookup(path) {
+                    claims.insert(copied_claim_name(path).to_string(), v);
+                }
+            }
+            // The service's own claims last, so nothing copied from the caller's token can
+            // replace them (config refuses such copies too).
             claims.insert("sub".into(), Value::String(identity.subject.clone()));
             claims.insert("gatehouse_policy".into(), Value::String(self.name.to_string()));
             claims.insert("gatehouse_method".into(), Value::String(identity.method.to_string()));
             if let Some(aud) = &jwt.audience {
                 claims.insert("aud".into(), Value::String(aud.clone()));
-            }
-            for path in &jwt.claims {
-                if let Some(v) = identity.lookup(path) {
-                    let key = path.rsplit('.').next().unwrap_or(path);
-                    claims.insert(key.to_string(), v);
-                }
             }
             let token = signer.mint(claims, jwt.ttl).map_err(|e| Error::Internal(format!("signing JWT: {e}")))?;
             allow.upstream_headers.push((jwt.header.clone(), token));
@@ -231,6 +243,8 @@ pub struct Policies {
     pub default: Option<Arc<Policy>>,
     /// The policy file and the files it references.
     pub files: Vec<std::path::PathBuf>,
+    /// Issuers to check against their discovery documents before this config serves.
+    pub issuer_checks: Vec<crate::config::IssuerCheck>,
 }
 
 /// Why no policy applies.

@@ -84,3 +84,20 @@ async fn mistakes_name_file_line_and_field() {
         &["policies.yaml:5:15: policy \"a\", rule \"r\": rego:"],
     );
 }
+
+/// A signed upstream JWT never takes `aud`, `exp`, `iss` or `sub` from the caller's token.
+#[tokio::test]
+async fn signed_jwt_cannot_copy_reserved_claims() {
+    let yaml = format!(
+        "policies:\n  - name: a\n    identity: {{ any_of: [{{ name: k, api_key: {{ keys: [{{ id: x, hash: \"{KEY}\" }}] }} }}] }}\n    response:\n      signed_jwt: {{ audience: orders, claims: [claims.aud, metadata.plan, claims.exp] }}\n"
+    );
+    let got = errors(&yaml).await;
+    check(
+        &got,
+        &[
+            "policies.yaml:2:11: policy \"a\": response.signed_jwt.claims: \"claims.aud\" would set the \"aud\" claim",
+            "\"claims.exp\" would set the \"exp\" claim",
+        ],
+    );
+    assert!(!got.contains("metadata.plan"), "{got}");
+}

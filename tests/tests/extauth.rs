@@ -94,6 +94,12 @@ policies:
     response:
       headers:
         x-user-id: {{ from: sub }}
+  - name: introspection-for-orders
+    hosts: [orders.gatehouse.test]
+    identity:
+      any_of:
+        - name: opaque
+          introspection: {{ endpoint: "{introspect}", client_id: gatehouse-introspector, client_secret: introspector-secret, audiences: [orders-api] }}
   - name: rules
     identity:
       methods:
@@ -380,6 +386,10 @@ async fn jwt_and_introspection_from_a_real_idp() {
     let r = s.get("/auth/introspect/x", &[("authorization", "Bearer not-a-real-token")]).await;
     assert_eq!(r.status, 401);
     assert_eq!(r.json()["reason"], "token is not active");
+    // An active token whose answer names no audience does not satisfy `audiences`.
+    let r = s.get("/auth/host/x", &[("host", "orders.gatehouse.test"), ("authorization", &bearer(&opaque))]).await;
+    assert_eq!(r.status, 401, "{r:?}");
+    assert_eq!(r.json()["reason"], "missing aud claim");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -426,6 +436,55 @@ async fn idp_down_cached_keys_keep_working_and_new_issuers_fail_with_503() {
     assert_eq!(s.get("/auth/keys/x", &[("x-api-key", KEY_A)]).await.status, 200);
 }
 
+/// Issue 9: `issuer: "http://idp/"` against an IdP that issues `http://idp` used to load and
+/// then refuse every token. OIDC Discovery requires identical issuers; the mismatch is refused
+/// at start and at reload, with both spellings in the error, and the old policies keep serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_issuer_spelled_unlike_its_discovery_document_is_refused_at_load() {
+    let s = Stack::start(false).await;
+    let ti = s.issuer.issuer();
+    let extra = format!(
+        "  - name: slash\n    hosts: [slash.gatehouse.test]\n    identity:\n      any_of:\n        - name: slashed\n          jwt: {{ issuer: \"{ti}/\" }}\n"
+    );
+    let expected = format!(
+        "jwt.issuer: the issuer is configured as \"{ti}/\" but its discovery document ({ti}/.well-known/openid-configuration) names \"{ti}\""
+    );
+
+    // At reload: rejected, reported, and the running policies keep answering through Envoy.
+    std::fs::write(&s.config, policy_file(&s.issuer, &s.idp, &extra)).unwrap();
+    let status_url = format!("http://127.0.0.1:{}/config-status", s.extauth_http);
+    let status = eventually(Duration::from_secs(10), || async {
+        let status: Value = reqwest::get(&status_url).await.ok()?.json().await.ok()?;
+        status["last_error"].as_str().map(str::to_string)
+    })
+    .await
+    .expect("the rejection is reported on /config-status");
+    assert!(status.contains(&expected), "{status}");
+    assert!(status.contains("policies.yaml:"), "the error names the file and line: {status}");
+    let token = s.issuer.mint(&s.issuer.claims("gatehouse-api"));
+    assert_eq!(s.get("/auth/jwt/x", &[("authorization", &bearer(&token))]).await.status, 200);
+    let r = s.get("/auth/host/x", &[("host", "slash.gatehouse.test"), ("authorization", &bearer(&token))]).await;
+    assert_ne!(r.status, 200, "the refused policy never served: {r:?}");
+
+    // At start: the service refuses to start with the same error.
+    let config = s.dir.path().join("slash.yaml");
+    std::fs::write(&config, policy_file(&s.issuer, &s.idp, &extra)).unwrap();
+    let env = Env::from_pairs([
+        ("EXTAUTH_CONFIG", config.display().to_string()),
+        ("REDIS_URL", s.redis.addr()),
+        ("LOG_LEVEL", "warn".to_string()),
+    ]);
+    let err = match App::build(Settings::from_env(&env).unwrap()).await {
+        Ok(_) => panic!("extauth started with a mismatched issuer"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains(&expected), "{err}");
+
+    // The exact spelling loads.
+    std::fs::write(&config, policy_file(&s.issuer, &s.idp, &extra.replace(&format!("{ti}/"), &ti))).unwrap();
+    assert!(App::build(Settings::from_env(&env).unwrap()).await.is_ok());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_and_invalid_tokens_are_rejected() {
     let s = Stack::start(false).await;
@@ -436,6 +495,11 @@ async fn forged_and_invalid_tokens_are_rejected() {
         for (k, v) in patch.as_object().unwrap() {
             c[k] = v.clone();
         }
+        c
+    };
+    let without = |claim: &str| {
+        let mut c = good.clone();
+        c.as_object_mut().unwrap().remove(claim);
         c
     };
     let r = s.get("/auth/jwt/x?a=1", &[("authorization", &bearer(&i.mint(&good)))]).await;
@@ -482,6 +546,36 @@ async fn forged_and_invalid_tokens_are_rejected() {
         ("not yet valid", i.mint(&with(json!({"nbf": now() + 600}))), "token not yet valid"),
         ("wrong iss", i.mint(&with(json!({"iss": "http://127.0.0.1:1"}))), "wrong issuer"),
         ("wrong aud", i.mint(&with(json!({"aud": "someone-else"}))), "wrong audience"),
+        // A constrained claim that is missing or mistyped never satisfies the constraint
+        // (issue 9): the same IdP mints such tokens for other services.
+        ("no aud", i.mint(&without("aud")), "missing aud claim"),
+        ("aud null", i.mint(&with(json!({"aud": null}))), "missing aud claim"),
+        ("aud a number", i.mint(&with(json!({"aud": 123}))), "aud claim is not a string or an array of strings"),
+        (
+            "aud with a number",
+            i.mint(&with(json!({"aud": ["billing", 1]}))),
+            "aud claim is not a string or an array of strings",
+        ),
+        (
+            "aud an object",
+            i.mint(&with(json!({"aud": {"gatehouse-api": true}}))),
+            "aud claim is not a string or an array of strings",
+        ),
+        ("no iss", i.mint(&without("iss")), "missing iss claim"),
+        ("iss an array", i.mint(&with(json!({"iss": [i.issuer()]}))), "iss claim is not a string"),
+        ("no exp", i.mint(&without("exp")), "missing exp claim"),
+        ("exp a string", i.mint(&with(json!({"exp": (now() + 600).to_string()}))), "exp claim is not a number"),
+        ("nbf a string", i.mint(&with(json!({"nbf": "0"}))), "nbf claim is not a number"),
+        (
+            "crit header",
+            {
+                let mut h = Header::new(Algorithm::RS256);
+                h.kid = Some(i.kid.clone());
+                h.crit = Some(vec!["http://example.com/must-understand".into()]);
+                i.mint_with(h, &good)
+            },
+            "unsupported critical header extension",
+        ),
         (
             "unknown kid",
             {

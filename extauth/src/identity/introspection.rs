@@ -1,8 +1,11 @@
 //! OAuth 2.0 token introspection (RFC 7662) for opaque tokens.
 //!
 //! The service authenticates to the endpoint as a client (`client_secret_basic` or
-//! `client_secret_post`). Active answers are cached by token digest for at most `cache_ttl`
-//! and never past the token's own `exp`; inactive answers are not cached.
+//! `client_secret_post`). An answer allows only if `active` is the boolean `true` and its
+//! claims pass the same strict checks as a JWT's ([`claims::check_registered`]): a present
+//! `exp` or `nbf` must be a number and current, and with `audiences` set, `aud` must name one.
+//! Active answers are cached by token digest for at most `cache_ttl` and never past the
+//! token's own `exp`; inactive answers are not cached.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,11 +14,15 @@ use moka::sync::Cache;
 use serde_json::{Map, Value};
 
 use super::api_key::{Digest, sha256};
+use super::claims::{self, Registered};
 use super::jwt::{CachedToken, scopes_of};
 use super::source::{Source, first_credential};
 use super::{Identity, Kind, Outcome, Rejection};
 use crate::Error;
 use crate::request::AuthRequest;
+
+/// Clock skew allowed on `exp` and `nbf` in answers, as a JWT's default leeway.
+const LEEWAY_SECS: u64 = 30;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ClientAuth {
@@ -30,6 +37,8 @@ pub struct Introspection {
     pub client_secret: String,
     pub client_auth: ClientAuth,
     pub required_scopes: Vec<String>,
+    /// `aud` must name one of these; empty means any.
+    pub audiences: Vec<String>,
     pub cache_ttl: Duration,
     pub timeout: Duration,
     pub http: reqwest::Client,
@@ -54,6 +63,13 @@ impl Introspection {
         if claims.get("active").and_then(Value::as_bool) != Some(true) {
             return Ok(Outcome::Rejected(Rejection::invalid_token("token is not active")));
         }
+        let now = super::jwt::now_secs();
+        let registered =
+            Registered { issuer: None, audiences: &self.audiences, require_exp: false, leeway: LEEWAY_SECS };
+        let exp = match claims::check_registered(&claims, &registered, now) {
+            Ok(exp) => exp,
+            Err(rejection) => return Ok(Outcome::Rejected(rejection)),
+        };
         let scopes = scopes_of(&claims);
         if let Some(missing) = self.required_scopes.iter().find(|s| !scopes.contains(s)) {
             return Ok(Outcome::Rejected(Rejection {
@@ -68,8 +84,7 @@ impl Introspection {
             .to_string();
         let mut identity = Identity::new(name, Kind::Introspection, subject);
         identity.scopes = scopes;
-        let now = super::jwt::now_secs();
-        let exp = claims.get("exp").and_then(Value::as_u64).unwrap_or(u64::MAX).min(now + self.cache_ttl.as_secs());
+        let exp = exp.unwrap_or(u64::MAX).min(now + self.cache_ttl.as_secs());
         identity.claims = claims;
         if exp > now {
             self.cache.insert(digest, CachedToken::new(identity.clone(), exp));

@@ -25,11 +25,27 @@ use crate::Error;
 /// Where an issuer's keys come from.
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
 pub enum KeySource {
-    /// `{issuer}/.well-known/openid-configuration` names the `jwks_uri`.
+    /// `{issuer}/.well-known/openid-configuration` names the `jwks_uri`. `issuer` is spelled
+    /// exactly as configured: the discovery document must name the identical string.
     Discovery {
         issuer: String,
     },
     Uri(String),
+}
+
+/// The discovery document's address: OIDC Discovery §4 removes a terminating `/` from the
+/// issuer before appending the well-known path.
+pub fn discovery_url(issuer: &str) -> String {
+    format!("{}/.well-known/openid-configuration", issuer.trim_end_matches('/'))
+}
+
+/// What the issuer's discovery document said, as far as load-time checks need it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Discovered {
+    /// The document's `issuer`, whether or not it matches the configured one.
+    Issuer { url: String, issuer: String },
+    /// The document could not be fetched or parsed: nothing could be checked.
+    Unreachable(String),
 }
 
 /// How often keys are fetched.
@@ -73,6 +89,8 @@ pub struct Jwks {
     keys: ArcSwapOption<KeySet>,
     /// When the last fetch started; caps refetches.
     last_attempt: Mutex<Option<Instant>>,
+    /// The `issuer` the last discovery document named (discovery sources only).
+    discovered_issuer: Mutex<Option<String>>,
     /// One fetch at a time.
     fetching: tokio::sync::Mutex<()>,
 }
@@ -85,6 +103,7 @@ impl Jwks {
             http,
             keys: ArcSwapOption::empty(),
             last_attempt: Mutex::new(None),
+            discovered_issuer: Mutex::new(None),
             fetching: tokio::sync::Mutex::new(()),
         }
     }
@@ -142,10 +161,14 @@ impl Jwks {
         let jwks_uri = match &self.source {
             KeySource::Uri(uri) => uri.clone(),
             KeySource::Discovery { issuer } => {
-                let url = format!("{}/.well-known/openid-configuration", issuer.trim_end_matches('/'));
+                let url = discovery_url(issuer);
                 let doc: Discovery = self.get_json(&url).await?;
-                if doc.issuer.trim_end_matches('/') != issuer.trim_end_matches('/') {
-                    return Err(format!("discovery at {url} names issuer {:?}, expected {issuer:?}", doc.issuer));
+                *self.discovered_issuer.lock() = Some(doc.issuer.clone());
+                // OIDC Discovery §4.3: identical, not merely equal up to a trailing `/`. Tokens
+                // are checked against the configured string, so anything looser would load a
+                // config under which every token fails.
+                if doc.issuer != *issuer {
+                    return Err(issuer_mismatch(issuer, &doc.issuer, &url));
                 }
                 doc.jwks_uri
             }
@@ -168,6 +191,27 @@ impl Jwks {
         Ok(())
     }
 
+    /// The issuer named by the discovery document, fetching it unless a fetch already
+    /// recorded it. `None` for a key source without discovery. For load-time checks: it may
+    /// wait for one HTTP round trip (bounded by the configured timeout).
+    pub async fn discovered(&self) -> Option<Discovered> {
+        let KeySource::Discovery { issuer } = &self.source else {
+            return None;
+        };
+        let url = discovery_url(issuer);
+        let _guard = self.fetching.lock().await;
+        if let Some(issuer) = self.discovered_issuer.lock().clone() {
+            return Some(Discovered::Issuer { url, issuer });
+        }
+        Some(match self.get_json::<Discovery>(&url).await {
+            Ok(doc) => {
+                *self.discovered_issuer.lock() = Some(doc.issuer.clone());
+                Discovered::Issuer { url, issuer: doc.issuer }
+            }
+            Err(e) => Discovered::Unreachable(e),
+        })
+    }
+
     async fn get_json<T: serde::de::DeserializeOwned>(&self, url: &str) -> Result<T, String> {
         let response =
             self.http.get(url).timeout(self.refresh.timeout).send().await.map_err(|e| format!("{url}: {e}"))?;
@@ -180,6 +224,13 @@ impl Jwks {
         }
         serde_json::from_slice(&body).map_err(|e| format!("{url}: {e}"))
     }
+}
+
+/// The error for a discovery document that names another issuer, showing both spellings.
+pub fn issuer_mismatch(configured: &str, discovered: &str, url: &str) -> String {
+    format!(
+        "the issuer is configured as {configured:?} but its discovery document ({url}) names {discovered:?}; OIDC Discovery requires them to be identical, and tokens carry the discovered one: write {discovered:?}"
+    )
 }
 
 /// A JWK usable for signature verification: public, asymmetric, not marked for encryption.
@@ -257,5 +308,10 @@ impl Registry {
 
     pub fn http(&self) -> &reqwest::Client {
         &self.http
+    }
+
+    /// The runtime the key sets refresh on.
+    pub fn runtime(&self) -> &tokio::runtime::Handle {
+        &self.runtime
     }
 }

@@ -1,8 +1,9 @@
 //! JWT bearer tokens, verified against an issuer's published keys.
 //!
-//! Checks, in order: size, a parseable header with an allowed asymmetric `alg`, a known `kid`,
-//! the signature, `iss`, `aud`, `exp` and `nbf` (with leeway), then required claims and
-//! scopes. A verified token is cached by its SHA-256 digest until it expires, so steady traffic
+//! Checks, in order: size, a parseable header with an allowed asymmetric `alg` and no `crit`
+//! extension, a known `kid`, the signature, then the claims: `iss`, `aud`, `exp` and `nbf`
+//! (with leeway) by [`claims::check_registered`], required claims and scopes. jsonwebtoken
+//! checks the signature only; every claim check is ours, and strict about types. A verified token is cached by its SHA-256 digest until it expires, so steady traffic
 //! costs one hash and one lookup per request.
 
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use moka::sync::Cache;
 use serde_json::{Map, Value};
 
 use super::api_key::{Digest, sha256};
+use super::claims::{self, Registered};
 use super::jwks::{Jwks, Lookup};
 use super::source::{Source, first_credential};
 use super::{Identity, Kind, Outcome, Rejection, lookup_path};
@@ -101,25 +103,26 @@ impl JwtAuth {
         if !self.algorithms.contains(&header.alg) {
             return Ok(Err(Rejection::invalid_token(format!("algorithm {:?} is not allowed", header.alg))));
         }
+        // RFC 7515 §4.1.11: a token that names critical extensions must be refused unless the
+        // recipient understands them all, and this service understands none.
+        if header.crit.is_some() {
+            return Ok(Err(Rejection::invalid_token("unsupported critical header extension")));
+        }
         let keys = match self.jwks.lookup(header.kid.as_deref()).await? {
             Lookup::Found(keys) => keys,
             Lookup::UnknownKid => return Ok(Err(Rejection::invalid_token("unknown signing key"))),
         };
+        // The signature only: jsonwebtoken accepts a missing `aud`, a mistyped one and an
+        // array `iss`, so the claims are checked below, strictly.
         let mut validation = Validation::new(header.alg);
-        validation.leeway = self.leeway.as_secs();
-        // jsonwebtoken checks `exp` by default but `nbf` only when asked.
-        validation.validate_nbf = true;
-        validation.set_issuer(&[&self.issuer]);
-        validation.set_required_spec_claims(&["exp", "iss"]);
-        if self.audiences.is_empty() {
-            validation.validate_aud = false;
-        } else {
-            validation.set_audience(&self.audiences);
-        }
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.validate_aud = false;
+        validation.required_spec_claims.clear();
         let mut last = Rejection::invalid_token("no key can verify this token");
         for key in keys.iter().filter(|k| k.algorithms.contains(&header.alg)) {
             match jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, &validation) {
-                Ok(data) => return Ok(self.identity(data.claims)),
+                Ok(data) => return Ok(self.identity(data.claims, now_secs())),
                 Err(e) => {
                     last = Rejection::invalid_token(describe(e.kind()));
                     // Only a bad signature is worth trying the next key for.
@@ -132,7 +135,15 @@ impl JwtAuth {
         Ok(Err(last))
     }
 
-    fn identity(&self, claims: Map<String, Value>) -> Result<(Identity, u64), Rejection> {
+    fn identity(&self, claims: Map<String, Value>, now: u64) -> Result<(Identity, u64), Rejection> {
+        let registered = Registered {
+            issuer: Some(&self.issuer),
+            audiences: &self.audiences,
+            require_exp: true,
+            leeway: self.leeway.as_secs(),
+        };
+        // `require_exp` makes `None` impossible here.
+        let exp = claims::check_registered(&claims, &registered, now)?.unwrap_or(0);
         let scopes = scopes_of(&claims);
         for scope in &self.required_scopes {
             if !scopes.contains(scope) {
@@ -143,16 +154,10 @@ impl JwtAuth {
             }
         }
         for (path, matcher) in &self.required_claims {
-            let ok = match lookup_path(&claims, path) {
-                Some(Value::Array(items)) => matcher.matches_list(items.iter().filter_map(Value::as_str)),
-                Some(v) => matcher.matches(Some(&super::value_to_string(v))),
-                None => matcher.matches(None),
-            };
-            if !ok {
+            if !claims::value_matches(matcher, lookup_path(&claims, path)) {
                 return Err(Rejection::invalid_token(format!("claim {path} does not match")));
             }
         }
-        let exp = claims.get("exp").and_then(Value::as_u64).unwrap_or(0);
         let subject = ["sub", "client_id", "azp"]
             .iter()
             .find_map(|c| claims.get(*c).and_then(Value::as_str))
@@ -166,25 +171,23 @@ impl JwtAuth {
     }
 }
 
-/// OAuth scopes from `scope` (space-separated, RFC 8693) or `scp` (array or string).
+/// OAuth scopes from `scope` (space-separated, RFC 8693) or `scp` (array or string). A
+/// mistyped claim (a number, an array holding anything but strings) grants no scope at all.
 pub fn scopes_of(claims: &Map<String, Value>) -> Vec<String> {
     match claims.get("scope").or_else(|| claims.get("scp")) {
         Some(Value::String(s)) => s.split_whitespace().map(str::to_string).collect(),
-        Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).map(str::to_string).collect(),
+        Some(Value::Array(items)) if items.iter().all(Value::is_string) => {
+            items.iter().filter_map(Value::as_str).map(str::to_string).collect()
+        }
         _ => Vec::new(),
     }
 }
 
-/// A deny reason for a verification error; safe to return to the client.
+/// A deny reason for a signature-verification error; safe to return to the client.
 fn describe(kind: &ErrorKind) -> &'static str {
     match kind {
-        ErrorKind::ExpiredSignature => "token expired",
-        ErrorKind::ImmatureSignature => "token not yet valid",
-        ErrorKind::InvalidIssuer => "wrong issuer",
-        ErrorKind::InvalidAudience => "wrong audience",
         ErrorKind::InvalidSignature => "invalid signature",
         ErrorKind::InvalidAlgorithm => "algorithm does not match the signing key",
-        ErrorKind::MissingRequiredClaim(_) => "missing required claim",
         _ => "invalid token",
     }
 }

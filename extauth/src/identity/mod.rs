@@ -8,6 +8,7 @@
 
 pub mod api_key;
 pub mod basic;
+pub mod claims;
 pub mod expression;
 pub mod introspection;
 pub mod jwks;
