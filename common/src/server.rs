@@ -177,15 +177,17 @@ pub async fn serve_grpc(
 }
 
 /// The settings every Gatehouse service reads the same way: `GRPC_HOST`/`GRPC_PORT`,
-/// `HOST`/`PORT`, the gRPC TLS variables ([`TlsFiles::from_env`]), `LOG_LEVEL`, `LOG_FORMAT`
-/// and `SHUTDOWN_DRAIN`.
+/// `HOST`/`PORT`, the gRPC TLS variables ([`TlsFiles::from_env`]), `LOG_LEVEL`, `LOG_FILTER`,
+/// `LOG_FORMAT`, `NO_COLOR` and `SHUTDOWN_DRAIN`.
 #[derive(Clone, Debug)]
 pub struct ServiceSettings {
     pub grpc_addr: std::net::SocketAddr,
     /// Health, metrics, config status and the service's own HTTP endpoints.
     pub http_addr: std::net::SocketAddr,
     pub grpc_tls: Option<TlsFiles>,
-    pub log_level: String,
+    /// LOG_LEVEL for Gatehouse's crates, or LOG_FILTER in full.
+    pub log_level: crate::telemetry::LogFilter,
+    /// LOG_FORMAT and NO_COLOR.
     pub log_format: crate::telemetry::LogFormat,
     /// Time between NOT_SERVING and closing listeners.
     pub drain: Duration,
@@ -197,8 +199,8 @@ impl ServiceSettings {
             grpc_addr: env.socket_addr("GRPC_HOST", "GRPC_PORT", grpc_port)?,
             http_addr: env.socket_addr("HOST", "PORT", http_port)?,
             grpc_tls: TlsFiles::from_env(env)?,
-            log_level: env.string("LOG_LEVEL", "info"),
-            log_format: env.parse("LOG_FORMAT", crate::telemetry::LogFormat::Text)?,
+            log_level: crate::telemetry::LogFilter::from_env(env, "info")?,
+            log_format: crate::telemetry::LogFormat::from_env(env)?,
             drain: env.duration("SHUTDOWN_DRAIN", Duration::from_secs(0))?,
         })
     }

@@ -1,43 +1,175 @@
 //! Logging setup: text or JSON lines on stderr, with a level filter.
+//!
+//! `LOG_LEVEL` is the level of Gatehouse's own crates. Dependencies (h2, hyper, tonic, tower,
+//! rustls, redis...) log at `info` at most, so `debug` shows Gatehouse's decisions rather than
+//! HTTP/2 frames. `LOG_FILTER`, a full `tracing` filter such as `debug,h2=trace`, replaces that
+//! when set. Text lines are coloured only when stderr is a terminal and `NO_COLOR` is unset, so
+//! log collectors never see escape codes.
 
-use std::str::FromStr;
+use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
+use crate::config::{ConfigError, Env};
+
+/// The crates `LOG_LEVEL` applies to. A service's binary has its library's crate name, so its
+/// `main` logs under the same target.
+const OWN_CRATES: &[&str] = &["gatehouse_common", "gatehouse_ratelimit", "gatehouse_extauth", "gatehouse_transform"];
+
+/// Which events are logged: a `tracing` filter directive, checked when settings are read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogFilter {
+    directive: String,
+}
+
+impl LogFilter {
+    /// `LOG_FILTER` as given if set, else the filter for `LOG_LEVEL` (or `default_level`).
+    pub fn from_env(env: &Env, default_level: &str) -> Result<LogFilter, ConfigError> {
+        if let Some(filter) = env.get("LOG_FILTER") {
+            EnvFilter::try_new(filter).map_err(|e| env.error("LOG_FILTER", e))?;
+            return Ok(LogFilter { directive: filter.to_string() });
+        }
+        let level = env.get("LOG_LEVEL").unwrap_or(default_level);
+        let directive = level_directive(level).map_err(|e| env.error("LOG_LEVEL", e))?;
+        Ok(LogFilter { directive })
+    }
+
+    /// The directive, in `tracing_subscriber::EnvFilter` syntax.
+    pub fn directive(&self) -> &str {
+        &self.directive
+    }
+}
+
+/// The filter for a `LOG_LEVEL`, spelt as envoyproxy/ratelimit (logrus) spells levels, in any
+/// case: `trace`, `debug`, `info`, `warn`/`warning`, `error`, and `fatal`/`panic` as `error`.
+/// Levels more verbose than `info` apply to Gatehouse's crates only.
+pub fn level_directive(level: &str) -> Result<String, String> {
+    let level = match level.trim().to_ascii_lowercase().as_str() {
+        "trace" => "trace",
+        "debug" => "debug",
+        "info" => "info",
+        "warn" | "warning" => "warn",
+        "error" | "fatal" | "panic" => "error",
+        _ => {
+            return Err("expected trace, debug, info, warn or error (per-target filters go in LOG_FILTER)".into());
+        }
+    };
+    if !matches!(level, "trace" | "debug") {
+        return Ok(level.to_string());
+    }
+    let own = OWN_CRATES.iter().map(|krate| format!("{krate}={level}"));
+    Ok(std::iter::once("info".to_string()).chain(own).collect::<Vec<_>>().join(","))
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LogFormat {
-    Text,
+    /// Human-readable lines. `color` is false when `NO_COLOR` is set; colour is used only when
+    /// stderr is also a terminal.
+    Text { color: bool },
+    /// One JSON object per line, event fields at the top level.
     Json,
 }
 
-impl FromStr for LogFormat {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.to_ascii_lowercase().as_str() {
-            "text" | "" => Ok(LogFormat::Text),
-            "json" => Ok(LogFormat::Json),
-            other => Err(format!("unknown log format {other:?}, expected text or json")),
+impl LogFormat {
+    /// `LOG_FORMAT` (`text`, the default, or `json`, as envoyproxy/ratelimit takes it) and
+    /// `NO_COLOR` (<https://no-color.org>: set and not empty).
+    pub fn from_env(env: &Env) -> Result<LogFormat, ConfigError> {
+        match env.get("LOG_FORMAT").map(|f| f.trim().to_ascii_lowercase()).as_deref() {
+            None | Some("text") => Ok(LogFormat::Text { color: env.get("NO_COLOR").is_none() }),
+            Some("json") => Ok(LogFormat::Json),
+            Some(_) => Err(env.error("LOG_FORMAT", "expected text or json")),
         }
     }
 }
 
-/// Installs the global subscriber. `level` is a tracing filter directive: a plain level
-/// (`info`, `WARN`, as envoyproxy/ratelimit's LOG_LEVEL takes it) or `target=level` pairs.
-/// Calling it twice keeps the first subscriber, which suits tests.
-pub fn init(level: &str, format: LogFormat) -> Result<(), String> {
-    let directive = match level.to_ascii_lowercase().as_str() {
-        "warning" => "warn".to_string(),
-        "fatal" | "panic" => "error".to_string(),
-        other => other.to_string(),
-    };
-    let filter = EnvFilter::try_new(&directive).map_err(|e| format!("invalid log level {level:?}: {e}"))?;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+/// Installs the global subscriber, writing to stderr. Calling it twice keeps the first
+/// subscriber, which suits tests.
+pub fn init(filter: &LogFilter, format: LogFormat) -> Result<(), String> {
+    let env_filter = EnvFilter::try_new(filter.directive())
+        .map_err(|e| format!("invalid log filter {:?}: {e}", filter.directive))?;
+    let builder = tracing_subscriber::fmt().with_env_filter(env_filter).with_writer(std::io::stderr);
     let result = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text { color } => builder.with_ansi(color && std::io::stderr().is_terminal()).try_init(),
+        LogFormat::Json => builder.with_ansi(false).json().flatten_event(true).try_init(),
     };
     // Only "already initialised" can fail here.
     let _ = result;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OWN_DEBUG: &str =
+        "info,gatehouse_common=debug,gatehouse_ratelimit=debug,gatehouse_extauth=debug,gatehouse_transform=debug";
+
+    #[test]
+    fn log_level_directives() {
+        #[track_caller]
+        fn check(level: &str, expected: Result<&str, &str>) {
+            let actual = level_directive(level);
+            match expected {
+                Ok(directive) => assert_eq!(actual.as_deref(), Ok(directive), "LOG_LEVEL={level}"),
+                Err(fragment) => {
+                    let err = actual.expect_err(level);
+                    assert!(err.contains(fragment), "LOG_LEVEL={level}: {err}");
+                }
+            }
+        }
+        check("debug", Ok(OWN_DEBUG));
+        check("DEBUG", Ok(OWN_DEBUG));
+        check(
+            "trace",
+            Ok(
+                "info,gatehouse_common=trace,gatehouse_ratelimit=trace,gatehouse_extauth=trace,gatehouse_transform=trace",
+            ),
+        );
+        check("info", Ok("info"));
+        check("Info", Ok("info"));
+        check("WARN", Ok("warn"));
+        check("warning", Ok("warn"));
+        check("error", Ok("error"));
+        check("fatal", Ok("error"));
+        check("panic", Ok("error"));
+        check(" debug ", Ok(OWN_DEBUG));
+        check("verbose", Err("expected trace, debug, info, warn or error"));
+        check("debug,h2=trace", Err("LOG_FILTER"));
+        check("", Err("expected"));
+    }
+
+    #[test]
+    fn every_level_directive_is_a_valid_filter() {
+        for level in ["trace", "debug", "info", "warn", "error"] {
+            let directive = level_directive(level).unwrap();
+            assert!(EnvFilter::try_new(&directive).is_ok(), "{directive}");
+        }
+    }
+
+    #[test]
+    fn log_filter_replaces_log_level() {
+        let filter = |pairs: &[(&str, &str)]| LogFilter::from_env(&Env::from_pairs(pairs.iter().copied()), "info");
+        assert_eq!(filter(&[]).unwrap().directive(), "info");
+        assert_eq!(filter(&[("LOG_LEVEL", "debug")]).unwrap().directive(), OWN_DEBUG);
+        assert_eq!(
+            filter(&[("LOG_LEVEL", "debug"), ("LOG_FILTER", "debug,h2=trace")]).unwrap().directive(),
+            "debug,h2=trace"
+        );
+        let err = filter(&[("LOG_LEVEL", "loud")]).unwrap_err().to_string();
+        assert!(err.starts_with("environment variable LOG_LEVEL=\"loud\""), "{err}");
+        let err = filter(&[("LOG_FILTER", "h2=loud")]).unwrap_err().to_string();
+        assert!(err.starts_with("environment variable LOG_FILTER="), "{err}");
+    }
+
+    #[test]
+    fn log_format_and_no_color() {
+        let format = |pairs: &[(&str, &str)]| LogFormat::from_env(&Env::from_pairs(pairs.iter().copied()));
+        assert_eq!(format(&[]).unwrap(), LogFormat::Text { color: true });
+        assert_eq!(format(&[("NO_COLOR", "1")]).unwrap(), LogFormat::Text { color: false });
+        // no-color.org: an empty NO_COLOR does not count.
+        assert_eq!(format(&[("NO_COLOR", "")]).unwrap(), LogFormat::Text { color: true });
+        assert_eq!(format(&[("LOG_FORMAT", "JSON")]).unwrap(), LogFormat::Json);
+        let err = format(&[("LOG_FORMAT", "logfmt")]).unwrap_err().to_string();
+        assert!(err.contains("LOG_FORMAT") && err.contains("expected text or json"), "{err}");
+    }
 }

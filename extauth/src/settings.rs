@@ -55,4 +55,16 @@ mod tests {
         let err = Settings::from_env(&Env::from_pairs([("GRPC_PORT", "x")])).unwrap_err();
         assert!(err.to_string().contains("GRPC_PORT"), "{err}");
     }
+
+    #[test]
+    fn log_settings() {
+        use gatehouse_common::telemetry::LogFormat;
+        let s = Settings::from_env(&Env::default()).unwrap();
+        assert_eq!((s.service.log_level.directive(), s.service.log_format), ("info", LogFormat::Text { color: true }));
+        let s = Settings::from_env(&Env::from_pairs([("LOG_LEVEL", "debug"), ("LOG_FORMAT", "json")])).unwrap();
+        assert!(s.service.log_level.directive().contains("gatehouse_extauth=debug"), "{:?}", s.service.log_level);
+        assert_eq!(s.service.log_format, LogFormat::Json);
+        let err = Settings::from_env(&Env::from_pairs([("LOG_FORMAT", "xml")])).unwrap_err();
+        assert!(err.to_string().contains("LOG_FORMAT"), "{err}");
+    }
 }

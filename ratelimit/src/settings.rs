@@ -8,7 +8,7 @@ use std::time::Duration;
 use gatehouse_common::config::{ConfigError, Env};
 use gatehouse_common::redis::RedisSettings;
 use gatehouse_common::server::TlsFiles;
-use gatehouse_common::telemetry::LogFormat;
+use gatehouse_common::telemetry::{LogFilter, LogFormat};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Backend {
@@ -74,7 +74,10 @@ pub struct Settings {
     pub headers: ResponseHeaders,
     pub dynamic_metadata: bool,
 
-    pub log_level: String,
+    /// LOG_LEVEL (default `WARN`, as envoyproxy/ratelimit) for Gatehouse's crates, or
+    /// LOG_FILTER in full.
+    pub log_level: LogFilter,
+    /// LOG_FORMAT (`text` or `json`) and NO_COLOR.
     pub log_format: LogFormat,
 
     /// envoyproxy/ratelimit variables that are set but not supported, with what happens
@@ -210,8 +213,8 @@ impl Settings {
                 reset: env.string("LIMIT_RESET_HEADER", "RateLimit-Reset"),
             },
             dynamic_metadata: env.bool("RESPONSE_DYNAMIC_METADATA", false)?,
-            log_level: env.string("LOG_LEVEL", "WARN"),
-            log_format: env.parse("LOG_FORMAT", LogFormat::Text)?,
+            log_level: LogFilter::from_env(env, "WARN")?,
+            log_format: LogFormat::from_env(env)?,
             ignored,
         })
     }
@@ -253,6 +256,21 @@ mod tests {
     }
 
     #[test]
+    fn envoyproxy_ratelimit_log_settings() {
+        let s = Settings::from_env(&Env::default()).unwrap();
+        assert_eq!((s.log_level.directive(), s.log_format), ("warn", LogFormat::Text { color: true }));
+        let s = Settings::from_env(&Env::from_pairs([("LOG_LEVEL", "debug"), ("LOG_FORMAT", "json")])).unwrap();
+        assert!(s.log_level.directive().contains("gatehouse_ratelimit=debug"), "{:?}", s.log_level);
+        assert!(s.log_level.directive().starts_with("info,"), "{:?}", s.log_level);
+        assert_eq!(s.log_format, LogFormat::Json);
+        let s = Settings::from_env(&Env::from_pairs([("LOG_LEVEL", "warning"), ("NO_COLOR", "1")])).unwrap();
+        assert_eq!((s.log_level.directive(), s.log_format), ("warn", LogFormat::Text { color: false }));
+        let s =
+            Settings::from_env(&Env::from_pairs([("LOG_LEVEL", "debug"), ("LOG_FILTER", "debug,h2=trace")])).unwrap();
+        assert_eq!(s.log_level.directive(), "debug,h2=trace");
+    }
+
+    #[test]
     fn unsupported_variables_are_reported_or_refused() {
         let env = Env::from_pairs([("REDIS_PERSECOND", "true"), ("USE_STATSD", "true"), ("TRACING_ENABLED", "false")]);
         let s = Settings::from_env(&env).unwrap();
@@ -272,6 +290,8 @@ mod tests {
             ("NEAR_LIMIT_RATIO", "2", "between 0 and 1"),
             ("REDIS_TIMEOUT", "10", "missing unit"),
             ("GRPC_PORT", "http", "invalid digit"),
+            ("LOG_LEVEL", "verbose", "expected trace, debug, info, warn or error"),
+            ("LOG_FORMAT", "logfmt", "expected text or json"),
         ] {
             let err = Settings::from_env(&Env::from_pairs([(name, value), ("REDIS_URL", "x:1")])).unwrap_err();
             let text = err.to_string();

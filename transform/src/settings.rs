@@ -51,4 +51,14 @@ mod tests {
         assert_eq!(s.template_env, BTreeMap::from([("STAGE".to_string(), "prod".to_string())]));
         assert!(Settings::from_env(&Env::from_pairs([("PORT", "x")])).unwrap_err().to_string().contains("PORT"));
     }
+
+    #[test]
+    fn log_settings() {
+        use gatehouse_common::telemetry::LogFormat;
+        let s = Settings::from_env(&Env::from_pairs([("LOG_LEVEL", "debug"), ("LOG_FORMAT", "json")])).unwrap();
+        assert!(s.service.log_level.directive().contains("gatehouse_transform=debug"), "{:?}", s.service.log_level);
+        assert_eq!(s.service.log_format, LogFormat::Json);
+        let s = Settings::from_env(&Env::from_pairs([("LOG_FILTER", "warn"), ("NO_COLOR", "1")])).unwrap();
+        assert_eq!((s.service.log_level.directive(), s.service.log_format), ("warn", LogFormat::Text { color: false }));
+    }
 }
