@@ -7,8 +7,13 @@
 //! 3. after `drain` the listeners stop accepting, and in-flight calls finish.
 
 use std::path::PathBuf;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
+use axum::body::Bytes;
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 
 use crate::config::{ConfigError, Env};
@@ -233,7 +238,7 @@ impl Listeners {
 pub async fn serve_grpc_and_http(
     grpc: TcpListener,
     routes: Routes,
-    http: Option<(TcpListener, axum::Router)>,
+    http: Option<(TcpListener, impl Into<HttpApp>)>,
     options: GrpcOptions,
     shutdown: Shutdown,
 ) -> Result<(), ServeError> {
@@ -243,9 +248,10 @@ pub async fn serve_grpc_and_http(
     let grpc = serve_grpc(grpc, routes.add_service(health_service), health, options, shutdown.clone());
     let http = async {
         match http {
-            Some((listener, router)) => {
-                let router = router.merge(healthcheck_router(shutdown.clone()));
-                serve_http(listener, router, drain, shutdown.clone()).await
+            Some((listener, app)) => {
+                let mut app = app.into();
+                app.router = app.router.merge(healthcheck_router(shutdown.clone()));
+                serve_http(listener, app, drain, shutdown.clone()).await
             }
             None => Ok(()),
         }
@@ -285,17 +291,174 @@ where
     })
 }
 
-/// Serves a plain HTTP router until `shutdown` plus `drain`.
+/// An HTTP port's router and the limits it is served with.
+#[derive(Clone, Debug)]
+pub struct HttpApp {
+    pub router: axum::Router,
+    /// The most bytes a request's line and headers may take; `None` leaves hyper's read
+    /// buffer (about 400 KiB) as the limit.
+    pub max_header_bytes: Option<usize>,
+    /// Sent instead of hyper's bare `431` to a request over `max_header_bytes` or with more
+    /// than 100 headers, encoded once. See [`HttpApp::head_too_large`].
+    head_too_large: Option<Bytes>,
+}
+
+impl From<axum::Router> for HttpApp {
+    fn from(router: axum::Router) -> HttpApp {
+        HttpApp { router, max_header_bytes: None, head_too_large: None }
+    }
+}
+
+impl HttpApp {
+    pub fn max_header_bytes(mut self, max: usize) -> HttpApp {
+        self.max_header_bytes = Some(max);
+        self
+    }
+
+    /// What a client whose request head is too large gets instead of `431` (which NGINX
+    /// `auth_request`, for one, turns into a 500). hyper rejects such a request before any
+    /// handler runs, so this is a fixed response; it is sent with `connection: close`. The
+    /// router itself must never answer 431, since every 431 on the wire is replaced.
+    pub fn head_too_large(mut self, response: axum::http::Response<String>) -> HttpApp {
+        self.head_too_large = Some(encode_response(response));
+        self
+    }
+}
+
+/// An HTTP/1.1 response as bytes on the wire, closing the connection.
+fn encode_response(response: axum::http::Response<String>) -> Bytes {
+    let (parts, body) = response.into_parts();
+    let status = parts.status;
+    let mut out = format!("HTTP/1.1 {} {}\r\n", status.as_str(), status.canonical_reason().unwrap_or("")).into_bytes();
+    for (name, value) in &parts.headers {
+        if name != axum::http::header::CONTENT_LENGTH && name != axum::http::header::CONNECTION {
+            out.extend_from_slice(name.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    out.extend_from_slice(format!("content-length: {}\r\nconnection: close\r\n\r\n", body.len()).as_bytes());
+    out.extend_from_slice(body.as_bytes());
+    Bytes::from(out)
+}
+
+/// Serves an HTTP/1 router until `shutdown` plus `drain`, then lets requests in flight finish.
 pub async fn serve_http(
-    listener: TcpListener,
-    router: axum::Router,
+    mut listener: TcpListener,
+    app: impl Into<HttpApp>,
     drain: Duration,
     shutdown: Shutdown,
 ) -> Result<(), ServeError> {
-    use axum::serve::ListenerExt;
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, router).with_graceful_shutdown(async move { shutdown.drained(drain).await }).await?;
+    let HttpApp { router, max_header_bytes, head_too_large } = app.into();
+    let mut http1 = hyper::server::conn::http1::Builder::new();
+    if let Some(max) = max_header_bytes {
+        http1.max_header_size(max);
+    }
+    let stop_connections = Shutdown::new();
+    let mut connections = tokio::task::JoinSet::new();
+    let mut stop_accepting = std::pin::pin!(shutdown.drained(drain));
+    loop {
+        tokio::select! {
+            (tcp, _) = axum::serve::Listener::accept(&mut listener) => {
+                // Nagle's algorithm against the client's delayed ACK would stall small
+                // responses for 40 ms.
+                let _ = tcp.set_nodelay(true);
+                let io = TokioIo::new(HeadTooLargeAnswer { tcp, answer: head_too_large.clone(), sending: None });
+                let connection = http1.serve_connection(io, TowerToHyperService::new(router.clone()));
+                let stop = stop_connections.clone();
+                connections.spawn(async move {
+                    let mut connection = std::pin::pin!(connection);
+                    tokio::select! {
+                        // A connection error concerns one client only; it has been answered
+                        // (400, 431) or is gone.
+                        _ = connection.as_mut() => return,
+                        _ = stop.wait() => connection.as_mut().graceful_shutdown(),
+                    }
+                    let _ = connection.await;
+                });
+            }
+            Some(_) = connections.join_next() => {}
+            _ = &mut stop_accepting => break,
+        }
+    }
+    drop(listener);
+    stop_connections.trigger();
+    while connections.join_next().await.is_some() {}
     Ok(())
+}
+
+/// A connection whose `431` answers are replaced by [`HttpApp::head_too_large`].
+///
+/// hyper answers a request head over its limit itself, writing a bare `431` to the connection
+/// before any service runs, and offers no hook to change it. So the answer is swapped here, on
+/// its way out: a write that starts a `431` response is reported written in full and the
+/// replacement goes out instead. hyper closes the connection right after such an answer, so
+/// nothing else follows it on the wire.
+struct HeadTooLargeAnswer {
+    tcp: tokio::net::TcpStream,
+    answer: Option<Bytes>,
+    /// The rest of the replacement, once a 431 has been seen.
+    sending: Option<Bytes>,
+}
+
+impl HeadTooLargeAnswer {
+    const HYPER_431: &[u8] = b"HTTP/1.1 431 ";
+}
+
+impl tokio::io::AsyncRead for HeadTooLargeAnswer {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for HeadTooLargeAnswer {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        if this.sending.is_none() && buf.starts_with(Self::HYPER_431) {
+            this.sending = this.answer.clone();
+        }
+        let Some(rest) = &mut this.sending else {
+            return Pin::new(&mut this.tcp).poll_write(cx, buf);
+        };
+        while !rest.is_empty() {
+            let written = ready!(Pin::new(&mut this.tcp).poll_write(cx, rest))?;
+            if written == 0 {
+                return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+            }
+            *rest = rest.slice(written..);
+        }
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    /// Without a replacement, writes go straight through. With one, hyper is told vectored
+    /// writes are not supported, so it writes each response head as one buffer that
+    /// [`Self::poll_write`] can recognise.
+    fn is_write_vectored(&self) -> bool {
+        self.answer.is_none() && self.tcp.is_write_vectored()
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        if self.answer.is_some() {
+            let first = bufs.iter().find(|b| !b.is_empty()).map_or(&[][..], |b| &**b);
+            return self.poll_write(cx, first);
+        }
+        Pin::new(&mut self.get_mut().tcp).poll_write_vectored(cx, bufs)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_shutdown(cx)
+    }
 }
