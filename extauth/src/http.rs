@@ -7,6 +7,9 @@
 //! `auth_request`), else from the path after the policy (Envoy's HTTP mode with `path_prefix`).
 //! 200 allows and carries the identity headers; 401/403 deny with the same JSON body as gRPC;
 //! 503 means the service cannot decide.
+//!
+//! A request line and headers over [`MAX_HEADER_BYTES`] never reach a policy: they are denied
+//! with 401 and a JSON body, never hyper's 431, which NGINX `auth_request` turns into a 500.
 
 use axum::Router;
 use axum::body::Bytes;
@@ -15,6 +18,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use gatehouse_common::metrics::Metrics;
+use gatehouse_common::server::HttpApp;
 use serde_json::json;
 
 use crate::policy::{Decision, POLICY_CONTEXT_KEY};
@@ -26,15 +30,33 @@ struct AppState {
     authorizer: Authorizer,
 }
 
+/// The most bytes of request line and headers the HTTP port reads: four times the largest
+/// token any identity method accepts by default (introspection, 16 KiB), so an oversized token
+/// reaches its method and is denied there, with the policy in the body.
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+
 /// The service's own endpoints; `common::server` adds `/healthcheck`.
-pub fn router(authorizer: Authorizer, metrics: &Metrics) -> Router {
-    Router::new()
+pub fn router(authorizer: Authorizer, metrics: &Metrics) -> HttpApp {
+    let router = Router::new()
         .route("/.well-known/jwks.json", get(jwks))
         .route("/config-status", get(config_status))
         .route("/forward-auth", any(forward_auth_by_host))
         .route("/forward-auth/{*rest}", any(forward_auth))
         .with_state(AppState { authorizer })
-        .merge(metrics.router("/metrics"))
+        .merge(metrics.router("/metrics"));
+    HttpApp::from(router).max_header_bytes(MAX_HEADER_BYTES).head_too_large(head_too_large())
+}
+
+/// The deny for a request hyper rejects before routing, so without a policy or request id.
+fn head_too_large() -> axum::http::Response<String> {
+    let body = json!({
+        "error": "unauthorized",
+        "reason": format!("request headers too large (over {} KiB)", MAX_HEADER_BYTES / 1024),
+    });
+    let mut response = axum::http::Response::new(body.to_string());
+    *response.status_mut() = StatusCode::UNAUTHORIZED;
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
 }
 
 async fn jwks(State(state): State<AppState>) -> Response {
