@@ -14,6 +14,7 @@ pub mod grpc;
 pub mod http;
 pub mod json_patch;
 pub mod message;
+pub mod nesting;
 pub mod service;
 pub mod settings;
 pub mod stats;

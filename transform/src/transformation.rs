@@ -20,6 +20,7 @@ use serde_json::{Map, Value};
 use crate::extract::{Extractor, Input};
 use crate::json_patch::{self, Pointer};
 use crate::message::{Edit, Headers, Request};
+use crate::nesting;
 use crate::template::{RenderError, Scope, Templates, Text};
 use crate::xml::{self, XmlMapping};
 
@@ -333,6 +334,8 @@ impl Rule {
                             other => other,
                         })?;
                     }
+                    // Operations can move a deep part of the body further down.
+                    nesting::check(&doc).map_err(|e| Failure::BadBody(format!("the JSON body would be {e}")))?;
                     content_type = Some("application/json".to_string());
                     Working::Json(doc)
                 }

@@ -18,6 +18,8 @@ use quick_xml::Writer;
 use quick_xml::events::{BytesDecl, BytesEnd, BytesStart, BytesText, Event};
 use serde_json::{Map, Value};
 
+use crate::nesting::{self, MAX_DEPTH};
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct XmlMapping {
     pub attribute_prefix: String,
@@ -42,18 +44,24 @@ impl Default for XmlMapping {
     }
 }
 
+/// An element being read. Its name is the last segment of the shared path buffer, from
+/// `start`: frames keep an offset instead of their own path, so memory stays linear in the
+/// input however deep it nests.
 struct Frame {
-    name: String,
-    path: String,
+    start: usize,
     map: Map<String, Value>,
     text: String,
 }
 
-/// Parses an XML document into JSON.
+/// Parses an XML document into JSON. Elements nest at most [`MAX_DEPTH`]` - 1` deep, and so
+/// does the JSON value (serde_json's own limit): a deeper document is an error, found as soon
+/// as the element that is too deep opens.
 pub fn xml_to_json(input: &[u8], mapping: &XmlMapping) -> Result<Value, String> {
     let mut reader = Reader::from_reader(input);
     reader.config_mut().trim_text(false);
     let mut stack: Vec<Frame> = Vec::new();
+    // The open elements' names joined with `/` (`order/item`), for `mapping.arrays`.
+    let mut path = String::new();
     let mut root: Option<(String, Value)> = None;
     let err = |e: &dyn std::fmt::Display, reader: &Reader<&[u8]>| {
         format!("invalid XML at byte {}: {e}", reader.buffer_position())
@@ -67,14 +75,17 @@ pub fn xml_to_json(input: &[u8], mapping: &XmlMapping) -> Result<Value, String> 
                     String::from_utf8_lossy(start.name().as_ref())
                 ));
             }
-            Event::Start(start) => stack.push(open(&start, stack.last(), mapping, &reader)?),
+            Event::Start(start) => {
+                let frame = open(&start, &mut path, stack.len(), mapping, &reader)?;
+                stack.push(frame);
+            }
             Event::Empty(start) => {
-                let frame = open(&start, stack.last(), mapping, &reader)?;
-                close(frame, &mut stack, &mut root, mapping);
+                let frame = open(&start, &mut path, stack.len(), mapping, &reader)?;
+                close(frame, &mut path, &mut stack, &mut root, mapping);
             }
             Event::End(_) => {
                 let frame = stack.pop().ok_or_else(|| "invalid XML: unexpected end tag".to_string())?;
-                close(frame, &mut stack, &mut root, mapping);
+                close(frame, &mut path, &mut stack, &mut root, mapping);
             }
             Event::Text(text) => {
                 let text = text.xml_content().map_err(|e| err(&e, &reader))?;
@@ -106,20 +117,27 @@ pub fn xml_to_json(input: &[u8], mapping: &XmlMapping) -> Result<Value, String> 
     let (name, value) = root.ok_or_else(|| "invalid XML: no root element".to_string())?;
     let mut doc = Map::new();
     doc.insert(name, value);
-    Ok(Value::Object(doc))
+    let doc = Value::Object(doc);
+    // Repeated elements become arrays, which nest one level more than the elements do.
+    nesting::check(&doc).map_err(|e| format!("invalid XML: the JSON would be {e}"))?;
+    Ok(doc)
 }
 
+/// Opens an element below `open` others, appending its name to `path`.
 fn open(
     start: &BytesStart,
-    parent: Option<&Frame>,
+    path: &mut String,
+    open: usize,
     mapping: &XmlMapping,
     reader: &Reader<&[u8]>,
 ) -> Result<Frame, String> {
-    let name = String::from_utf8_lossy(start.name().as_ref()).into_owned();
-    let path = match parent {
-        Some(p) => format!("{}/{name}", p.path),
-        None => name.clone(),
-    };
+    let qname = start.name();
+    let name = String::from_utf8_lossy(qname.as_ref());
+    // The document object and every open element above this one become JSON objects, so
+    // this element sits `open + 1` levels down: refuse before going deeper than serde_json.
+    if open + 1 >= MAX_DEPTH {
+        return Err(format!("invalid XML: <{name}> is nested {MAX_DEPTH} or more levels deep"));
+    }
     let mut map = Map::new();
     for attribute in start.attributes() {
         let attribute = attribute.map_err(|e| format!("invalid XML attribute in <{name}>: {e}"))?;
@@ -129,7 +147,12 @@ fn open(
             .map_err(|e| format!("invalid XML attribute in <{name}>: {e}"))?;
         map.insert(format!("{}{key}", mapping.attribute_prefix), Value::String(value.into_owned()));
     }
-    Ok(Frame { name, path, map, text: String::new() })
+    if open > 0 {
+        path.push('/');
+    }
+    let start = path.len();
+    path.push_str(&name);
+    Ok(Frame { start, map, text: String::new() })
 }
 
 fn push_text(stack: &mut [Frame], text: &str) -> Result<(), String> {
@@ -143,8 +166,16 @@ fn push_text(stack: &mut [Frame], text: &str) -> Result<(), String> {
     }
 }
 
-fn close(frame: Frame, stack: &mut [Frame], root: &mut Option<(String, Value)>, mapping: &XmlMapping) {
-    let Frame { name, path, mut map, text } = frame;
+/// Closes the element of `frame`: its value goes into its parent (or becomes the root), and
+/// its name comes off `path`.
+fn close(
+    frame: Frame,
+    path: &mut String,
+    stack: &mut [Frame],
+    root: &mut Option<(String, Value)>,
+    mapping: &XmlMapping,
+) {
+    let Frame { start, mut map, text } = frame;
     let text = if map.is_empty() { text } else { text.trim().to_string() };
     let value = if map.is_empty() {
         if text.trim().is_empty() { Value::Null } else { Value::String(text) }
@@ -154,6 +185,10 @@ fn close(frame: Frame, stack: &mut [Frame], root: &mut Option<(String, Value)>, 
         }
         Value::Object(map)
     };
+    let name = path[start..].to_string();
+    let always_array = mapping.arrays.contains(path.as_str());
+    // Drop `/name` (or the root's `name`).
+    path.truncate(start.saturating_sub(1));
     let Some(parent) = stack.last_mut() else {
         *root = Some((name, value));
         return;
@@ -168,7 +203,7 @@ fn close(frame: Frame, stack: &mut [Frame], root: &mut Option<(String, Value)>, 
             let first = std::mem::take(existing);
             *existing = Value::Array(vec![first, value]);
         }
-        None if mapping.arrays.contains(&path) => {
+        None if always_array => {
             parent.map.insert(name, Value::Array(vec![value]));
         }
         None => {
@@ -185,10 +220,10 @@ pub fn json_to_xml(doc: &Value, mapping: &XmlMapping) -> Result<Vec<u8>, String>
         writer.write_event(Event::Decl(BytesDecl::new("1.0", Some("UTF-8"), None))).map_err(io)?;
     }
     match (&mapping.root, doc) {
-        (Some(root), value) => write_element(&mut writer, root, value, mapping)?,
+        (Some(root), value) => write_element(&mut writer, root, value, mapping, 0)?,
         (None, Value::Object(map)) if map.len() == 1 => {
             let (name, value) = map.iter().next().expect("one entry");
-            write_element(&mut writer, name, value, mapping)?;
+            write_element(&mut writer, name, value, mapping, 1)?;
         }
         (None, _) => {
             return Err("JSON to XML needs an object with exactly one key (the root element), or `root` set".into());
@@ -197,13 +232,24 @@ pub fn json_to_xml(doc: &Value, mapping: &XmlMapping) -> Result<Vec<u8>, String>
     Ok(writer.into_inner())
 }
 
-fn write_element(writer: &mut Writer<Vec<u8>>, name: &str, value: &Value, mapping: &XmlMapping) -> Result<(), String> {
+/// Writes `value` as element(s) `name`; `depth` counts the arrays and objects around it. The
+/// recursion follows the JSON nesting, so it stops at serde_json's limit.
+fn write_element(
+    writer: &mut Writer<Vec<u8>>,
+    name: &str,
+    value: &Value,
+    mapping: &XmlMapping,
+    depth: usize,
+) -> Result<(), String> {
+    if depth >= MAX_DEPTH {
+        return Err(format!("JSON to XML: the document is {}", nesting::TooDeep));
+    }
     check_name(name)?;
     let io = |e: std::io::Error| e.to_string();
     match value {
         Value::Array(items) => {
             for item in items {
-                write_element(writer, name, item, mapping)?;
+                write_element(writer, name, item, mapping, depth + 1)?;
             }
             Ok(())
         }
@@ -223,7 +269,7 @@ fn write_element(writer: &mut Writer<Vec<u8>>, name: &str, value: &Value, mappin
                 if key == &mapping.text_key {
                     writer.write_event(Event::Text(BytesText::new(&scalar_text(v)?))).map_err(io)?;
                 } else if mapping.attribute_prefix.is_empty() || !key.starts_with(mapping.attribute_prefix.as_str()) {
-                    write_element(writer, key, v, mapping)?;
+                    write_element(writer, key, v, mapping, depth + 1)?;
                 }
             }
             writer.write_event(Event::End(BytesEnd::new(name))).map_err(io)
@@ -297,6 +343,59 @@ mod tests {
         let back = xml_to_json(xml.as_bytes(), &mapping(&[])).unwrap();
         assert_eq!(back["order"]["item"][0]["#text"], "A & B");
         assert_eq!(back["order"]["n"], "3");
+    }
+
+    #[test]
+    fn array_paths_follow_the_open_elements() {
+        let xml = b"<r><x><y>1</y><w/></x><z><y>2</y></z><x><y>3</y></x></r>";
+        let doc = xml_to_json(xml, &mapping(&["r/x/y", "r/z"])).unwrap();
+        assert_eq!(doc, json!({"r": {"x": [{"y": ["1"], "w": null}, {"y": ["3"]}], "z": [{"y": "2"}]}}));
+    }
+
+    /// `levels` elements, each inside the previous one; with `siblings`, each level also has
+    /// an empty element of the same name, so every level becomes an array and an object.
+    fn nested(levels: usize, siblings: bool) -> Vec<u8> {
+        let open = if siblings { "<e><e/>" } else { "<e>" };
+        format!("{}x{}", open.repeat(levels), "</e>".repeat(levels)).into_bytes()
+    }
+
+    #[test]
+    fn nesting_is_bounded_like_serde_json() {
+        // (elements deep, with sibling arrays, accepted)
+        for (levels, siblings, ok) in [
+            (MAX_DEPTH - 1, false, true),
+            (MAX_DEPTH, false, false),
+            // The report: 20,000 levels (140 KB) grew to ~900 MiB and overflowed the stack.
+            (20_000, false, false),
+            (MAX_DEPTH / 2 - 1, true, true),
+            (MAX_DEPTH / 2, true, false),
+        ] {
+            let result = xml_to_json(&nested(levels, siblings), &mapping(&[]));
+            match result {
+                Ok(doc) => {
+                    assert!(ok, "{levels} levels (siblings: {siblings}) should be refused");
+                    assert!(nesting::depth(&doc) < MAX_DEPTH);
+                }
+                Err(e) => {
+                    assert!(!ok, "{levels} levels (siblings: {siblings}): {e}");
+                    assert!(e.contains("nested 128 or more levels deep"), "{e}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn json_to_xml_stops_at_the_nesting_limit() {
+        let deep = |levels: usize| (0..levels).fold(json!("x"), |inner, _| json!({ "e": inner }));
+        let written = json_to_xml(&deep(MAX_DEPTH - 1), &XmlMapping::default()).unwrap();
+        let levels = MAX_DEPTH - 1;
+        let expected = format!("{}x{}", "<e>".repeat(levels), "</e>".repeat(levels));
+        assert!(written.ends_with(expected.as_bytes()));
+        let err = json_to_xml(&deep(MAX_DEPTH), &XmlMapping::default()).unwrap_err();
+        assert!(err.contains("nested 128 or more levels deep"), "{err}");
+        // Arrays count too: each is a level of the recursion.
+        let arrays = (0..MAX_DEPTH).fold(json!(1), |inner, _| json!([inner]));
+        assert!(json_to_xml(&json!({ "e": arrays }), &XmlMapping::default()).is_err());
     }
 
     #[test]
