@@ -82,7 +82,7 @@ fn templates(c: &mut Criterion) {
     let body = body_4k();
     c.bench_function("body template over a 4 KiB JSON body", |b| {
         b.iter(|| {
-            let message = Message { request: &request, response: None, body: Some(&body) };
+            let message = Message { request: &request, response: None, body: Some(&body), body_allowed: true };
             black_box(envelope.request[0].apply(envelope, &config.templates, message).unwrap())
         })
     });
@@ -95,7 +95,7 @@ fn json_patch(c: &mut Criterion) {
     let body = body_4k();
     c.bench_function("JSON patch of a 4 KiB body", |b| {
         b.iter(|| {
-            let message = Message { request: &request, response: None, body: Some(&body) };
+            let message = Message { request: &request, response: None, body: Some(&body), body_allowed: true };
             black_box(patch.request[0].apply(patch, &config.templates, message).unwrap())
         })
     });
@@ -114,7 +114,7 @@ fn exchanges(c: &mut Criterion) {
         b.iter(|| {
             let mut exchange = Exchange::new(config.clone(), Some("patch"));
             black_box(exchange.on_request_headers(request_headers(), false));
-            black_box(exchange.on_request_body(&body))
+            black_box(exchange.on_request_body(&body, true))
         })
     });
 }

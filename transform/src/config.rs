@@ -20,9 +20,17 @@ use crate::transformation::{
 };
 use crate::xml::XmlMapping;
 
-/// The default `max_body_bytes`: Envoy's default per-connection buffer limit, which bounds
-/// what it can buffer for the service anyway.
-pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
+/// Envoy's default buffer limit (a listener's `per_connection_buffer_limit_bytes`), which
+/// envoy/gateway.yaml keeps.
+pub const ENVOY_DEFAULT_BUFFER_LIMIT: usize = 1024 * 1024;
+
+/// The default `max_body_bytes`, 960 KiB. It must be below Envoy's buffer limit, not equal to
+/// it: a body the service accepts is then always one Envoy can buffer, and a larger one gets
+/// the service's JSON 413 rather than Envoy's plain-text one or, for a body that arrives while
+/// the headers are with the service, no answer at all (see `exchange::BodyMode`).
+pub const DEFAULT_MAX_BODY_BYTES: usize = ENVOY_DEFAULT_BUFFER_LIMIT - 64 * 1024;
+
+const _: () = assert!(DEFAULT_MAX_BODY_BYTES < ENVOY_DEFAULT_BUFFER_LIMIT);
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -26,7 +26,7 @@ use gatehouse_common::pbjson;
 use serde_json::{Map, Value};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::exchange::{Exchange, Modes, Rejection, Reply};
+use crate::exchange::{BodyMode, Exchange, Modes, Rejection, Reply};
 use crate::message::{Edit, Headers};
 use crate::service::Transformer;
 use crate::stats::Stats;
@@ -111,7 +111,7 @@ pub fn handle(exchange: &mut Exchange, message: ProcessingRequest) -> Result<Opt
             to_response(reply, |r| PhaseResponse::RequestHeaders(HeadersResponse { response: Some(r) }), true)
         }
         Phase::RequestBody(b) => {
-            let reply = exchange.on_request_body(&b.body);
+            let reply = exchange.on_request_body(&b.body, b.end_of_stream);
             to_response(reply, |r| PhaseResponse::RequestBody(BodyResponse { response: Some(r) }), true)
         }
         Phase::ResponseHeaders(h) => {
@@ -119,7 +119,7 @@ pub fn handle(exchange: &mut Exchange, message: ProcessingRequest) -> Result<Opt
             to_response(reply, |r| PhaseResponse::ResponseHeaders(HeadersResponse { response: Some(r) }), false)
         }
         Phase::ResponseBody(b) => {
-            let reply = exchange.on_response_body(&b.body);
+            let reply = exchange.on_response_body(&b.body, b.end_of_stream);
             to_response(reply, |r| PhaseResponse::ResponseBody(BodyResponse { response: Some(r) }), false)
         }
         // Trailers are passed on unchanged.
@@ -210,7 +210,14 @@ fn header_mutation(
 
 fn processing_mode(modes: Modes) -> ProcessingMode {
     let header = |send: bool| if send { HeaderSendMode::Send } else { HeaderSendMode::Skip } as i32;
-    let body = |send: bool| if send { BodySendMode::Buffered } else { BodySendMode::None } as i32;
+    let body = |mode: BodyMode| {
+        let send = match mode {
+            BodyMode::None => BodySendMode::None,
+            BodyMode::Buffered => BodySendMode::Buffered,
+            BodyMode::Partial => BodySendMode::BufferedPartial,
+        };
+        send as i32
+    };
     ProcessingMode {
         request_header_mode: HeaderSendMode::Send as i32,
         response_header_mode: header(modes.response_headers),

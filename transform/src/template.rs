@@ -9,6 +9,9 @@
 //! template says "empty is fine". Names a template reads that the engine does not provide
 //! are reported at load time.
 //!
+//! A repeated header or query parameter gives its first value everywhere (`header()`,
+//! `request_header()`, `headers`, `query()`, `request.query`); `query_string` has them all.
+//!
 //! What templates see is documented in docs/transform.md: variables `method`, `path`,
 //! `query_string`, `headers`, `request`, `status`, `body`, `body_text`, `extractions` and
 //! `request_id`; functions `header()`, `request_header()`, `query()`, `extraction()`, `env()`,
@@ -342,6 +345,26 @@ mod tests {
         assert_eq!(render("{{ headers | tojson }}", &s).unwrap(), r#"{"x-user":"ann"}"#);
         assert_eq!(render("{{ random_id() | length }}", &s).unwrap(), "32");
         assert!(render("{{ now() }}", &s).unwrap().ends_with('Z'));
+    }
+
+    #[test]
+    fn repeated_headers_and_query_parameters_give_their_first_value() {
+        let s = scope(&[
+            (":method", "GET"),
+            (":path", "/?tag=a&tag=b&one=1"),
+            ("x-forwarded-for", "10.0.0.1"),
+            ("x-forwarded-for", "10.0.0.2"),
+        ]);
+        for (source, expected) in [
+            ("{{ header('x-forwarded-for') }}", "10.0.0.1"),
+            ("{{ headers['x-forwarded-for'] }}", "10.0.0.1"),
+            ("{{ request_header('x-forwarded-for') }}", "10.0.0.1"),
+            ("{{ query('tag') }}", "a"),
+            ("{{ request.query.tag }}", "a"),
+            ("{{ query_string }}", "tag=a&tag=b&one=1"),
+        ] {
+            assert_eq!(render(source, &s).unwrap(), expected, "{source}");
+        }
     }
 
     #[test]

@@ -194,6 +194,10 @@ pub struct Message<'a> {
     pub response: Option<&'a Arc<Headers>>,
     /// The buffered body; `None` when the rule runs on headers alone.
     pub body: Option<&'a [u8]>,
+    /// False for a message that cannot carry a body: the response to a HEAD request, a 204 or
+    /// a 304. The rule's body steps are skipped there, so it neither invents a body nor
+    /// replaces the `content-length` the upstream sent (for HEAD, the length a GET would get).
+    pub body_allowed: bool,
 }
 
 impl Message<'_> {
@@ -264,7 +268,7 @@ impl Rule {
         let mut edit = Edit::default();
         // The body first: its conversion sets a content-type that header operations may
         // then override.
-        if !self.body.is_empty() && (raw.is_some() || !self.reads_body) {
+        if !self.body.is_empty() && message.body_allowed && (raw.is_some() || !self.reads_body) {
             let (new_body, content_type) = self.run_body(templates, &scope, message.request, raw, body_json)?;
             if let Some(content_type) = content_type {
                 edit.set_header("content-type", content_type);
