@@ -90,6 +90,13 @@ pub fn default_vars() -> BTreeMap<String, String> {
 impl Envoy {
     /// Starts Envoy from `envoy/gateway.yaml` with `vars` and waits until it listens.
     pub async fn start(vars: &BTreeMap<String, String>) -> Envoy {
+        Envoy::start_edited(vars, |config| config).await
+    }
+
+    /// As [`Envoy::start`], with `edit` applied to the rendered config: for the rare test
+    /// that needs what the reference config does not template, such as a second replica in a
+    /// service's cluster.
+    pub async fn start_edited(vars: &BTreeMap<String, String>, edit: impl FnOnce(String) -> String) -> Envoy {
         let template_path = repo_root().join("envoy/gateway.yaml");
         let template = std::fs::read_to_string(&template_path).expect("read envoy/gateway.yaml");
         let dir = tempfile::tempdir().expect("temp dir for envoy");
@@ -104,7 +111,7 @@ impl Envoy {
             }
             pki
         });
-        let config = render(&template, &vars).unwrap_or_else(|e| panic!("{}: {e}", template_path.display()));
+        let config = edit(render(&template, &vars).unwrap_or_else(|e| panic!("{}: {e}", template_path.display())));
         let config_path = dir.path().join("envoy.yaml");
         let admin_path = dir.path().join("admin.txt");
         std::fs::write(&config_path, config).expect("write envoy config");
@@ -144,6 +151,15 @@ impl Envoy {
                     .filter(|p| *p != 0)
             }
         };
+        // LIVE only once every cluster has initialised (including its first health checks):
+        // before that, listeners may not accept yet.
+        let ready_url = format!("http://{admin}/ready");
+        let live = eventually(Duration::from_secs(30), || {
+            let request = client.get(&ready_url).send();
+            async move { request.await.ok().filter(|r| r.status().is_success()).map(|_| ()) }
+        })
+        .await;
+        assert!(live.is_some(), "envoy never became LIVE");
         let port =
             eventually(Duration::from_secs(30), || port_of("gateway")).await.expect("envoy gateway listener port");
         let mtls_port =
@@ -153,6 +169,15 @@ impl Envoy {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// Every admin stat whose name matches `regex`, one `name: value` per line.
+    pub async fn stats(&self, regex: &str) -> String {
+        let url = format!("http://{}/stats?filter={regex}", self.admin);
+        match reqwest::get(url).await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(e) => format!("admin /stats: {e}"),
+        }
     }
 
     /// One admin stat's value, e.g. `cluster.upstream.ratelimit.over_limit`.

@@ -11,8 +11,10 @@
 pub mod echo;
 pub mod envoy;
 pub mod issuer;
+pub mod load;
 pub mod oidc;
 pub mod redis;
+pub mod service;
 pub mod tls;
 
 use std::net::TcpListener;
@@ -90,6 +92,16 @@ impl Process {
             Some(c) => !matches!(c.try_wait(), Ok(None)),
             None => true,
         }
+    }
+
+    /// The process id, while it runs.
+    pub fn id(&self) -> Option<u32> {
+        self.child.as_ref().map(std::process::Child::id)
+    }
+
+    /// The exit status, once the process has exited.
+    pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
     }
 
     pub fn kill(&mut self) {

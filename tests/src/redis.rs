@@ -1,5 +1,6 @@
 //! Real `redis-server` processes on loopback: a single node that can be stopped and
-//! restarted on the same port, and a three-node Cluster joined with `redis-cli --cluster`.
+//! restarted on the same port, a three-master Cluster joined with `redis-cli --cluster`
+//! (optionally with a replica per master, for failover), and a master watched by a sentinel.
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -144,16 +145,29 @@ impl RedisServer {
 #[derive(Debug)]
 pub struct RedisCluster {
     pub ports: Vec<u16>,
-    _nodes: Vec<Process>,
+    /// By port index; `None` once killed.
+    nodes: Vec<Option<Process>>,
     _dir: TempDir,
 }
 
 impl RedisCluster {
+    /// Three masters, no replicas.
     pub fn start() -> RedisCluster {
+        RedisCluster::start_with(3, 0)
+    }
+
+    /// Three masters with one replica each: a killed master fails over to its replica after
+    /// the node timeout (1 s here).
+    pub fn start_with_replicas() -> RedisCluster {
+        RedisCluster::start_with(3, 1)
+    }
+
+    fn start_with(masters: usize, replicas_per_master: usize) -> RedisCluster {
         let dir = tempfile::tempdir().expect("temp dir for redis cluster");
         let mut nodes = Vec::new();
         let mut ports = Vec::new();
-        while nodes.len() < 3 {
+        let node_timeout = if replicas_per_master > 0 { "1000" } else { "2000" };
+        while nodes.len() < masters * (1 + replicas_per_master) {
             let port = free_port();
             let node_dir = dir.path().join(port.to_string());
             std::fs::create_dir_all(&node_dir).expect("cluster node dir");
@@ -161,9 +175,9 @@ impl RedisCluster {
             if let Some(p) = start_node(
                 port,
                 &node_dir,
-                &["--cluster-enabled", "yes", "--cluster-config-file", &conf, "--cluster-node-timeout", "2000"],
+                &["--cluster-enabled", "yes", "--cluster-config-file", &conf, "--cluster-node-timeout", node_timeout],
             ) {
-                nodes.push(p);
+                nodes.push(Some(p));
                 ports.push(port);
             }
         }
@@ -172,25 +186,97 @@ impl RedisCluster {
             .arg("--cluster")
             .arg("create")
             .args(&addrs)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas_per_master.to_string(), "--cluster-yes"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
             .expect("redis-cli --cluster create");
         assert!(status.success(), "redis-cli --cluster create failed");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let ok = ports
-                .iter()
-                .all(|&p| cli(p, &["CLUSTER", "INFO"]).is_some_and(|info| info.contains("cluster_state:ok")));
-            if ok {
-                break;
+        let cluster = RedisCluster { ports, nodes, _dir: dir };
+        assert!(cluster.wait_ok(Duration::from_secs(20)), "cluster never reached cluster_state:ok");
+        // Replicas must have synced before a failover can promote them.
+        if replicas_per_master > 0 {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while cluster.replicas_in_sync() < masters * replicas_per_master {
+                assert!(Instant::now() < deadline, "cluster replicas never synced");
+                std::thread::sleep(Duration::from_millis(100));
             }
-            assert!(Instant::now() < deadline, "cluster never reached cluster_state:ok");
-            std::thread::sleep(Duration::from_millis(100));
         }
-        RedisCluster { ports, _nodes: nodes, _dir: dir }
+        cluster
+    }
+
+    /// Waits until every live node reports `cluster_state:ok` and agrees on the masters.
+    pub fn wait_ok(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let live: Vec<u16> =
+                self.ports.iter().zip(&self.nodes).filter(|(_, n)| n.is_some()).map(|(p, _)| *p).collect();
+            if live.iter().all(|&p| cli(p, &["CLUSTER", "INFO"]).is_some_and(|info| info.contains("cluster_state:ok")))
+            {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn replicas_in_sync(&self) -> usize {
+        self.ports
+            .iter()
+            .filter_map(|&p| cli(p, &["INFO", "replication"]))
+            .filter(|info| info.contains("role:slave") && info.contains("master_link_status:up"))
+            .count()
+    }
+
+    /// The port of the master that serves `key`'s slot.
+    pub fn master_for(&self, key: &str) -> Option<u16> {
+        let seed = self.ports.iter().zip(&self.nodes).find(|(_, n)| n.is_some()).map(|(p, _)| *p)?;
+        let slot: u16 = cli(seed, &["CLUSTER", "KEYSLOT", key])?.parse().ok()?;
+        let nodes = cli(seed, &["CLUSTER", "NODES"])?;
+        nodes.lines().find_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let is_live_master = fields.get(2)?.contains("master") && !fields[2].contains("fail");
+            let serves = fields.iter().skip(8).any(|range| match range.split_once('-') {
+                Some((a, b)) => a.parse::<u16>().is_ok_and(|a| a <= slot) && b.parse::<u16>().is_ok_and(|b| slot <= b),
+                None => range.parse::<u16>().ok() == Some(slot),
+            });
+            // `127.0.0.1:PORT@BUS`
+            (is_live_master && serves).then(|| fields[1].split(['@', ':']).nth(1)?.parse().ok()).flatten()
+        })
+    }
+
+    /// Waits until a live master other than `old` serves `key`'s slot and the cluster is ok.
+    pub fn wait_failover(&self, key: &str, old: u16, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.master_for(key).is_some_and(|m| m != old) {
+                return self.wait_ok(deadline.saturating_duration_since(Instant::now()));
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills the node on `port`, as a crash would.
+    pub fn kill(&mut self, port: u16) {
+        if let Some(i) = self.ports.iter().position(|p| *p == port)
+            && let Some(mut node) = self.nodes[i].take()
+        {
+            node.kill();
+        }
+    }
+
+    /// Runs a redis-cli command against one node in cluster mode (`-c`, following redirects).
+    pub fn cli(&self, args: &[&str]) -> Option<String> {
+        let seed = self.ports.iter().zip(&self.nodes).find(|(_, n)| n.is_some()).map(|(p, _)| *p)?;
+        let mut all = vec!["-c"];
+        all.extend_from_slice(args);
+        cli(seed, &all)
     }
 
     /// Comma-separated `host:port` seeds, as REDIS_URL takes them with REDIS_TYPE=cluster.

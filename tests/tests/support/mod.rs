@@ -1,7 +1,10 @@
-//! Helpers shared by the end-to-end tests: requests through Envoy, and a gatehouse-ratelimit
-//! replica for tests that key limits on another service's metadata.
+//! Helpers shared by the end-to-end tests: requests through Envoy, a gatehouse-ratelimit
+//! replica for tests that key limits on another service's metadata, and ([`gateway`]) the
+//! whole gateway from the services' binaries for chaos and soak tests.
 
 #![allow(dead_code, unreachable_pub)]
+
+pub mod gateway;
 
 use std::collections::BTreeMap;
 use std::path::Path;
