@@ -3,8 +3,10 @@
 //! marked `"gzip": true`.
 //!
 //! Tests make it answer otherwise with request headers: `x-echo-status` (the status),
-//! `x-echo-body` (the body, instead of the JSON), `x-echo-content-type`, and
-//! `x-echo-header: name=value` (a response header to add).
+//! `x-echo-body` (the body, instead of the JSON), `x-echo-reflect: true` (the request body
+//! itself), `x-echo-size: N` (a JSON body of exactly N bytes, N ≥ 10), `x-echo-content-type`,
+//! `x-echo-chunked: true` (no `content-length`: the body goes chunked), and
+//! `x-echo-header: name=value` (a response header to add). A 204 or 304 has no body.
 
 use std::collections::BTreeMap;
 
@@ -53,9 +55,31 @@ impl Drop for Echo {
 async fn echo(method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
     let status = header("x-echo-status").and_then(|s| s.parse().ok()).unwrap_or(StatusCode::OK);
-    if let Some(body) = header("x-echo-body") {
-        let content_type = header("x-echo-content-type").unwrap_or_else(|| "text/plain".into());
+    let content_type = header("x-echo-content-type");
+    let chunked = header("x-echo-chunked").is_some_and(|v| v == "true");
+    let fixed = if let Some(text) = header("x-echo-body") {
+        Some((Bytes::from(text), content_type.unwrap_or_else(|| "text/plain".into())))
+    } else if header("x-echo-reflect").is_some_and(|v| v == "true") {
+        Some((body.clone(), content_type.unwrap_or_else(|| "application/octet-stream".into())))
+    } else {
+        header("x-echo-size").and_then(|n| n.parse().ok()).map(|size: usize| {
+            let pad = "x".repeat(size.saturating_sub(r#"{"pad":""}"#.len()));
+            (Bytes::from(serde_json::json!({ "pad": pad }).to_string()), "application/json".to_string())
+        })
+    };
+    if let Some((body, content_type)) = fixed {
+        let body = if chunked {
+            // A stream has no known length, so hyper sends it chunked.
+            axum::body::Body::from_stream(axum::body::Body::from(body).into_data_stream())
+        } else {
+            axum::body::Body::from(body)
+        };
         return (status, [(axum::http::header::CONTENT_TYPE, content_type)], body).into_response();
+    }
+    if matches!(status, StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED) {
+        // These never carry a body (Envoy calls one a protocol error); the JSON type is what
+        // a JSON API would send.
+        return (status, [(axum::http::header::CONTENT_TYPE, "application/json")]).into_response();
     }
     let extra = header("x-echo-header").and_then(|h| h.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())));
     let mut response = answer(status, &headers, uri, method, body);

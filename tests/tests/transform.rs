@@ -13,6 +13,7 @@ use gatehouse_common::server::Shutdown;
 use gatehouse_testkit::echo::Echo;
 use gatehouse_testkit::envoy::{Envoy, default_vars};
 use gatehouse_testkit::{eventually, repo_root};
+use gatehouse_transform::config::{DEFAULT_MAX_BODY_BYTES, ENVOY_DEFAULT_BUFFER_LIMIT};
 use gatehouse_transform::settings::Settings;
 use gatehouse_transform::{App, Listeners};
 use serde_json::{Value, json};
@@ -72,6 +73,7 @@ impl Stack {
             shutdowns.push(shutdown);
         }
         let envoy = Envoy::start(&vars).await;
+        wait_until_live(&envoy).await;
         Stack {
             envoy,
             config,
@@ -390,4 +392,316 @@ async fn config_changes_apply_and_bad_files_are_rejected() {
     .await
     .expect("the route kept its removed transformation");
     assert_eq!(unknown.json()["error"], "unknown_transformation");
+}
+
+/// Envoy's buffer limit in envoy/gateway.yaml. The reference config keeps Envoy's default
+/// (the listener's `per_connection_buffer_limit_bytes`); this fails if it ever sets one, so
+/// that the tests below are changed to read it.
+fn envoy_buffer_limit() -> usize {
+    let config = std::fs::read_to_string(repo_root().join("envoy/gateway.yaml")).unwrap();
+    for setting in ["per_connection_buffer_limit_bytes", "request_body_buffer_limit", "per_request_buffer_limit_bytes"]
+    {
+        assert!(!config.contains(setting), "envoy/gateway.yaml sets {setting}: use its value here");
+    }
+    ENVOY_DEFAULT_BUFFER_LIMIT
+}
+
+/// Waits for Envoy's `/ready`: its listeners accept connections only once the clusters have
+/// initialized, which with active health checks takes a first round of checks (one that
+/// times out, against a service that never answers).
+async fn wait_until_live(envoy: &Envoy) {
+    let url = format!("http://{}/ready", envoy.admin);
+    let live = eventually(Duration::from_secs(10), || {
+        let url = url.clone();
+        async move { reqwest::get(url).await.ok().filter(|r| r.status() == 200).map(|_| ()) }
+    })
+    .await;
+    assert!(live.is_some(), "envoy did not become ready");
+}
+
+/// How a raw request sends its body.
+#[derive(Clone, Copy, Debug)]
+enum Framing {
+    /// With `content-length`: the headers and the whole body in one write.
+    Length,
+    /// `transfer-encoding: chunked`, no `content-length`: 64 KiB chunks, one write each.
+    Chunked,
+}
+
+/// A response read off a raw HTTP/1.1 connection, and how long it took to come.
+#[derive(Debug)]
+struct RawReply {
+    status: u16,
+    headers: BTreeMap<String, String>,
+    body: String,
+    elapsed: Duration,
+}
+
+impl RawReply {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", &self.body[..self.body.len().min(200)]))
+    }
+}
+
+/// Sends a request over a plain socket, so the test decides how the body is framed and
+/// written; reqwest would choose for it. The body is written on the side: Envoy may answer,
+/// and stop reading, before it has all been sent.
+async fn raw_request(port: u16, path: &str, headers: &[(&str, &str)], body: &[u8], framing: Framing) -> RawReply {
+    use tokio::io::AsyncWriteExt;
+    let started = std::time::Instant::now();
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let (mut reader, mut writer) = stream.into_split();
+    let mut head = format!("POST {path} HTTP/1.1\r\nhost: gateway\r\nconnection: close\r\n");
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    let writes: Vec<Vec<u8>> = match framing {
+        Framing::Length => vec![[format!("{head}content-length: {}\r\n\r\n", body.len()).as_bytes(), body].concat()],
+        Framing::Chunked => std::iter::once(format!("{head}transfer-encoding: chunked\r\n\r\n").into_bytes())
+            .chain(body.chunks(64 * 1024).map(|c| [format!("{:x}\r\n", c.len()).as_bytes(), c, b"\r\n"].concat()))
+            .chain(std::iter::once(b"0\r\n\r\n".to_vec()))
+            .collect(),
+    };
+    let writing = tokio::spawn(async move {
+        for bytes in writes {
+            if writer.write_all(&bytes).await.is_err() {
+                break;
+            }
+        }
+        // Half-closing would end the request for Envoy: hold the socket until aborted.
+        std::future::pending::<()>().await;
+        drop(writer);
+    });
+    let read = tokio::time::timeout(Duration::from_secs(60), read_reply(&mut reader)).await;
+    writing.abort();
+    let (status, headers, body) = read.unwrap_or_else(|_| panic!("{path}: no answer within 60 s"));
+    RawReply { status, headers, body: String::from_utf8_lossy(&body).into_owned(), elapsed: started.elapsed() }
+}
+
+async fn read_reply(reader: &mut tokio::net::tcp::OwnedReadHalf) -> (u16, BTreeMap<String, String>, Vec<u8>) {
+    use tokio::io::AsyncReadExt;
+    let mut received = Vec::new();
+    let mut buffer = vec![0u8; 64 * 1024];
+    loop {
+        // A reset after the response (Envoy closing on an unread body) ends it like EOF.
+        let n = reader.read(&mut buffer).await.unwrap_or(0);
+        received.extend_from_slice(&buffer[..n]);
+        if let Some(reply) = parse_reply(&received, n == 0) {
+            return reply;
+        }
+        assert!(n > 0, "the connection closed before a whole response: {:?}", String::from_utf8_lossy(&received));
+    }
+}
+
+/// The response in `received`, once it is whole (or the connection has ended).
+fn parse_reply(received: &[u8], ended: bool) -> Option<(u16, BTreeMap<String, String>, Vec<u8>)> {
+    let end = received.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = std::str::from_utf8(&received[..end]).ok()?;
+    let mut lines = head.split("\r\n");
+    let status = lines.next()?.split(' ').nth(1)?.parse().ok()?;
+    let headers: BTreeMap<String, String> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let rest = &received[end + 4..];
+    let body = match (headers.get("content-length"), headers.get("transfer-encoding")) {
+        (Some(length), _) => rest.get(..length.parse().ok()?)?.to_vec(),
+        (None, Some(coding)) if coding == "chunked" => {
+            let mut body = Vec::new();
+            let mut at = rest;
+            loop {
+                let line_end = at.windows(2).position(|w| w == b"\r\n")?;
+                let size = usize::from_str_radix(std::str::from_utf8(&at[..line_end]).ok()?.trim(), 16).ok()?;
+                if size == 0 {
+                    break body;
+                }
+                body.extend_from_slice(at.get(line_end + 2..line_end + 2 + size)?);
+                at = at.get(line_end + 4 + size..)?;
+            }
+        }
+        _ if ended => rest.to_vec(),
+        _ => return None,
+    };
+    Some((status, headers, body))
+}
+
+/// A JSON body of exactly `size` bytes (at least 10).
+fn json_of_size(size: usize) -> Vec<u8> {
+    let filler = "x".repeat(size - r#"{"pad":""}"#.len());
+    json!({ "pad": filler }).to_string().into_bytes()
+}
+
+/// The e2e tests allow 10 s where the answer takes milliseconds: the defect was 300 s.
+const PROMPT: Duration = Duration::from_secs(10);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_bodies_over_envoys_buffer_get_a_prompt_413() {
+    let s = Stack::start(None).await;
+    let limit = envoy_buffer_limit();
+    // /tx/gzip reads the JSON body with the default max_body_bytes.
+    for size in [limit + limit / 100, 2 * limit] {
+        for framing in [Framing::Length, Framing::Chunked] {
+            let body = json_of_size(size);
+            let r =
+                raw_request(s.envoy.port, "/tx/gzip", &[("content-type", "application/json")], &body, framing).await;
+            let case = format!("{size} bytes, {framing:?}");
+            assert_eq!(r.status, 413, "{case}: {r:?}");
+            assert_eq!(r.headers.get("content-type").map(String::as_str), Some("application/json"), "{case}");
+            assert_eq!(r.json()["error"], "body_too_large", "{case}: the service's JSON, not Envoy's text");
+            assert!(r.elapsed < PROMPT, "{case}: answered after {:?}", r.elapsed);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_body_bytes_is_below_envoys_buffer_limit() {
+    let s = Stack::start(None).await;
+    let limit = envoy_buffer_limit();
+    assert!(DEFAULT_MAX_BODY_BYTES < limit, "max_body_bytes must be below Envoy's buffer limit");
+    // With equal limits, a body just over both got Envoy's plain-text 413 or the service's
+    // JSON one depending on the framing; now every body over max_body_bytes gets the latter.
+    // (size, status)
+    let cases = [(DEFAULT_MAX_BODY_BYTES, 200), (DEFAULT_MAX_BODY_BYTES + 1, 413), (limit, 413), (limit + 1, 413)];
+    for (size, status) in cases {
+        for framing in [Framing::Length, Framing::Chunked] {
+            let body = json_of_size(size);
+            let r =
+                raw_request(s.envoy.port, "/tx/gzip", &[("content-type", "application/json")], &body, framing).await;
+            let case = format!("{size} bytes, {framing:?}");
+            assert_eq!(r.status, status, "{case}: {}", &r.body[..r.body.len().min(200)]);
+            if status == 200 {
+                let sent: Value = serde_json::from_str(r.json()["body"].as_str().unwrap()).unwrap();
+                assert_eq!(
+                    (sent["patched"].as_bool(), sent["pad"].as_str().map(str::len)),
+                    (Some(true), Some(size - 10))
+                );
+            } else {
+                assert_eq!(r.json()["error"], "body_too_large", "{case}");
+            }
+            assert!(r.elapsed < PROMPT, "{case}: answered after {:?}", r.elapsed);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn response_bodies_over_the_limit_get_a_prompt_502() {
+    let s = Stack::start(None).await;
+    let limit = envoy_buffer_limit();
+    // A GET on /tx/json: no request rule; the response rule reads JSON, max_body_bytes 65536.
+    // (size, status)
+    let cases = [(65_536, 200), (65_537, 502), (limit + limit / 100, 502), (2 * limit, 502)];
+    for (size, status) in cases {
+        for chunked in [false, true] {
+            let started = std::time::Instant::now();
+            let size_header = size.to_string();
+            let mut headers = vec![("x-echo-size", size_header.as_str())];
+            if chunked {
+                headers.push(("x-echo-chunked", "true"));
+            }
+            let r = s.get("/tx/json", &headers).await;
+            let case = format!("{size} bytes, chunked: {chunked}");
+            assert_eq!(r.status, status, "{case}: {}", &r.body[..r.body.len().min(200)]);
+            if status == 200 {
+                assert_eq!(r.json()["gateway"], "gatehouse", "{case}: transformed");
+            } else {
+                assert_eq!(r.json()["error"], "bad_upstream_response", "{case}");
+            }
+            assert!(started.elapsed() < PROMPT, "{case}: answered after {:?}", started.elapsed());
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deeply_nested_xml_is_refused_in_both_directions() {
+    let s = Stack::start(None).await;
+    let nested = |levels: usize| format!("{}{}", "<e>".repeat(levels), "</e>".repeat(levels));
+    // The report: 140 KB of 20,000 nested elements grew the process to ~900 MiB and then
+    // overflowed its stack.
+    let deep = nested(20_000);
+    assert_eq!(deep.len(), 140_000);
+    let started = std::time::Instant::now();
+    let r = s.request("POST", "/tx/xml", &[("content-type", "application/xml")], Some(deep.as_bytes())).await;
+    assert_eq!(r.status, 400, "{r:?}");
+    assert_eq!(r.json()["error"], "invalid_body");
+    // The same document from the upstream.
+    let reflect =
+        [("content-type", "text/plain"), ("x-echo-reflect", "true"), ("x-echo-content-type", "application/xml")];
+    let r = s.request("POST", "/tx/xml", &reflect, Some(deep.as_bytes())).await;
+    assert_eq!(r.status, 502, "{r:?}");
+    assert_eq!(r.json()["error"], "bad_upstream_response");
+    assert!(started.elapsed() < PROMPT, "{:?}", started.elapsed());
+
+    // The service is still there, and XML within serde_json's limit converts both ways.
+    let r = s.request("POST", "/tx/xml", &[("content-type", "application/xml")], Some(nested(127).as_bytes())).await;
+    let sent: Value = serde_json::from_str(upstream(&r)["body"].as_str().unwrap()).unwrap();
+    assert_eq!(sent.pointer(&"/e".repeat(127)), Some(&Value::Null), "127 levels, the innermost empty");
+    let order = r#"<order id="7"><item>a</item></order>"#;
+    let r = s.request("POST", "/tx/xml", &reflect, Some(order.as_bytes())).await;
+    assert_eq!((r.status, r.json()), (200, json!({"order": {"@id": "7", "item": "a"}})));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn responses_without_a_body_keep_their_headers_and_get_no_body() {
+    let s = Stack::start(None).await;
+    // /tx/wrap wraps every JSON response in {"data": ...}.
+    let r = s.get("/tx/wrap", &[("x-echo-size", "100")]).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.json()["data"]["pad"].as_str().map(str::len), Some(90));
+    assert_eq!(r.header("content-length"), r.body.len().to_string());
+
+    let r = s.request("HEAD", "/tx/wrap", &[("x-echo-size", "100")], None).await;
+    assert_eq!((r.status, r.body.as_str()), (200, ""), "{r:?}");
+    assert_eq!(r.header("content-length"), "100", "the upstream's content-length: {r:?}");
+    assert_eq!(r.header("x-wrapped"), "true", "the rule's other operations apply");
+
+    for status in ["204", "304"] {
+        let r = s.get("/tx/wrap", &[("x-echo-status", status)]).await;
+        assert_eq!((r.status.to_string(), r.body.as_str()), (status.to_string(), ""), "{r:?}");
+        assert_eq!(r.header("x-wrapped"), "true", "{r:?}");
+        assert!(matches!(r.header("content-length"), "" | "0"), "{r:?}");
+    }
+
+    // A rule that writes a body without reading one, and changes the status: on HEAD the
+    // status changes, and the body is not invented.
+    let r = s.request("HEAD", "/tx/errors", &[("x-echo-status", "503"), ("x-echo-size", "50")], None).await;
+    assert_eq!((r.status, r.body.as_str()), (502, ""), "{r:?}");
+    assert_eq!(r.header("content-length"), "50", "{r:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_headers_and_query_parameters_give_their_first_value() {
+    let s = Stack::start(None).await;
+    let r = s.get("/tx/headers", &[("x-user", "ann"), ("x-user", "bob")]).await;
+    assert_eq!(r.upstream_header("x-user-id").as_deref(), Some("ann"), "{r:?}");
+    let r = s.get("/tx/create?q=first&q=second", &[]).await;
+    assert_eq!(upstream_body(&r)["search"], "first");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_that_does_not_answer_in_time_gets_504_and_an_unreachable_one_500() {
+    let echo = Echo::start().await;
+    // Accepts the gRPC connection and never answers on it.
+    let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    let holding = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((connection, _)) = silent.accept().await {
+            held.push(connection);
+        }
+    });
+    let client = reqwest::Client::new();
+    // (transform port, status): message_timeout is 1s; port 1 refuses connections.
+    for (port, status) in [(silent_port, 504), (1, 500)] {
+        let mut vars = default_vars();
+        vars.insert("UPSTREAM_PORT".into(), echo.port.to_string());
+        vars.insert("TRANSFORM_PORT".into(), port.to_string());
+        let envoy = Envoy::start(&vars).await;
+        wait_until_live(&envoy).await;
+        let started = std::time::Instant::now();
+        let r = send(&client, "GET", &envoy.url("/tx/headers"), &[], None).await;
+        assert_eq!(r.status, status, "{r:?}");
+        assert!(started.elapsed() < PROMPT, "{:?}", started.elapsed());
+    }
+    holding.abort();
 }
