@@ -1,6 +1,6 @@
 # The two entry points: `make up` runs the local gateway, `make test` installs what the
 # tests need and runs every check CI runs.
-.PHONY: up test deps check lint unit bench bench-load bench-extauth bench-transform
+.PHONY: up test deps check lint unit bench bench-load bench-extauth bench-transform fuzz chaos soak
 
 up:
 	scripts/up.sh
@@ -26,3 +26,24 @@ bench-extauth: deps
 
 bench-transform: deps
 	scripts/bench-transform.sh
+
+# Fuzzing, not part of `make test` or CI: every cargo-fuzz target in fuzz/ for FUZZ_SECONDS
+# each (nightly toolchain; scripts/fuzz.sh installs cargo-fuzz). Fails if any target crashes.
+FUZZ_SECONDS ?= 60
+fuzz:
+	FUZZ_SECONDS=$(FUZZ_SECONDS) scripts/fuzz.sh
+
+# Faults under load (tests/tests/chaos.rs) against release builds of the services, one
+# scenario at a time, printing each summary (RELIABILITY.md). `make test` runs the same
+# scenarios, with the same assertions, on debug builds.
+chaos: deps
+	cargo build --release --bins
+	GATEHOUSE_BIN_DIR=target/release CHAOS_REPORT=1 \
+		cargo test -p gatehouse-testkit --test chaos -- --test-threads=1 --nocapture
+
+# The full gateway at a steady rate for SOAK_MINUTES (tests/tests/soak.rs), release builds.
+SOAK_MINUTES ?= 10
+soak: deps
+	cargo build --release --bins
+	GATEHOUSE_BIN_DIR=target/release SOAK_MINUTES=$(SOAK_MINUTES) SOAK_REPORT=1 \
+		cargo test -p gatehouse-testkit --test soak -- --nocapture

@@ -408,7 +408,6 @@ async fn sigterm_under_load_drains_without_a_failed_request() {
         ratelimit_env: vec![("REDIS_URL", redis.addr())],
         common_env: vec![("SHUTDOWN_DRAIN", "2s".into())],
         ratelimit_failure_mode_deny: true,
-        ..Spec::default()
     })
     .await;
     let (workers, rate) = load_settings();
