@@ -34,7 +34,8 @@ impl Kind {
 /// The directory the service binaries are in.
 pub fn bin_dir() -> PathBuf {
     if let Ok(dir) = std::env::var("GATEHOUSE_BIN_DIR") {
-        return PathBuf::from(dir);
+        // Relative to the repository: tests run in their package's directory.
+        return crate::repo_root().join(dir);
     }
     // target/<profile>/deps/<test>-<hash> → target/<profile>
     std::env::current_exe()
