@@ -41,6 +41,11 @@ pub enum Error {
     Storage(#[from] StorageError),
 }
 
+/// The most hits one descriptor adds. Limits are `u32`, so any `hits_addend` above this is
+/// over every limit either way; capping it keeps counter sums far from `u64` overflow and
+/// exact in the Lua script's doubles, so memory and Redis answer alike.
+const MAX_HITS: u64 = u32::MAX as u64;
+
 /// Behaviour switches that apply to every request.
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -155,8 +160,11 @@ impl RateLimiter {
                 .inc();
         }
         let default_hits = u64::from(request.hits_addend.max(1));
-        let hits: Vec<u64> =
-            request.descriptors.iter().map(|d| d.hits_addend.as_ref().map_or(default_hits, |h| h.value)).collect();
+        let hits: Vec<u64> = request
+            .descriptors
+            .iter()
+            .map(|d| d.hits_addend.as_ref().map_or(default_hits, |h| h.value.min(MAX_HITS)))
+            .collect();
 
         // Resolve every descriptor, then drop rules that another matched rule replaces.
         let resolved: Vec<Resolved<'_>> =

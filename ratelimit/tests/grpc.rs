@@ -179,6 +179,23 @@ async fn hits_addend_override_and_replaces() {
     assert_eq!(call(&mut client, alone()).await.overall_code, Code::OverLimit as i32);
 }
 
+/// Found by the `ratelimit_request` fuzz target: a `hits_addend` of 2^64-1 panicked the
+/// memory store (an overflow). It is over the limit, and the counter keeps working.
+#[tokio::test]
+async fn huge_hits_addend_is_over_limit() {
+    let server = Server::start(&[]).await;
+    let mut client = server.client().await;
+    let mut huge = descriptor(&[("k", "limited")]);
+    huge.hits_addend = Some(UInt64Value { value: u64::MAX });
+    for _ in 0..2 {
+        let resp = call(&mut client, request(vec![huge.clone()])).await;
+        assert_eq!((resp.overall_code, resp.statuses[0].limit_remaining), (Code::OverLimit as i32, 0), "{resp:?}");
+    }
+    let mut check = descriptor(&[("k", "limited")]);
+    check.hits_addend = Some(UInt64Value { value: 0 });
+    assert_eq!(call(&mut client, request(vec![check])).await.overall_code, Code::OverLimit as i32);
+}
+
 #[tokio::test]
 async fn ietf_headers_metadata_and_token_bucket() {
     let server = Server::start(&[

@@ -175,7 +175,8 @@ impl<'c> Plan<'c> {
         match c.algorithm {
             Algorithm::FixedWindow => {
                 let before = txn.get(&self.key).unwrap_or(0);
-                let after = before + c.hits;
+                // Saturating: counts only grow, and a full counter is over every limit.
+                let after = before.saturating_add(c.hits);
                 let over = after > c.limit;
                 let state = CounterState {
                     over_limit: over,
@@ -191,7 +192,7 @@ impl<'c> Plan<'c> {
                 let current = txn.get(&self.key).unwrap_or(0);
                 let previous = self.prev_key.as_deref().and_then(|k| txn.get(k)).unwrap_or(0);
                 let estimate = sliding_estimate(previous, current, &self.window);
-                let over = estimate + c.hits > c.limit;
+                let over = estimate.saturating_add(c.hits) > c.limit;
                 let used = if over { estimate } else { estimate + c.hits };
                 let state = CounterState {
                     over_limit: over,
@@ -200,8 +201,9 @@ impl<'c> Plan<'c> {
                     reset_after: self.window.remaining(),
                     from_local_cache: false,
                 };
+                // Lazily: `current + hits` is only within the limit when admitted.
                 let write = (!over && c.hits > 0)
-                    .then_some(Write { value: current + c.hits, expires_at_ms: window_end + self.window.period_ms });
+                    .then(|| Write { value: current + c.hits, expires_at_ms: window_end + self.window.period_ms });
                 (state, write)
             }
             Algorithm::TokenBucket => {
@@ -220,7 +222,7 @@ impl<'c> Plan<'c> {
 /// `floor(previous * (period - elapsed) / period) + current`, in integers as the Lua script does.
 pub(crate) fn sliding_estimate(previous: u64, current: u64, window: &Window) -> u64 {
     let weight_ms = window.period_ms - window.elapsed_ms;
-    (previous as u128 * weight_ms as u128 / window.period_ms as u128) as u64 + current
+    ((previous as u128 * weight_ms as u128 / window.period_ms as u128) as u64).saturating_add(current)
 }
 
 /// GCRA on microsecond timestamps. Returns the state and, if admitted, the new `tat`.
@@ -291,5 +293,39 @@ impl Txn<'_> {
             }
         }
         shard.insert(plan.key.as_str().into(), slot);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by the `ratelimit_request` fuzz target: `hits_addend: 2^64-1` overflowed the
+    /// fixed-window sum. Any number of hits is over the limit, never a panic.
+    #[test]
+    fn huge_hits_are_over_limit() {
+        let clock = Clock::manual(1_700_000_000_000);
+        let store = MemoryStore::new(64, clock.clone());
+        for algorithm in [Algorithm::FixedWindow, Algorithm::SlidingWindow, Algorithm::TokenBucket] {
+            // A key per case: a fixed window counts hits even when over its limit.
+            let counter = |key: u64, hits| CounterUpdate {
+                key: format!("{}_{key}_", algorithm.name()),
+                tag_len: 0,
+                algorithm,
+                limit: 5,
+                period_secs: 60,
+                burst: 5,
+                hits,
+            };
+            let batch = |hits| Batch { counters: vec![counter(hits, 1), counter(hits, hits)], mode: Mode::Independent };
+            for hits in [u64::MAX, u64::MAX - 1, 1 << 63] {
+                let states = store.apply(&batch(hits), clock.now_ms());
+                assert!(!states[0].over_limit && states[1].over_limit, "{algorithm:?} {hits}: {states:?}");
+                if algorithm != Algorithm::SlidingWindow {
+                    // A sliding window's remaining is what smaller requests may still use.
+                    assert_eq!(states[1].remaining, 0);
+                }
+            }
+        }
     }
 }
