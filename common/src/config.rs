@@ -241,7 +241,7 @@ pub fn parse_go_duration(s: &str) -> Result<Duration, String> {
         total += value * scale;
         rest = next;
     }
-    Ok(Duration::from_secs_f64(total))
+    Duration::try_from_secs_f64(total).map_err(|_| format!("duration {s:?} is too large"))
 }
 
 #[cfg(test)]
@@ -279,6 +279,18 @@ mod tests {
         for bad in ["10", "1x", "", "s"] {
             assert!(parse_go_duration(bad).is_err(), "{bad}");
         }
+    }
+
+    /// Found by the `common_config_yaml` fuzz target: a duration too large for `Duration`
+    /// panicked (in a config file, an environment variable, anywhere durations are read).
+    #[test]
+    fn huge_durations_are_errors() {
+        let huge = format!("15s1h{}.5s", "8".repeat(110));
+        for input in [huge.as_str(), "18446744073709551616s", "99999999999999999999h"] {
+            let err = parse_go_duration(input).unwrap_err();
+            assert!(err.contains("is too large"), "{input}: {err}");
+        }
+        assert_eq!(parse_go_duration("2562047h"), Ok(Duration::from_secs(2_562_047 * 3600)));
     }
 
     #[test]
