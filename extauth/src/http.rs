@@ -149,7 +149,7 @@ async fn decide(
 }
 
 /// The original request, from forwarding headers where the proxy sends them.
-fn forwarded_request(
+pub fn forwarded_request(
     policy: Option<String>,
     path: &str,
     method: &Method,

@@ -70,6 +70,25 @@ pub struct KeySet {
     pub unnamed: Vec<Arc<VerifyKey>>,
 }
 
+impl KeySet {
+    /// The keys of `set` usable for verification; the others are skipped.
+    fn from_jwks(set: &JwkSet) -> KeySet {
+        let mut keys = KeySet::default();
+        for jwk in &set.keys {
+            let Some(key) = verify_key(jwk) else {
+                continue;
+            };
+            match &jwk.common.key_id {
+                Some(kid) => {
+                    keys.by_kid.insert(kid.clone(), Arc::new(key));
+                }
+                None => keys.unnamed.push(Arc::new(key)),
+            }
+        }
+        keys
+    }
+}
+
 /// What a key lookup found.
 pub enum Lookup {
     Found(Vec<Arc<VerifyKey>>),
@@ -174,21 +193,20 @@ impl Jwks {
             }
         };
         let set: JwkSet = self.get_json(&jwks_uri).await?;
-        let mut keys = KeySet::default();
-        for jwk in &set.keys {
-            let Some(key) = verify_key(jwk) else {
-                continue;
-            };
-            match &jwk.common.key_id {
-                Some(kid) => {
-                    keys.by_kid.insert(kid.clone(), Arc::new(key));
-                }
-                None => keys.unnamed.push(Arc::new(key)),
-            }
-        }
         tracing::debug!(source = ?self.source, keys = set.keys.len(), "signing keys fetched");
-        self.keys.store(Some(Arc::new(keys)));
+        self.keys.store(Some(Arc::new(KeySet::from_jwks(&set))));
         Ok(())
+    }
+
+    /// A key set given up front and never fetched, for tests and the fuzz targets, which must
+    /// reach no IdP: a token with an unknown `kid` is refused.
+    pub fn fixed(set: &JwkSet) -> Jwks {
+        let never = Refresh { every: Duration::MAX, min_refetch: Duration::MAX, timeout: Duration::ZERO };
+        let jwks = Jwks::new(KeySource::Uri(String::new()), never, reqwest::Client::new());
+        jwks.keys.store(Some(Arc::new(KeySet::from_jwks(set))));
+        // With `min_refetch` at its maximum, this attempt is never followed by another.
+        *jwks.last_attempt.lock() = Some(Instant::now());
+        jwks
     }
 
     /// The issuer named by the discovery document, fetching it unless a fetch already
