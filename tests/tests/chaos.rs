@@ -44,6 +44,13 @@ fn counted(redis: &RedisServer) -> u64 {
 
 const SECOND: Duration = Duration::from_secs(1);
 
+/// The ratelimit filter's `timeout` in envoy/gateway.yaml: no request may wait longer for the
+/// service, whatever Redis does.
+const ENVOY_CALL_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Envoy's and the client's own share of a request, on a busy two-core machine.
+const SLACK: Duration = Duration::from_millis(250);
+
 /// The end of a log, for failure messages.
 fn tail(log: &str) -> &str {
     let start = log.len().saturating_sub(3000);
@@ -100,7 +107,7 @@ async fn redis_outage_follows_the_failure_mode_and_counting_resumes_within_a_sec
             panic!("{mode}: {}\n{stats}\n{}", unexpected.describe(10), tail(&gw.ratelimit[0].log()));
         }
         assert!(
-            record.max_latency() < Duration::from_millis(600),
+            record.max_latency() < ENVOY_CALL_TIMEOUT + SLACK,
             "{mode}: every request answered inside Envoy's 0.5 s call timeout: {}",
             record.summary()
         );
@@ -173,7 +180,7 @@ async fn redis_cluster_primary_failover() {
     report("cluster-failover", "from the kill to the promotion", &record.window(killed, failed_over));
     let unexpected = record.unexpected(&[200, 500]);
     assert!(unexpected.is_empty(), "{}", unexpected.describe(10));
-    let slow = record.filter(|s| s.latency >= Duration::from_millis(600));
+    let slow = record.filter(|s| s.latency >= ENVOY_CALL_TIMEOUT + SLACK);
     assert!(slow.is_empty(), "every request answered inside Envoy's 0.5 s call timeout: {}", slow.describe(10));
     let before = record.window(Duration::ZERO, killed).unexpected(&[200]);
     assert!(before.is_empty(), "before the kill: {}", before.describe(10));
