@@ -65,7 +65,7 @@ pub fn demo_authorizer() -> Authorizer {
 
 /// The XML mappings the transform targets try, chosen by a byte of the input: the default,
 /// the demo `soap` transformation's, other prefixes, and the degenerate empty ones a config
-/// may still name.
+/// may still name. Each passes `XmlMapping::validate`, as a config's must.
 pub fn xml_mapping(choice: u8) -> gatehouse_transform::xml::XmlMapping {
     use gatehouse_transform::xml::XmlMapping;
     let mut m = XmlMapping::default();
@@ -75,14 +75,17 @@ pub fn xml_mapping(choice: u8) -> gatehouse_transform::xml::XmlMapping {
             m.arrays = ["order/item".to_string(), "a/b/c".to_string()].into();
         }
         2 => {
-            m.attribute_prefix = "_".into();
-            m.text_key = "value".into();
+            m.attribute_prefix = "-".into();
+            m.text_key = "$".into();
             m.declaration = false;
         }
         _ => {
             m.attribute_prefix = String::new();
             m.text_key = String::new();
         }
+    }
+    if let Err(problems) = m.validate() {
+        panic!("fuzz mapping {} would be refused at config load: {problems:?}", choice % 4);
     }
     m
 }

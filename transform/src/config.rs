@@ -18,7 +18,7 @@ use crate::template::{Templates, Text};
 use crate::transformation::{
     BodyStep, Gzip, HeaderOps, JsonOp, JsonValue, Matcher, QueryOps, Rule, Transformation, Transformations,
 };
-use crate::xml::XmlMapping;
+use crate::xml::{MappingError, XmlMapping};
 
 /// Envoy's default buffer limit (a listener's `per_connection_buffer_limit_bytes`), which
 /// envoy/gateway.yaml keeps.
@@ -168,13 +168,13 @@ pub struct RenameSpec {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct XmlSpec {
-    /// Default `@`.
-    pub attribute_prefix: Option<String>,
-    /// Default `#text`.
-    pub text_key: Option<String>,
+    /// Default `@`; must not be able to start an XML name.
+    pub attribute_prefix: Option<Spanned<String>>,
+    /// Default `#text`; must not be an XML name.
+    pub text_key: Option<Spanned<String>>,
     #[serde(default)]
     pub arrays: Vec<String>,
-    pub root: Option<String>,
+    pub root: Option<Spanned<String>>,
     /// Default true.
     pub declaration: Option<bool>,
     /// JSON → XML: the content-type to set. Default `application/xml`.
@@ -479,9 +479,11 @@ impl Builder<'_> {
                 }
                 BodyStep::Envelope
             }
-            BodyStepSpec::XmlToJson(spec) => BodyStep::XmlToJson(xml_mapping(spec)),
+            BodyStepSpec::XmlToJson(spec) => {
+                BodyStep::XmlToJson(self.xml_mapping(&format!("{field}.xml_to_json"), spec, position))
+            }
             BodyStepSpec::JsonToXml(spec) => BodyStep::JsonToXml {
-                mapping: xml_mapping(spec),
+                mapping: self.xml_mapping(&format!("{field}.json_to_xml"), spec, position),
                 content_type: spec.content_type.clone().unwrap_or_else(|| "application/xml".into()),
             },
         })
@@ -539,16 +541,28 @@ impl Builder<'_> {
             other => JsonValue::Literal(other.clone()),
         }
     }
-}
 
-fn xml_mapping(spec: &XmlSpec) -> XmlMapping {
-    let defaults = XmlMapping::default();
-    XmlMapping {
-        attribute_prefix: spec.attribute_prefix.clone().unwrap_or(defaults.attribute_prefix),
-        text_key: spec.text_key.clone().unwrap_or(defaults.text_key),
-        arrays: spec.arrays.iter().cloned().collect::<HashSet<_>>(),
-        root: spec.root.clone(),
-        declaration: spec.declaration.unwrap_or(defaults.declaration),
+    /// Builds a mapping and refuses one that is ambiguous (see [`XmlMapping::validate`]), each
+    /// problem at its field's line (`position`, the step's, when the field is a default).
+    fn xml_mapping(&mut self, field: &str, spec: &XmlSpec, position: Position) -> XmlMapping {
+        let defaults = XmlMapping::default();
+        let value = |s: &Option<Spanned<String>>| s.as_ref().map(|s| s.value.clone());
+        let mapping = XmlMapping {
+            attribute_prefix: value(&spec.attribute_prefix).unwrap_or(defaults.attribute_prefix),
+            text_key: value(&spec.text_key).unwrap_or(defaults.text_key),
+            arrays: spec.arrays.iter().cloned().collect::<HashSet<_>>(),
+            root: value(&spec.root),
+            declaration: spec.declaration.unwrap_or(defaults.declaration),
+        };
+        for problem in mapping.validate().err().unwrap_or_default() {
+            let at = match problem {
+                MappingError::AttributePrefix(_) => &spec.attribute_prefix,
+                MappingError::TextKey(_) => &spec.text_key,
+                MappingError::Root(_) => &spec.root,
+            };
+            self.error(at.as_ref().map_or(position, Position::of), format!("{field}.{problem}"));
+        }
+        mapping
     }
 }
 
@@ -613,5 +627,35 @@ transformations:
         assert!(err.starts_with("t.yaml:4:") && err.contains("bdy"), "{err}");
         let err = parse_err("transformations:\n  - name: a\n    request:\n      - body: [ { template: '{{ x' } ]\n");
         assert!(err.contains("body[0].template"), "{err}");
+    }
+
+    #[test]
+    fn ambiguous_xml_mappings_are_refused_at_their_line() {
+        let err = parse_err(
+            r#"
+transformations:
+  - name: a
+    response:
+      - body:
+          - template: "{}"
+          - xml_to_json:
+              arrays: [a/b]
+              text_key: value
+              attribute_prefix: _
+"#,
+        );
+        let errors: Vec<&str> = err.lines().collect();
+        assert_eq!(errors.len(), 2, "{err}");
+        assert!(errors[0].starts_with("t.yaml:10:"), "{err}");
+        assert!(errors[0].contains("body[1].xml_to_json.attribute_prefix: \"_\" can start an element name"), "{err}");
+        assert!(errors[1].starts_with("t.yaml:9:"), "{err}");
+        assert!(errors[1].contains("body[1].xml_to_json.text_key: \"value\" is an XML name"), "{err}");
+
+        let err =
+            parse_err("transformations:\n  - name: a\n    request:\n      - body: [ { json_to_xml: { root: 1x } } ]\n");
+        assert!(err.starts_with("t.yaml:4:") && err.contains("body[0].json_to_xml.root: \"1x\""), "{err}");
+        parse_ok(
+            "transformations:\n  - name: a\n    request:\n      - body: [ { json_to_xml: { attribute_prefix: '-', text_key: $ } } ]\n",
+        );
     }
 }

@@ -4,6 +4,11 @@
 //! `set` creates missing parent objects. `merge` is RFC 7386 JSON merge patch at the pointer
 //! (objects merge key by key, `null` removes a key). `remove` of a missing key is not an
 //! error; `rename` of a missing key does nothing.
+//!
+//! A token addresses an array element only if it is an RFC 6901 index: `0`, or digits without
+//! a leading zero (`00`, `+0`, `-1` and ` 1` are not indexes), and `-` only where `set`
+//! appends. Anything else in an array is an error for `set` and not found for the others,
+//! exactly as an index past the end is.
 
 use serde_json::{Map, Value};
 
@@ -72,26 +77,37 @@ pub fn remove(doc: &mut Value, pointer: &Pointer) -> Option<Value> {
     for token in parents {
         node = match node {
             Value::Object(map) => map.get_mut(token)?,
-            Value::Array(items) => items.get_mut(token.parse::<usize>().ok()?)?,
+            Value::Array(items) => items.get_mut(array_index(token)?)?,
             _ => return None,
         };
     }
     match node {
         Value::Object(map) => map.remove(last),
         Value::Array(items) => {
-            let i = last.parse::<usize>().ok().filter(|i| *i < items.len())?;
+            let i = array_index(last).filter(|i| *i < items.len())?;
             Some(items.remove(i))
         }
         _ => None,
     }
 }
 
-/// RFC 7386 merge of `patch` into the value at `pointer` (created if missing).
+/// The value at `pointer`, if there is one.
+fn get_mut<'a>(doc: &'a mut Value, pointer: &Pointer) -> Option<&'a mut Value> {
+    pointer.0.iter().try_fold(doc, |node, token| match node {
+        Value::Object(map) => map.get_mut(token),
+        Value::Array(items) => items.get_mut(array_index(token)?),
+        _ => None,
+    })
+}
+
+/// RFC 7386 merge of `patch` into the value at `pointer` (created if missing). An existing
+/// value is merged in place, so an array element keeps its position and its neighbours.
 pub fn merge(doc: &mut Value, pointer: &Pointer, patch: &Value) -> Result<(), String> {
-    let mut target = remove(doc, pointer).unwrap_or(Value::Null);
-    if pointer.is_root() {
-        target = std::mem::take(doc);
+    if let Some(target) = get_mut(doc, pointer) {
+        merge_patch(target, patch);
+        return Ok(());
     }
+    let mut target = Value::Null;
     merge_patch(&mut target, patch);
     set(doc, pointer, target)
 }
@@ -122,10 +138,20 @@ pub fn rename(doc: &mut Value, from: &Pointer, to: &Pointer) -> Result<(), Strin
     }
 }
 
+/// The array index `token` spells (RFC 6901: `0`, or digits without a leading zero), if it
+/// spells one.
+fn array_index(token: &str) -> Option<usize> {
+    let digits = !token.is_empty() && token.bytes().all(|b| b.is_ascii_digit());
+    let canonical = digits && (token == "0" || !token.starts_with('0'));
+    // More digits than `usize` holds: a valid index, past the end of any array.
+    canonical.then(|| token.parse().unwrap_or(usize::MAX))
+}
+
 fn index(token: &str, len: usize) -> Result<usize, String> {
-    match token.parse::<usize>() {
-        Ok(i) if i < len => Ok(i),
-        _ => Err(format!("array index {token:?} out of range (length {len})")),
+    match array_index(token) {
+        Some(i) if i < len => Ok(i),
+        Some(_) => Err(format!("array index {token:?} out of range (length {len})")),
+        None => Err(format!("{token:?} is not an array index (0, or digits without a leading zero)")),
     }
 }
 
@@ -166,6 +192,83 @@ mod tests {
         merge(&mut doc, &p(""), &json!({"top": 1})).unwrap();
         assert_eq!(doc["top"], 1);
         assert_eq!(doc["meta"]["a"], 1);
+    }
+
+    /// Array tokens through every edit, read back as RFC 6901 (serde_json's `pointer`) reads
+    /// them: a token that is not an index addresses nothing, for `set` (an error) as for the
+    /// others (not found).
+    #[test]
+    fn array_indexes_are_rfc_6901() {
+        // (token, addresses element 0 of a one-element array)
+        for (token, index) in [
+            ("0", true),
+            // fuzz/regressions/transform_json_patch/array-index-leading-zero: `[0]`, `set /00 9`
+            // set element 0, where serde_json's pointer finds nothing.
+            ("00", false),
+            // fuzz/regressions/transform_json_patch/array-index-plus-sign: `[0]`, `set /+0 9`.
+            ("+0", false),
+            ("01", false),
+            ("-0", false),
+            (" 0", false),
+            ("0 ", false),
+            ("", false),
+            ("x", false),
+            ("1", false),
+            ("18446744073709551616", false),
+        ] {
+            let pointer = p(&format!("/{token}"));
+            let nested = p(&format!("/{token}/k"));
+            let mut doc = json!([0]);
+            let set_result = set(&mut doc, &pointer, json!(9));
+            assert_eq!(set_result.is_ok(), index, "set /{token}: {set_result:?}");
+            if index {
+                assert_eq!(doc.pointer(&format!("/{token}")), Some(&json!(9)), "set /{token}");
+            } else {
+                assert_eq!(doc, json!([0]), "a refused set /{token} changed the document");
+                let message = set_result.unwrap_err();
+                assert!(message.contains(&format!("{token:?}")), "{message}");
+            }
+
+            let mut doc = json!([{"k": 1}]);
+            assert_eq!(remove(&mut doc, &nested).is_some(), index, "remove /{token}/k");
+            assert_eq!(remove(&mut doc, &pointer).is_some(), index, "remove /{token}");
+            assert_eq!(doc, if index { json!([]) } else { json!([{"k": 1}]) }, "remove /{token}");
+
+            let mut doc = json!([{"k": 1}]);
+            rename(&mut doc, &nested, &p("/0/moved")).unwrap();
+            let renamed = if index { json!([{"moved": 1}]) } else { json!([{"k": 1}]) };
+            assert_eq!(doc, renamed, "rename /{token}/k");
+
+            let mut doc = json!([{"k": 1}]);
+            let merged = merge(&mut doc, &pointer, &json!({"m": 2}));
+            assert_eq!(merged.is_ok(), index, "merge /{token}: {merged:?}");
+            let merged = if index { json!([{"k": 1, "m": 2}]) } else { json!([{"k": 1}]) };
+            assert_eq!(doc, merged, "merge /{token}");
+        }
+        // `-` appends for `set`, and addresses nothing otherwise.
+        let mut doc = json!([0]);
+        set(&mut doc, &p("/-"), json!(1)).unwrap();
+        assert!(set(&mut doc, &p("/-/k"), json!(1)).unwrap_err().contains("not an array index"));
+        assert_eq!(remove(&mut doc, &p("/-")), None);
+        assert_eq!(doc, json!([0, 1]));
+        let mut doc = json!({"00": 1, "+0": 2});
+        set(&mut doc, &p("/00"), json!(3)).unwrap();
+        assert_eq!(doc, json!({"00": 3, "+0": 2}), "in an object, `00` is just a key");
+        assert!(set(&mut json!([0]), &p("/5"), json!(1)).unwrap_err().contains("out of range"));
+    }
+
+    #[test]
+    fn merge_into_an_array_element_keeps_its_neighbours() {
+        // Merging used to remove the element and set it back, which shifted the array: the
+        // next element was overwritten, or the set failed past the new end.
+        let mut doc = json!({"list": [{"a": 1}, {"b": 2}]});
+        merge(&mut doc, &p("/list/0"), &json!({"c": 3})).unwrap();
+        assert_eq!(doc, json!({"list": [{"a": 1, "c": 3}, {"b": 2}]}));
+        let mut doc = json!([1]);
+        merge(&mut doc, &p("/0"), &json!({"x": 1})).unwrap();
+        assert_eq!(doc, json!([{"x": 1}]));
+        merge(&mut doc, &p("/-"), &json!(2)).unwrap();
+        assert_eq!(doc, json!([{"x": 1}, 2]), "merge at `-` appends the patch, as set does");
     }
 
     #[test]
