@@ -73,7 +73,6 @@ impl Stack {
             shutdowns.push(shutdown);
         }
         let envoy = Envoy::start(&vars).await;
-        wait_until_live(&envoy).await;
         Stack {
             envoy,
             config,
@@ -406,19 +405,6 @@ fn envoy_buffer_limit() -> usize {
     ENVOY_DEFAULT_BUFFER_LIMIT
 }
 
-/// Waits for Envoy's `/ready`: its listeners accept connections only once the clusters have
-/// initialized, which with active health checks takes a first round of checks (one that
-/// times out, against a service that never answers).
-async fn wait_until_live(envoy: &Envoy) {
-    let url = format!("http://{}/ready", envoy.admin);
-    let live = eventually(Duration::from_secs(10), || {
-        let url = url.clone();
-        async move { reqwest::get(url).await.ok().filter(|r| r.status() == 200).map(|_| ()) }
-    })
-    .await;
-    assert!(live.is_some(), "envoy did not become ready");
-}
-
 /// How a raw request sends its body.
 #[derive(Clone, Copy, Debug)]
 enum Framing {
@@ -697,7 +683,6 @@ async fn a_service_that_does_not_answer_in_time_gets_504_and_an_unreachable_one_
         vars.insert("UPSTREAM_PORT".into(), echo.port.to_string());
         vars.insert("TRANSFORM_PORT".into(), port.to_string());
         let envoy = Envoy::start(&vars).await;
-        wait_until_live(&envoy).await;
         let started = std::time::Instant::now();
         let r = send(&client, "GET", &envoy.url("/tx/headers"), &[], None).await;
         assert_eq!(r.status, status, "{r:?}");
