@@ -30,10 +30,32 @@ fn load_settings() -> (usize, Option<f64>) {
     (workers, (rate > 0.0).then_some(rate))
 }
 
+/// Whether to print summaries (`make chaos` sets CHAOS_REPORT).
+fn reporting() -> bool {
+    std::env::var_os("CHAOS_REPORT").is_some()
+}
+
 fn report(scenario: &str, what: &str, record: &Record) {
-    if std::env::var_os("CHAOS_REPORT").is_some() {
+    if reporting() {
         println!("CHAOS {scenario} | {what} | {}", record.summary());
     }
+}
+
+/// A gateway with ratelimit replicas only, calling them with `failure_mode_deny: true`.
+fn ratelimit_only(ratelimit_env: Vec<(&'static str, String)>) -> Spec {
+    Spec {
+        ratelimit_env,
+        extauth_replicas: 0,
+        transform_replicas: 0,
+        ratelimit_failure_mode_deny: true,
+        ..Spec::default()
+    }
+}
+
+/// The chaos load on the catch-all route, whose one descriptor the ratelimit rules count.
+fn ratelimit_load(gw: &Gateway) -> (Load, usize) {
+    let (workers, rate) = load_settings();
+    (Load::start(vec![Request::get("ratelimit", gw.envoy.url("/anything"))], workers, rate), workers)
 }
 
 /// Sum of the fixed-window counters of domain `gateway` in a single Redis.
@@ -64,20 +86,13 @@ fn tail(log: &str) -> &str {
 async fn redis_outage_follows_the_failure_mode_and_counting_resumes_within_a_second() {
     for (mode, outage_status) in [("closed", 500), ("open", 200)] {
         let mut redis = RedisServer::start();
-        let gw = Gateway::start(Spec {
-            ratelimit_env: vec![
-                ("REDIS_URL", redis.addr()),
-                ("REDIS_TIMEOUT", "200ms".into()),
-                ("BACKEND_FAILURE_MODE", mode.into()),
-            ],
-            extauth_replicas: 0,
-            transform_replicas: 0,
-            ratelimit_failure_mode_deny: true,
-            ..Spec::default()
-        })
+        let gw = Gateway::start(ratelimit_only(vec![
+            ("REDIS_URL", redis.addr()),
+            ("REDIS_TIMEOUT", "200ms".into()),
+            ("BACKEND_FAILURE_MODE", mode.into()),
+        ]))
         .await;
-        let (workers, rate) = load_settings();
-        let load = Load::start(vec![Request::get("ratelimit", gw.envoy.url("/anything"))], workers, rate);
+        let (load, workers) = ratelimit_load(&gw);
         tokio::time::sleep(2 * SECOND).await;
         let down = load.elapsed();
         redis.stop();
@@ -134,7 +149,7 @@ async fn redis_outage_follows_the_failure_mode_and_counting_resumes_within_a_sec
             (certainly..=possibly).contains(&between),
             "{mode}: {between} counted between the reads; {certainly} requests certainly and {possibly} at most"
         );
-        if std::env::var_os("CHAOS_REPORT").is_some() {
+        if reporting() {
             let first_ok = record.first_after(back, |s| s.status == 200 && counted_from > s.at);
             println!(
                 "CHAOS redis-outage | {mode}: first request answered from Redis {} ms after restart",
@@ -150,20 +165,13 @@ async fn redis_outage_follows_the_failure_mode_and_counting_resumes_within_a_sec
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_cluster_primary_failover() {
     let mut cluster = RedisCluster::start_with_replicas();
-    let gw = Gateway::start(Spec {
-        ratelimit_env: vec![
-            ("REDIS_URL", cluster.addrs()),
-            ("REDIS_TYPE", "cluster".into()),
-            ("REDIS_TIMEOUT", "200ms".into()),
-        ],
-        extauth_replicas: 0,
-        transform_replicas: 0,
-        ratelimit_failure_mode_deny: true,
-        ..Spec::default()
-    })
+    let gw = Gateway::start(ratelimit_only(vec![
+        ("REDIS_URL", cluster.addrs()),
+        ("REDIS_TYPE", "cluster".into()),
+        ("REDIS_TIMEOUT", "200ms".into()),
+    ]))
     .await;
-    let (workers, rate) = load_settings();
-    let load = Load::start(vec![Request::get("ratelimit", gw.envoy.url("/anything"))], workers, rate);
+    let (load, _) = ratelimit_load(&gw);
     tokio::time::sleep(2 * SECOND).await;
     // Counters of one descriptor share a hash tag: the tag names the slot.
     let tag = "{gateway_generic_key_default_}";
@@ -191,7 +199,7 @@ async fn redis_cluster_primary_failover() {
     assert!(!settled.is_empty(), "the load ran on after the failover");
     let failing = settled.unexpected(&[200]);
     assert!(failing.is_empty(), "1 s after the first success, all succeed: {}", failing.describe(10));
-    if std::env::var_os("CHAOS_REPORT").is_some() {
+    if reporting() {
         println!(
             "CHAOS cluster-failover | kill → replica promoted {} ms, kill → first success {} ms",
             (failed_over - killed).as_millis(),
@@ -288,16 +296,12 @@ async fn one_of_two_ratelimit_replicas_killed() {
     let redis = RedisServer::start();
     let gw = Gateway::start(Spec {
         ratelimit_replicas: 2,
-        extauth_replicas: 0,
-        transform_replicas: 0,
-        ratelimit_env: vec![("REDIS_URL", redis.addr()), ("REDIS_TIMEOUT", "200ms".into())],
         // The reference default: a failed call lets the request through, uncounted.
         ratelimit_failure_mode_deny: false,
-        ..Spec::default()
+        ..ratelimit_only(vec![("REDIS_URL", redis.addr()), ("REDIS_TIMEOUT", "200ms".into())])
     })
     .await;
-    let (workers, rate) = load_settings();
-    let load = Load::start(vec![Request::get("ratelimit", gw.envoy.url("/anything"))], workers, rate);
+    let (load, workers) = ratelimit_load(&gw);
     tokio::time::sleep(2 * SECOND).await;
     gw.ratelimit[0].signal("KILL");
     tokio::time::sleep(4 * SECOND).await;
@@ -305,14 +309,14 @@ async fn one_of_two_ratelimit_replicas_killed() {
     let counted = counted(&redis);
 
     report("replica-kill", "whole run", &record);
-    if std::env::var_os("CHAOS_REPORT").is_some() {
+    if reporting() {
         println!("{}", gw.envoy.stats("cluster.gatehouse_ratelimit.(upstream_rq_retry|upstream_cx_connect_fail|upstream_cx_destroy|health_check.failure|upstream_rq_rx_reset|upstream_rq_pending_fail)").await);
     }
     assert!(record.unexpected(&[200]).is_empty(), "{}", record.unexpected(&[200]).describe(10));
     let admitted = record.len() as u64;
     let uncounted = admitted.saturating_sub(counted);
     let allowed_unchecked = gw.envoy.stat("cluster.upstream.ratelimit.failure_mode_allowed").await.unwrap_or(0);
-    if std::env::var_os("CHAOS_REPORT").is_some() {
+    if reporting() {
         println!(
             "CHAOS replica-kill | admitted {admitted}, counted {counted}, uncounted {uncounted}, Envoy failure_mode_allowed {allowed_unchecked}"
         );
@@ -447,7 +451,7 @@ async fn sigterm_under_load_drains_without_a_failed_request() {
     for name in ["ratelimit", "extauth", "transform"] {
         report("sigterm", name, &record.named(name));
     }
-    if std::env::var_os("CHAOS_REPORT").is_some() {
+    if reporting() {
         println!("{}", gw.envoy.stats("cluster.gatehouse_.*(upstream_rq_retry|upstream_cx_connect_fail|health_check|membership|upstream_rq_5|rx_reset)").await);
     }
     for (kind, exit) in exits {

@@ -232,6 +232,17 @@ impl Stack {
     async fn get(&self, path: &str, headers: &[(&str, &str)]) -> Reply {
         self.request("GET", path, headers).await
     }
+
+    /// The error /config-status reports once a reload of the policy file was rejected.
+    async fn config_rejection(&self) -> String {
+        let url = format!("http://127.0.0.1:{}/config-status", self.extauth_http);
+        eventually(Duration::from_secs(10), || async {
+            let status: Value = reqwest::get(&url).await.ok()?.json().await.ok()?;
+            status["last_error"].as_str().map(str::to_string)
+        })
+        .await
+        .expect("the rejection is reported on /config-status")
+    }
 }
 
 fn bearer(token: &str) -> String {
@@ -425,13 +436,7 @@ async fn idp_down_cached_keys_keep_working_and_new_issuers_fail_with_503() {
 
     // A broken file is rejected: the last good policies keep serving, and the error shows.
     std::fs::write(&s.config, "policies:\n  - name: keys\n    identity: { any_of: [] }\n    typo: 1\n").unwrap();
-    let status_url = format!("http://127.0.0.1:{}/config-status", s.extauth_http);
-    let status = eventually(Duration::from_secs(10), || async {
-        let status: Value = reqwest::get(&status_url).await.ok()?.json().await.ok()?;
-        status["last_error"].as_str().map(str::to_string)
-    })
-    .await
-    .expect("the rejection is reported on /config-status");
+    let status = s.config_rejection().await;
     assert!(status.contains("policies.yaml:4:5: unknown field `typo`"), "{status}");
     assert_eq!(s.get("/auth/keys/x", &[("x-api-key", KEY_A)]).await.status, 200);
 }
@@ -452,13 +457,7 @@ async fn an_issuer_spelled_unlike_its_discovery_document_is_refused_at_load() {
 
     // At reload: rejected, reported, and the running policies keep answering through Envoy.
     std::fs::write(&s.config, policy_file(&s.issuer, &s.idp, &extra)).unwrap();
-    let status_url = format!("http://127.0.0.1:{}/config-status", s.extauth_http);
-    let status = eventually(Duration::from_secs(10), || async {
-        let status: Value = reqwest::get(&status_url).await.ok()?.json().await.ok()?;
-        status["last_error"].as_str().map(str::to_string)
-    })
-    .await
-    .expect("the rejection is reported on /config-status");
+    let status = s.config_rejection().await;
     assert!(status.contains(&expected), "{status}");
     assert!(status.contains("policies.yaml:"), "the error names the file and line: {status}");
     let token = s.issuer.mint(&s.issuer.claims("gatehouse-api"));
