@@ -1,12 +1,26 @@
 # The two entry points: `make up` runs the local gateway, `make test` installs what the
 # tests need and runs every check CI runs.
-.PHONY: up test deps check lint unit bench bench-load bench-extauth bench-transform fuzz chaos soak
+.PHONY: up test deps check lint unit bench bench-load bench-extauth bench-transform fuzz chaos soak \
+	images deploy-check
 
 up:
 	scripts/up.sh
 
 test: deps lint
 	cargo test --workspace --all-targets
+	$(MAKE) deploy-check
+
+# The deployment artifacts: images (built with podman from release binaries), docker-compose.yml
+# (checked, then run for real), the Helm chart and the integration manifests. Every
+# tests/deploy/check_*.py, in name order.
+deploy-check: deps
+	@set -e; for check in tests/deploy/check_*.py; do \
+		echo "== $$check"; .venv/bin/python "$$check"; \
+	done
+
+# The images docker-compose.yml and the chart name, built here with podman (scripts/build-images.sh).
+images: deps
+	scripts/build-images.sh
 
 deps:
 	scripts/install-test-deps.sh

