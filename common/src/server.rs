@@ -462,3 +462,91 @@ impl tokio::io::AsyncWrite for HeadTooLargeAnswer {
         Pin::new(&mut self.get_mut().tcp).poll_shutdown(cx)
     }
 }
+
+/// The `healthcheck` subcommand every binary has: `GET /healthcheck` on the service's own HTTP
+/// port, for container health checks in images that carry no curl or shell. An unspecified
+/// listen address (`0.0.0.0`, `::`) is probed on loopback. `Ok` only for a 200 answer.
+pub fn probe_healthcheck(http_addr: std::net::SocketAddr, timeout: Duration) -> Result<(), String> {
+    use std::io::{Read, Write};
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
+
+    let ip = match http_addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    let addr = SocketAddr::new(ip, http_addr.port());
+    let fail = |what: &str, e: std::io::Error| format!("{what} http://{addr}/healthcheck: {e}");
+    let mut stream = TcpStream::connect_timeout(&addr, timeout).map_err(|e| fail("connecting to", e))?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .and_then(|()| stream.set_write_timeout(Some(timeout)))
+        .map_err(|e| fail("probing", e))?;
+    stream
+        .write_all(b"GET /healthcheck HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .map_err(|e| fail("writing to", e))?;
+    // The status line is all we need; the answer is a few bytes.
+    let mut head = [0u8; 64];
+    let mut len = 0;
+    while len < head.len() && !head[..len].contains(&b'\n') {
+        match stream.read(&mut head[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) => return Err(fail("reading from", e)),
+        }
+    }
+    let status_line = String::from_utf8_lossy(&head[..len]);
+    let status_line = status_line.lines().next().unwrap_or_default();
+    match status_line.split_whitespace().nth(1) {
+        Some("200") => Ok(()),
+        _ => Err(format!("http://{addr}/healthcheck answered {status_line:?}")),
+    }
+}
+
+/// A binary's `healthcheck` subcommand around [`probe_healthcheck`]: exit 0 when healthy, or
+/// 1 with the reason on stderr. `http_addr` is what the service's settings say it listens on.
+pub fn healthcheck_command(
+    binary: &str,
+    http_addr: Result<std::net::SocketAddr, ConfigError>,
+) -> std::process::ExitCode {
+    match http_addr.map_err(|e| e.to_string()).and_then(|addr| probe_healthcheck(addr, Duration::from_secs(2))) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{binary}: unhealthy: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod probe_tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn probe_follows_the_healthcheck_endpoint() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = Shutdown::new();
+        let server = tokio::spawn(serve_http(
+            listener,
+            HttpApp::from(healthcheck_router(shutdown.clone())),
+            Duration::ZERO,
+            Shutdown::new(),
+        ));
+        let unspecified = std::net::SocketAddr::new("0.0.0.0".parse().unwrap(), addr.port());
+        let probe = move || tokio::task::spawn_blocking(move || probe_healthcheck(unspecified, Duration::from_secs(2)));
+
+        assert_eq!(probe().await.unwrap(), Ok(()));
+        shutdown.trigger();
+        let err = probe().await.unwrap().unwrap_err();
+        assert!(err.contains("503"), "{err}");
+        server.abort();
+
+        let closed = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+        let err = tokio::task::spawn_blocking(move || probe_healthcheck(closed, Duration::from_secs(2)))
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(err.starts_with("connecting to http://127.0.0.1:"), "{err}");
+    }
+}

@@ -26,6 +26,9 @@ struct Cli {
 enum Command {
     /// Serve Check and forward-auth (the default), configured by environment variables.
     Serve,
+    /// Exit 0 if the running service's `/healthcheck` (HOST/PORT) answers 200: the
+    /// container health check, for images without curl.
+    Healthcheck,
     /// Validate a policy file and list its policies, or print the exact errors.
     CheckConfig { path: PathBuf },
     /// Print the hash of an API key (or password) for the policy file or Redis.
@@ -54,6 +57,10 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Some(Command::CheckConfig { path }) => check_config(path),
+        Some(Command::Healthcheck) => server::healthcheck_command(
+            "gatehouse-extauth",
+            Settings::from_env(&Env::from_process()).map(|s| s.service.http_addr),
+        ),
         Some(Command::Serve) | None => match serve() {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

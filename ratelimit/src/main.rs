@@ -29,6 +29,9 @@ struct Cli {
 enum Command {
     /// Serve ShouldRateLimit (the default), configured by environment variables.
     Serve,
+    /// Exit 0 if the running service's `/healthcheck` (HOST/PORT) answers 200: the
+    /// container health check, for images without curl.
+    Healthcheck,
     /// Validate rule files and print the effective rules, or the exact error.
     CheckConfig {
         /// A rule file, or a directory of them.
@@ -43,6 +46,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::CheckConfig { path, merge_domains }) => check_config(&path, merge_domains),
+        Some(Command::Healthcheck) => server::healthcheck_command(
+            "gatehouse-ratelimit",
+            Settings::from_env(&Env::from_process()).map(|s| s.http_addr),
+        ),
         Some(Command::Serve) | None => match serve() {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -30,6 +30,9 @@ struct Cli {
 enum Command {
     /// Serve ext_proc (the default), configured by environment variables.
     Serve,
+    /// Exit 0 if the running service's `/healthcheck` (HOST/PORT) answers 200: the
+    /// container health check, for images without curl.
+    Healthcheck,
     /// Validate a transformation file and list its transformations, or print the exact errors.
     CheckConfig { path: PathBuf },
 }
@@ -55,6 +58,10 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Some(Command::Healthcheck) => server::healthcheck_command(
+            "gatehouse-transform",
+            Settings::from_env(&Env::from_process()).map(|s| s.service.http_addr),
+        ),
         Some(Command::Serve) | None => match serve() {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
