@@ -21,24 +21,11 @@ cargo build -q -p gatehouse-testkit --example echo
 run=.run
 mkdir -p "$run"
 
-# The mTLS listener's PKI: a CA, a server certificate for 127.0.0.1/localhost, and a client
-# certificate whose URI SAN (spiffe://gatehouse.test/demo) the `mtls` policy allows.
+# The mTLS listener's PKI (scripts/demo-pki.sh), made once.
 pki="$run/pki"
 if [ ! -s "$pki/client.crt" ]; then
     echo "[up] making a throwaway CA and certificates in $pki"
-    mkdir -p "$pki"
-    (
-        cd "$pki"
-        newkey=(-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes)
-        openssl req -x509 "${newkey[@]}" -keyout ca.key -out ca.crt -days 365 -subj /CN=gatehouse-demo-ca 2>/dev/null
-        printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' >server.ext
-        printf 'subjectAltName=URI:spiffe://gatehouse.test/demo\nextendedKeyUsage=clientAuth\n' >client.ext
-        for name in server client; do
-            openssl req "${newkey[@]}" -keyout "$name.key" -out "$name.csr" -subj "/CN=$name" 2>/dev/null
-            openssl x509 -req -in "$name.csr" -CA ca.crt -CAkey ca.key -CAcreateserial \
-                -out "$name.crt" -days 365 -extfile "$name.ext" 2>/dev/null
-        done
-    )
+    scripts/demo-pki.sh "$pki"
 fi
 
 pids=()
@@ -67,7 +54,7 @@ pids+=($!)
 target/debug/examples/echo 127.0.0.1:10002 >"$run/echo.log" 2>&1 &
 pids+=($!)
 
-ENVOY_ADMIN_PORT=9901 GATEWAY_PORT=10000 GATEWAY_MTLS_PORT=10443 DEMO_UPSTREAM_PORT=10001 \
+LISTEN_ADDRESS=127.0.0.1 CLUSTER_TYPE=STATIC ENVOY_ADMIN_PORT=9901 GATEWAY_PORT=10000 GATEWAY_MTLS_PORT=10443 DEMO_UPSTREAM_PORT=10001 \
 UPSTREAM_HOST=127.0.0.1 UPSTREAM_PORT=10002 RATELIMIT_HOST=127.0.0.1 RATELIMIT_PORT=8081 \
 RATELIMIT_FAILURE_MODE_DENY=false \
 EXTAUTH_HOST=127.0.0.1 EXTAUTH_PORT=9191 EXTAUTH_HTTP_PORT=9192 EXTAUTH_FAILURE_MODE_ALLOW=false \

@@ -97,9 +97,55 @@ pub fn init(filter: &LogFilter, format: LogFormat) -> Result<(), String> {
     Ok(())
 }
 
+/// A failure that can repeat on every request (a store that is down) is logged at most once
+/// per interval, with how many occurrences were held back, so an outage is visible in the
+/// logs without flooding them. Lock-free: one atomic read on the hot path.
+#[derive(Debug)]
+pub struct LogThrottle {
+    interval_ms: u64,
+    epoch: std::time::Instant,
+    /// Milliseconds since `epoch` before which nothing is logged.
+    next_ms: std::sync::atomic::AtomicU64,
+    held_back: std::sync::atomic::AtomicU64,
+}
+
+impl LogThrottle {
+    pub fn new(interval: std::time::Duration) -> Self {
+        LogThrottle {
+            interval_ms: interval.as_millis() as u64,
+            epoch: std::time::Instant::now(),
+            next_ms: std::sync::atomic::AtomicU64::new(0),
+            held_back: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(n)` when this occurrence should be logged, `n` being how many were held back since
+    /// the last one logged; `None` when it should not.
+    pub fn admit(&self) -> Option<u64> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = self.epoch.elapsed().as_millis() as u64;
+        let next = self.next_ms.load(Relaxed);
+        if now >= next && self.next_ms.compare_exchange(next, now + self.interval_ms, Relaxed, Relaxed).is_ok() {
+            Some(self.held_back.swap(0, Relaxed))
+        } else {
+            self.held_back.fetch_add(1, Relaxed);
+            None
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_throttle_admits_one_per_interval_and_counts_the_rest() {
+        let throttle = LogThrottle::new(std::time::Duration::from_secs(3600));
+        assert_eq!(throttle.admit(), Some(0));
+        assert_eq!((throttle.admit(), throttle.admit()), (None, None));
+        let throttle = LogThrottle::new(std::time::Duration::ZERO);
+        assert_eq!((throttle.admit(), throttle.admit()), (Some(0), Some(0)));
+    }
 
     const OWN_DEBUG: &str =
         "info,gatehouse_common=debug,gatehouse_ratelimit=debug,gatehouse_extauth=debug,gatehouse_transform=debug";

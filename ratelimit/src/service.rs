@@ -64,6 +64,8 @@ pub struct RateLimiter {
     clock: Clock,
     stats: Stats,
     options: Options,
+    /// Store failures are logged at most once a second (they can come with every call).
+    store_failures: gatehouse_common::telemetry::LogThrottle,
 }
 
 impl std::fmt::Debug for RateLimiter {
@@ -128,7 +130,8 @@ impl RateLimiter {
         stats: Stats,
         options: Options,
     ) -> Self {
-        RateLimiter { rules, store, clock, stats, options }
+        let store_failures = gatehouse_common::telemetry::LogThrottle::new(std::time::Duration::from_secs(1));
+        RateLimiter { rules, store, clock, stats, options, store_failures }
     }
 
     pub fn rules(&self) -> &Reloader<RuleSet> {
@@ -221,10 +224,15 @@ impl RateLimiter {
                 Ok(states) => states,
                 Err(e) if self.options.failure_mode == FailureMode::Open => {
                     self.stats.backend_failure_allowed.inc();
-                    tracing::warn!(error = %e, "counter store failed; allowing (failure mode open)");
+                    if let Some(held_back) = self.store_failures.admit() {
+                        tracing::warn!(error = %e, held_back, "counter store failed; allowing (failure mode open)");
+                    }
                     return Ok(self.allow_all(request));
                 }
                 Err(e) => {
+                    if let Some(held_back) = self.store_failures.admit() {
+                        tracing::warn!(error = %e, held_back, "counter store failed; answering UNAVAILABLE");
+                    }
                     self.stats
                         .should_rate_limit_error
                         .get_or_create(&crate::stats::ErrorLabels { err_type: "redis_error" })

@@ -10,7 +10,10 @@
 //   - SIGTERM/SIGINT stop it cleanly.
 //
 // Environment:
-//   PORT              port to bind on 127.0.0.1 (argv[2] wins); 0 = any free port
+//   PORT              port to bind (argv[2] wins); 0 = any free port
+//   HOST              address to bind (default 127.0.0.1; 0.0.0.0 in its container)
+//   OIDC_ISSUER       the issuer URL (default http://127.0.0.1:<port>); in docker-compose.yml
+//                     it is http://oidc:9000, the name the other containers reach it by
 //   ACCESS_TOKEN_TTL  access token lifetime in seconds (default 300)
 //   OIDC_CLIENTS      JSON array of client metadata replacing DEFAULT_CLIENTS below
 //   OIDC_KEYS_FILE    JSON file holding the private JWKS: read at start if it exists, written
@@ -54,6 +57,8 @@ function intSetting(name, value, fallback) {
 const PORT = intSetting('port', process.argv[2] ?? process.env.PORT, 0);
 const ACCESS_TOKEN_TTL = intSetting('ACCESS_TOKEN_TTL', process.env.ACCESS_TOKEN_TTL, 300) || 300;
 const KEYS_FILE = process.env.OIDC_KEYS_FILE || undefined;
+const HOST = process.env.HOST || '127.0.0.1';
+const ISSUER = process.env.OIDC_ISSUER || undefined;
 
 // --- Clients -----------------------------------------------------------------
 // Static clients (RFC 7591 metadata). `introspection_allowed: true` lets a client introspect
@@ -261,14 +266,15 @@ const server = http.createServer((req, res) => {
 });
 
 server.on('error', (err) => {
-  log(`listen on 127.0.0.1:${PORT}: ${err.message}`);
+  log(`listen on ${HOST}:${PORT}: ${err.message}`);
   process.exit(1);
 });
 
-server.listen(PORT, '127.0.0.1', () => {
+server.listen(PORT, HOST, () => {
   const { port } = server.address();
-  current = buildProvider(`http://127.0.0.1:${port}`);
-  log(`issuer http://127.0.0.1:${port}, signing key ${keys[0].kid}, access token TTL ${ACCESS_TOKEN_TTL}s`);
+  const issuer = ISSUER ?? `http://127.0.0.1:${port}`;
+  current = buildProvider(issuer);
+  log(`issuer ${issuer}, signing key ${keys[0].kid}, access token TTL ${ACCESS_TOKEN_TTL}s`);
   process.stdout.write(`LISTENING ${port}\n`);
 });
 

@@ -81,6 +81,8 @@ pub fn default_vars() -> BTreeMap<String, String> {
         ("TRANSFORM_PORT", "1"),
         ("TRANSFORM_FAILURE_MODE_ALLOW", "false"),
         ("GATEWAY_MTLS_PORT", "0"),
+        ("LISTEN_ADDRESS", "127.0.0.1"),
+        ("CLUSTER_TYPE", "STATIC"),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
