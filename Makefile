@@ -11,10 +11,10 @@ test: deps lint
 	$(MAKE) deploy-check
 
 # The deployment artifacts: images (built with podman from release binaries), docker-compose.yml
-# (checked, then run for real), the Helm chart and the integration manifests. Every
-# tests/deploy/check_*.py, in name order.
+# (checked, then run for real on those images), the Helm chart and the integration manifests.
+# Every tests/deploy/check_*.py, the images first.
 deploy-check: deps
-	@set -e; for check in tests/deploy/check_*.py; do \
+	@set -e; for check in tests/deploy/check_images.py $$(ls tests/deploy/check_*.py | grep -v check_images.py); do \
 		echo "== $$check"; .venv/bin/python "$$check"; \
 	done
 

@@ -35,14 +35,15 @@ def tool(name: str) -> str:
     return str(path)
 
 
-def run(cmd: Sequence[str], *, expect_ok: bool = True, input: str | None = None,
-        cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+def run(cmd: Sequence[str], *, expect_ok: bool | None = True, input: str | None = None,
+        cwd: Path | None = None, env: dict | None = None,
+        timeout: float | None = None) -> subprocess.CompletedProcess:
     """Run a command, capturing output; raise CheckFailed with its output if the exit status
-    is not what was expected."""
+    is not what was expected (`expect_ok=None`: either is fine)."""
     proc = subprocess.run(list(cmd), input=input, capture_output=True, text=True,
-                          cwd=cwd or ROOT, env={**os.environ, **(env or {})})
+                          cwd=cwd or ROOT, env={**os.environ, **(env or {})}, timeout=timeout)
     ok = proc.returncode == 0
-    if ok != expect_ok:
+    if expect_ok is not None and ok != expect_ok:
         want = "succeed" if expect_ok else "fail"
         raise CheckFailed(
             f"expected `{' '.join(map(str, cmd))}` to {want} (exit {proc.returncode})\n"
@@ -69,10 +70,28 @@ def validate_crds(files: Iterable[Path]) -> str:
     return run(["node", str(DEPLOY / "validate-crds.mjs"), *map(str, files)]).stdout
 
 
-def trivy_config(path: Path) -> None:
-    """`trivy config` offline with its embedded checks: no HIGH or CRITICAL finding."""
+def trivy_config(path: Path, file_patterns: str | None = None) -> None:
+    """`trivy config` offline with its embedded checks: no HIGH or CRITICAL finding.
+    `file_patterns` as trivy's --file-patterns (e.g. "dockerfile:^Dockerfile$")."""
+    patterns = ["--file-patterns", file_patterns] if file_patterns else []
     run([tool("trivy"), "config", "--quiet", "--skip-check-update", "--exit-code", "1",
-         "--severity", "HIGH,CRITICAL", str(path)])
+         "--severity", "HIGH,CRITICAL", *patterns, str(path)])
+
+
+# Podman with this project's settings (runc, ulimits): tests/deploy/containers.conf.
+PODMAN_ENV = {"CONTAINERS_CONF": str(DEPLOY / "containers.conf")}
+
+
+def podman(*args: str, expect_ok: bool | None = True, timeout: float | None = 120) -> subprocess.CompletedProcess:
+    return run(["podman", *args], expect_ok=expect_ok, env=PODMAN_ENV, timeout=timeout)
+
+
+def free_port() -> int:
+    """A port free on 127.0.0.1 right now (the kernel's pick)."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def main(checks: Sequence) -> None:
