@@ -38,6 +38,9 @@ declare -A PKG_CMD=(
     [uidmap]=newuidmap
     [slirp4netns]=slirp4netns
     [fuse-overlayfs]=fuse-overlayfs
+    [iptables]=iptables
+    [netavark]=/usr/lib/podman/netavark
+    [aardvark-dns]=/usr/lib/podman/aardvark-dns
 )
 
 missing=()
