@@ -96,6 +96,15 @@ def validate_crds(files: Iterable[Path]) -> str:
     return run(["node", str(DEPLOY / "validate-crds.mjs"), *map(str, files)]).stdout
 
 
+def envoy_validate(config: Path) -> None:
+    """An Envoy bootstrap loads in .venv's Envoy (`envoy --mode validate`: every field known,
+    every typed config resolvable; nothing is bound or connected), without deprecated fields."""
+    proc = run([tool("envoy"), "--mode", "validate", "--log-level", "warning", "-c", str(config)])
+    deprecated = [line for line in proc.stderr.splitlines() if "Deprecated field" in line]
+    if deprecated:
+        raise CheckFailed(f"{config}: deprecated fields:\n" + "\n".join(deprecated))
+
+
 def trivy_config(path: Path, file_patterns: str | None = None) -> None:
     """`trivy config` offline with its embedded checks: no HIGH or CRITICAL finding.
     `file_patterns` as trivy's --file-patterns (e.g. "dockerfile:^Dockerfile$")."""
