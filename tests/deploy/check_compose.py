@@ -23,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from deploytools import PODMAN_ENV, ROOT, CheckFailed, free_port, main, podman, run, tool
+from deploytools import PODMAN_ENV, ROOT, CheckFailed, envoy_validate, free_port, main, podman, run, tool
 
 COMPOSE = ROOT / "docker-compose.yml"
 # The public images cannot be pulled here; build-images.sh makes stand-ins.
@@ -73,8 +73,8 @@ def envoy_config_is_rendered_and_valid():
             raise CheckFailed("envoy/compose.yaml is stale: run scripts/render-compose-envoy.sh")
         local = Path(tmp) / "local.yaml"
         local.write_text(fresh.read_text().replace("/etc/envoy/pki/", f"{ROOT}/examples/compose/pki/"))
-        run([str(ROOT / ".venv/bin/envoy"), "--mode", "validate", "-c", str(local)])
-    return "in sync with envoy/gateway.yaml + envoy/compose.env; envoy --mode validate"
+        envoy_validate(local)
+    return "in sync with envoy/gateway.yaml + envoy/compose.env; envoy --mode validate, no deprecated field"
 
 
 class Stack:
