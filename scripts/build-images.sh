@@ -66,6 +66,7 @@ build_image() {
 # --- the three services --------------------------------------------------------------------
 say "cargo build --release (gatehouse-ratelimit, gatehouse-extauth, gatehouse-transform)"
 cargo build --release --locked --bins -p gatehouse-ratelimit -p gatehouse-extauth -p gatehouse-transform
+release_dir="${CARGO_TARGET_DIR:-$ROOT/target}/release"
 
 declare -A PORTS=([ratelimit]="8081 8080 6070" [extauth]="9191 9192" [transform]="9291 9292")
 declare -A SERVICE_ENV=(
@@ -78,7 +79,7 @@ for svc in ratelimit extauth transform; do
     rootfs="$dir/rootfs"
     base_rootfs "$rootfs"
     bin="/usr/local/bin/gatehouse-$svc"
-    objcopy --strip-debug "target/release/gatehouse-$svc" "$rootfs$bin"
+    objcopy --strip-debug "$release_dir/gatehouse-$svc" "$rootfs$bin"
     add_libs "$rootfs" "$rootfs$bin"
     if [ "$svc" = ratelimit ]; then
         mkdir -p "$rootfs/bin"

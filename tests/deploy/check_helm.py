@@ -20,7 +20,7 @@ from pathlib import Path
 import helm_python as helm
 import yaml
 
-from deploytools import (ROOT, CheckFailed, is_custom_resource, kubernetes_validate, main, run,
+from deploytools import (ROOT, TARGET_DIR, CheckFailed, is_custom_resource, kubernetes_validate, main, run,
                          tool, trivy_config, validate_crds, write_docs)
 
 CHART = ROOT / "helm" / "gatehouse"
@@ -37,7 +37,7 @@ NAMESPACED_KINDS = {
 # Renderings that must leave UIDs and GIDs to the platform (OpenShift assigns them).
 UID_FREE_CASES = {"defaults", "minimal-values.yaml", "openshift-values.yaml",
                   "gateway-off-values.yaml", "redis-cluster-values.yaml"}
-SERVICE_BINARIES = {s: ROOT / "target" / "debug" / f"gatehouse-{s}" for s in SERVICES}
+SERVICE_BINARIES = {s: TARGET_DIR / "debug" / f"gatehouse-{s}" for s in SERVICES}
 
 
 @functools.cache

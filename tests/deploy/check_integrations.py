@@ -117,7 +117,7 @@ def binary(service: str) -> Path | None:
     """A built gatehouse-<service> for check-config, release first; None if neither exists
     (the check does not build: run `cargo build --release` first)."""
     for profile in ("release", "debug"):
-        path = dt.ROOT / "target" / profile / f"gatehouse-{service}"
+        path = dt.TARGET_DIR / profile / f"gatehouse-{service}"
         if path.exists():
             return path
     return None

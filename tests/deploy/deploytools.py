@@ -18,6 +18,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "tests" / "deploy"
 VENV_BIN = ROOT / ".venv" / "bin"
+# Where cargo put the service binaries (their check-config validates configs).
+TARGET_DIR = Path(os.environ.get("CARGO_TARGET_DIR") or ROOT / "target")
 
 # The Kubernetes versions every manifest is validated against: the oldest we support and
 # the newest kubernetes-validate knows.
