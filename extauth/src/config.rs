@@ -68,7 +68,55 @@ pub struct MethodSpec {
     pub jwt: Option<JwtSpec>,
     pub introspection: Option<IntrospectionSpec>,
     pub mtls: Option<MtlsSpec>,
+    pub oidc_login: Option<OidcLoginSpec>,
     pub anonymous: Option<AnonymousSpec>,
+}
+
+/// The browser login (docs/extauth.md, "Browser login").
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcLoginSpec {
+    pub issuer: Spanned<String>,
+    pub client_id: String,
+    /// Relative to the policy file. Without it, a public client (PKCE only).
+    pub client_secret_file: Option<String>,
+    /// `client_secret_basic` (default with a secret), `client_secret_post`, or `none`.
+    pub client_auth: Option<Spanned<String>>,
+    /// Absolute: the IdP sends the browser back here, and Check handles its path.
+    pub redirect_uri: Spanned<String>,
+    /// `openid` is always asked for. Default: openid, profile, email.
+    pub scopes: Option<Vec<String>>,
+    /// Relative to the policy file: at least 32 random bytes that seal the login cookies.
+    pub cookie_secret_file: Spanned<String>,
+    /// Default `__Host-gatehouse`.
+    pub cookie_prefix: Option<Spanned<String>>,
+    /// `auto` (default: navigations only), `always` or `never`.
+    pub redirect: Option<Spanned<String>>,
+    pub logout_path: Option<String>,
+    pub post_logout_redirect_uri: Option<String>,
+    #[serde(default)]
+    pub session: SessionSpec,
+    /// Default 30s.
+    pub leeway: Option<ConfigDuration>,
+    /// Default 10m: how long a login may take at the IdP.
+    pub login_timeout: Option<ConfigDuration>,
+    /// Default 5.
+    pub max_login_attempts: Option<usize>,
+    pub id_token_header: Option<String>,
+    pub access_token_header: Option<String>,
+    /// Default 5s: discovery and the code exchange.
+    pub timeout: Option<ConfigDuration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionSpec {
+    /// Default 1h.
+    pub idle_timeout: Option<ConfigDuration>,
+    /// Default 12h.
+    pub absolute_timeout: Option<ConfigDuration>,
+    /// Default `gatehouse:session:`.
+    pub redis_prefix: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -348,6 +396,12 @@ impl Builder<'_, '_> {
         self.errors.push(ConfigError::at(self.file, position, message));
     }
 
+    /// The bytes of a file named relative to the policy file (which is then watched too).
+    fn read_relative(&mut self, path: &str) -> Result<Vec<u8>, String> {
+        let full = self.relative(path);
+        std::fs::read(&full).map_err(|e| format!("{}: {e}", full.display()))
+    }
+
     /// A path from the policy file, relative to it; remembered for watching.
     fn relative(&mut self, path: &str) -> PathBuf {
         let path = Path::new(path);
@@ -492,6 +546,7 @@ impl Builder<'_, '_> {
             m.jwt.is_some(),
             m.introspection.is_some(),
             m.mtls.is_some(),
+            m.oidc_login.is_some(),
             m.anonymous.is_some(),
         ]
         .iter()
@@ -500,7 +555,9 @@ impl Builder<'_, '_> {
         if count != 1 {
             self.error(
                 at,
-                format!("{what}: needs exactly one of `api_key`, `basic`, `jwt`, `introspection`, `mtls`, `anonymous`"),
+                format!(
+                    "{what}: needs exactly one of `api_key`, `basic`, `jwt`, `introspection`, `mtls`, `oidc_login`, `anonymous`"
+                ),
             );
             return None;
         }
@@ -515,6 +572,9 @@ impl Builder<'_, '_> {
         }
         if let Some(spec) = m.introspection {
             return self.introspection(&what, at, spec);
+        }
+        if let Some(spec) = m.oidc_login {
+            return self.oidc_login(&what, at, spec);
         }
         if let Some(spec) = m.mtls {
             let mut allow = Vec::new();
@@ -677,6 +737,136 @@ impl Builder<'_, '_> {
             jwks,
             cache: token_cache(100_000),
         }))
+    }
+
+    fn oidc_login(&mut self, what: &str, at: Position, spec: OidcLoginSpec) -> Option<Method> {
+        use crate::identity::oidc_login::{ClientAuth, OidcLogin, RedirectMode, Settings, session};
+        let issuer = spec.issuer.value.clone();
+        if !(issuer.starts_with("https://") || issuer.starts_with("http://")) {
+            self.error(Position::of(&spec.issuer), format!("{what}: oidc_login.issuer must be an http(s) URL"));
+        }
+        let redirect_uri = spec.redirect_uri.value.clone();
+        if !(redirect_uri.starts_with("https://") || redirect_uri.starts_with("http://")) {
+            self.error(
+                Position::of(&spec.redirect_uri),
+                format!("{what}: oidc_login.redirect_uri must be an absolute http(s) URL"),
+            );
+        }
+        let client_secret = spec.client_secret_file.as_ref().and_then(|f| match self.read_relative(f) {
+            Ok(bytes) => Some(String::from_utf8_lossy(&bytes).trim().to_string()),
+            Err(e) => {
+                self.error(at, format!("{what}: oidc_login.client_secret_file: {e}"));
+                None
+            }
+        });
+        let client_auth = match spec.client_auth.as_ref().map(|s| s.value.as_str()) {
+            None if spec.client_secret_file.is_none() => ClientAuth::None,
+            None | Some("client_secret_basic") => ClientAuth::Basic,
+            Some("client_secret_post") => ClientAuth::Post,
+            Some("none") => ClientAuth::None,
+            Some(other) => {
+                self.error(
+                    spec.client_auth.as_ref().map(Position::of).unwrap_or(at),
+                    format!("{what}: oidc_login.client_auth: {other:?}; expected client_secret_basic, client_secret_post or none"),
+                );
+                ClientAuth::None
+            }
+        };
+        if client_auth != ClientAuth::None && spec.client_secret_file.is_none() {
+            self.error(at, format!("{what}: oidc_login.client_auth needs client_secret_file"));
+        }
+        let cookie_secret = match self.read_relative(&spec.cookie_secret_file.value) {
+            Ok(bytes) if bytes.len() >= 32 => bytes,
+            Ok(bytes) => {
+                self.error(
+                    Position::of(&spec.cookie_secret_file),
+                    format!(
+                        "{what}: oidc_login.cookie_secret_file holds {} bytes; it needs at least 32 random bytes (`openssl rand 32 > file`)",
+                        bytes.len()
+                    ),
+                );
+                return None;
+            }
+            Err(e) => {
+                self.error(
+                    Position::of(&spec.cookie_secret_file),
+                    format!("{what}: oidc_login.cookie_secret_file: {e}"),
+                );
+                return None;
+            }
+        };
+        let cookie_prefix = spec.cookie_prefix.as_ref().map_or("__Host-gatehouse".to_string(), |p| p.value.clone());
+        if !cookie_prefix.starts_with("__Host-")
+            || !cookie_prefix[7..].bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            self.error(
+                spec.cookie_prefix.as_ref().map(Position::of).unwrap_or(at),
+                format!(
+                    "{what}: oidc_login.cookie_prefix must start with __Host- and hold only letters, digits, - and _"
+                ),
+            );
+        }
+        let redirect = match spec.redirect.as_ref().map(|s| s.value.as_str()) {
+            None | Some("auto") => RedirectMode::Auto,
+            Some("always") => RedirectMode::Always,
+            Some("never") => RedirectMode::Never,
+            Some(other) => {
+                self.error(
+                    spec.redirect.as_ref().map(Position::of).unwrap_or(at),
+                    format!("{what}: oidc_login.redirect: {other:?}; expected auto, always or never"),
+                );
+                RedirectMode::Auto
+            }
+        };
+        let mut scopes = spec.scopes.unwrap_or_else(|| vec!["profile".into(), "email".into()]);
+        scopes.retain(|s| s != "openid");
+        let timeouts = session::Timeouts {
+            idle: spec.session.idle_timeout.map_or(Duration::from_secs(3600), |d| d.0),
+            absolute: spec.session.absolute_timeout.map_or(Duration::from_secs(12 * 3600), |d| d.0),
+        };
+        let sessions = match self.ctx.redis {
+            Some(conn) => Some(session::RedisSessions {
+                conn: conn.clone(),
+                prefix: spec.session.redis_prefix.unwrap_or_else(|| "gatehouse:session:".into()),
+                timeouts,
+            }),
+            None if self.ctx.check_only => None,
+            None => {
+                self.error(at, format!("{what}: oidc_login keeps sessions in Redis: set REDIS_URL"));
+                return None;
+            }
+        };
+        let settings = Settings {
+            issuer,
+            client_id: spec.client_id,
+            client_secret,
+            client_auth,
+            redirect_uri,
+            scopes,
+            logout_path: spec.logout_path,
+            post_logout_redirect_uri: spec.post_logout_redirect_uri,
+            redirect,
+            cookie_prefix,
+            cookie_secret,
+            login_timeout: spec.login_timeout.map_or(Duration::from_secs(600), |d| d.0),
+            max_login_attempts: spec.max_login_attempts.unwrap_or(5).max(1),
+            leeway: spec.leeway.map_or(Duration::from_secs(30), |d| d.0),
+            id_token_header: spec.id_token_header.map(|h| h.to_ascii_lowercase()),
+            access_token_header: spec.access_token_header.map(|h| h.to_ascii_lowercase()),
+            timeout: spec.timeout.map_or(Duration::from_secs(5), |d| d.0),
+        };
+        let http = reqwest::Client::builder()
+            // Following redirects from the IdP's endpoints would open the door to SSRF.
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap_or_else(|_| self.ctx.jwks.http().clone());
+        match OidcLogin::new(settings, sessions, http) {
+            Ok(login) => Some(Method::OidcLogin(Arc::new(login))),
+            Err(e) => {
+                self.error(at, format!("{what}: oidc_login: {e}"));
+                None
+            }
+        }
     }
 
     fn introspection(&mut self, what: &str, at: Position, spec: IntrospectionSpec) -> Option<Method> {

@@ -163,7 +163,15 @@ pub fn denied_response(deny: &Deny, policy: &str, request: &AuthRequest) -> Chec
     for challenge in &deny.challenges {
         headers.push(header("www-authenticate", challenge, HeaderAppendAction::AppendIfExistsOrAdd));
     }
-    let code = if deny.status == 401 { tonic::Code::Unauthenticated } else { tonic::Code::PermissionDenied };
+    // Appended, so that two Set-Cookie headers do not replace each other.
+    for (name, value) in &deny.headers {
+        headers.push(header(name, value, HeaderAppendAction::AppendIfExistsOrAdd));
+    }
+    let code = match deny.status {
+        401 | 302 | 303 => tonic::Code::Unauthenticated,
+        503 => tonic::Code::Unavailable,
+        _ => tonic::Code::PermissionDenied,
+    };
     CheckResponse {
         status: Some(rpc::Status { code: code as i32, message: deny.reason.clone(), details: Vec::new() }),
         dynamic_metadata: None,

@@ -136,6 +136,13 @@ async fn decide(
                     out.append(header::WWW_AUTHENTICATE, v);
                 }
             }
+            for (name, value) in &deny.headers {
+                if let (Ok(name), Ok(value)) =
+                    (header::HeaderName::try_from(name.as_str()), HeaderValue::from_str(value))
+                {
+                    out.append(name, value);
+                }
+            }
             response
         }
         Err(_) => (

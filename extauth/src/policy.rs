@@ -91,26 +91,40 @@ pub struct Allow {
     pub subject: String,
 }
 
-/// A denied request.
-#[derive(Debug, PartialEq)]
+/// A denied request: what Envoy answers instead of forwarding it.
+#[derive(Debug, Default, PartialEq)]
 pub struct Deny {
-    /// 401 (unauthenticated) or 403 (forbidden).
+    /// 401 (unauthenticated) or 403 (forbidden); the browser login also answers 302 (to the
+    /// IdP, or back after the callback) and 503 (the IdP cannot be reached).
     pub status: u16,
     /// Safe to show: never contains a credential.
     pub reason: String,
     pub challenges: Vec<String>,
     /// The rule that failed, for 403s.
     pub rule: Option<Arc<str>>,
+    /// Further response headers, each added (never replacing another): `Location`, and one
+    /// `Set-Cookie` per cookie.
+    pub headers: Vec<(String, String)>,
+    /// Fields added to the JSON body, such as the browser login's `login_url`.
+    pub extra: Map<String, Value>,
 }
 
 impl Deny {
     /// The JSON body of a deny: the error class, the reason, the policy, and the request id for
     /// correlating with logs. Never a credential.
     pub fn body(&self, policy: &str, request_id: Option<&str>) -> String {
-        let error = if self.status == 401 { "unauthorized" } else { "forbidden" };
+        let error = match self.status {
+            401 => "unauthorized",
+            302 | 303 => "redirect",
+            503 => "unavailable",
+            _ => "forbidden",
+        };
         let mut body = serde_json::json!({ "error": error, "reason": self.reason, "policy": policy });
         if let Some(id) = request_id {
             body["request_id"] = Value::String(id.to_string());
+        }
+        for (k, v) in &self.extra {
+            body[k] = v.clone();
         }
         body.to_string()
     }
@@ -124,10 +138,26 @@ pub enum Decision {
 
 impl Policy {
     pub async fn evaluate(&self, request: &AuthRequest, signer: &Signer) -> Result<Decision, Error> {
+        let login = self.browser_login();
+        if let Some(login) = login
+            && let Some(deny) = login.intercept(request).await?
+        {
+            return Ok(Decision::Deny(deny));
+        }
         let identity = match self.identity.run(&self.realm, request).await? {
             Verdict::Authenticated(identity) => identity,
             Verdict::Unauthenticated { rejection, challenges } => {
-                return Ok(Decision::Deny(Deny { status: 401, reason: rejection.reason, challenges, rule: None }));
+                if let Some(login) = login {
+                    let mut deny = login.challenge(request, rejection).await?;
+                    deny.challenges = challenges;
+                    return Ok(Decision::Deny(deny));
+                }
+                return Ok(Decision::Deny(Deny {
+                    status: 401,
+                    reason: rejection.reason,
+                    challenges,
+                    ..Default::default()
+                }));
             }
         };
         let mut input = None;
@@ -136,12 +166,16 @@ impl Policy {
                 return Ok(Decision::Deny(Deny {
                     status: 403,
                     reason: format!("forbidden by rule {}", rule.name),
-                    challenges: Vec::new(),
                     rule: Some(rule.name.clone()),
+                    ..Default::default()
                 }));
             }
         }
-        self.allow(&identity, signer).map(Decision::Allow)
+        let mut allow = self.allow(&identity, signer)?;
+        if let Some(login) = login {
+            login.strip_own_cookies(request, &mut allow);
+        }
+        Ok(Decision::Allow(allow))
     }
 
     fn allow(&self, identity: &Identity, signer: &Signer) -> Result<Allow, Error> {
@@ -161,6 +195,7 @@ impl Policy {
         if r.strip_credentials {
             self.strip_credentials(&mut allow);
         }
+        allow.upstream_headers.extend(identity.upstream_headers.iter().cloned());
 
         let mut put = |k: &str, v: String| {
             allow.metadata.insert(k.to_string(), Value::String(v));
@@ -205,6 +240,14 @@ impl Policy {
         Ok(allow)
     }
 
+    /// The policy's browser login, if it has one (at most one per policy).
+    fn browser_login(&self) -> Option<&crate::identity::oidc_login::OidcLogin> {
+        self.identity.methods.iter().find_map(|(_, m)| match m {
+            crate::identity::Method::OidcLogin(login) => Some(&**login),
+            _ => None,
+        })
+    }
+
     /// Removes every credential this policy reads, so upstream never sees one (with `all_of`
     /// or an expression, several methods may have consumed a credential).
     fn strip_credentials(&self, allow: &mut Allow) {
@@ -218,6 +261,8 @@ impl Policy {
                     allow.remove_headers.push("authorization".into());
                     continue;
                 }
+                // The session and login cookies go; the upstream keeps its own cookies.
+                Method::OidcLogin(_) => continue,
                 Method::Mtls(_) | Method::Anonymous => continue,
             };
             for source in sources {

@@ -51,5 +51,5 @@ impl Authorizer {
 }
 
 fn forbidden(reason: String) -> Decision {
-    Decision::Deny(Deny { status: 403, reason, challenges: Vec::new(), rule: None })
+    Decision::Deny(Deny { status: 403, reason, ..Default::default() })
 }

@@ -14,6 +14,7 @@ pub mod introspection;
 pub mod jwks;
 pub mod jwt;
 pub mod mtls;
+pub mod oidc_login;
 pub mod source;
 
 use std::sync::Arc;
@@ -34,6 +35,8 @@ pub enum Kind {
     Introspection,
     Mtls,
     Anonymous,
+    /// A browser session from `oidc_login`.
+    Session,
 }
 
 impl Kind {
@@ -45,6 +48,7 @@ impl Kind {
             Kind::Introspection => "introspection",
             Kind::Mtls => "mtls",
             Kind::Anonymous => "anonymous",
+            Kind::Session => "oidc_login",
         }
     }
 }
@@ -63,6 +67,9 @@ pub struct Identity {
     pub claims: Map<String, Value>,
     /// Per-credential metadata from the config or Redis: owner, plan, tenant...
     pub metadata: Map<String, Value>,
+    /// Headers the method itself sends upstream (a browser session's tokens, when
+    /// configured). Not part of what rules see.
+    pub upstream_headers: Vec<(String, String)>,
 }
 
 impl Identity {
@@ -74,6 +81,7 @@ impl Identity {
             scopes: Vec::new(),
             claims: Map::new(),
             metadata: Map::new(),
+            upstream_headers: Vec::new(),
         }
     }
 
@@ -167,6 +175,7 @@ pub enum Method {
     Jwt(jwt::JwtAuth),
     Introspection(introspection::Introspection),
     Mtls(mtls::MtlsAuth),
+    OidcLogin(Arc<oidc_login::OidcLogin>),
     Anonymous,
 }
 
@@ -178,6 +187,7 @@ impl Method {
             Method::Jwt(m) => m.authenticate(name, request).await,
             Method::Introspection(m) => m.authenticate(name, request).await,
             Method::Mtls(m) => Ok(m.authenticate(name, request)),
+            Method::OidcLogin(m) => m.authenticate(name, request).await,
             Method::Anonymous => Ok(Outcome::Authenticated(Identity::new(name, Kind::Anonymous, "anonymous"))),
         }
     }
@@ -195,7 +205,8 @@ impl Method {
             }
             Method::Basic(_) => Some(format!("Basic realm=\"{realm}\", charset=\"UTF-8\"")),
             Method::ApiKey(_) => Some(format!("APIKey realm=\"{realm}\"")),
-            Method::Mtls(_) | Method::Anonymous => None,
+            // Browsers are redirected instead (Policy::evaluate).
+            Method::Mtls(_) | Method::OidcLogin(_) | Method::Anonymous => None,
         }
     }
 }

@@ -1,0 +1,514 @@
+//! `oidc_login`: the OpenID Connect authorization-code flow with PKCE for browsers, with the
+//! session in Redis, decided inside ext_authz `Check` (and HTTP forward-auth).
+//!
+//! ```text
+//! browser ── GET /app/x ──> Envoy ── Check ──> no session: 302 to the IdP
+//!                                              + Set-Cookie __Host-gatehouse-login-<state>
+//!                                                (sealed: state, nonce, PKCE verifier, return URL)
+//! browser ── logs in at the IdP ── 302 back to redirect_uri?code&state
+//! browser ── GET /app/callback ──> Check ──> code exchange (PKCE), ID token verified (nonce)
+//!                                              new session in Redis; 302 to /app/x
+//!                                              + Set-Cookie __Host-gatehouse-session, login cookie deleted
+//! browser ── GET /app/x ──> Check ──> session found: allowed, identity = the ID token's claims
+//! ```
+//!
+//! Only navigations are redirected ([`web::is_navigation`]); scripts get a 401 with a
+//! `login_url`. The return URL comes only from the request being checked and travels sealed.
+
+pub mod sealed;
+pub mod session;
+pub mod web;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+use openidconnect::core::{
+    CoreAuthDisplay, CoreClaimName, CoreClaimType, CoreClient, CoreClientAuthMethod, CoreGrantType, CoreIdTokenClaims,
+    CoreJsonWebKey, CoreJweContentEncryptionAlgorithm, CoreJweKeyManagementAlgorithm, CoreResponseMode,
+    CoreResponseType, CoreSubjectIdentifierType,
+};
+use openidconnect::{
+    AuthType, AuthenticationFlow, AuthorizationCode, ClientId, ClientSecret, CsrfToken,
+    EmptyAdditionalProviderMetadata, EndpointMaybeSet, EndpointNotSet, EndpointSet, IssuerUrl, LogoutProviderMetadata,
+    Nonce, OAuth2TokenResponse, PkceCodeChallenge, PkceCodeVerifier, ProviderMetadata, RedirectUrl, Scope,
+    TokenResponse,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+use self::sealed::{SealKey, random_token};
+use self::session::{RedisSessions, Session, SessionHandle, unix_now};
+use crate::Error;
+use crate::identity::{Identity, Kind, Outcome, Rejection};
+use crate::policy::Deny;
+use crate::request::AuthRequest;
+
+/// Discovery with `end_session_endpoint` (RP-initiated logout).
+type Metadata = ProviderMetadata<
+    LogoutProviderMetadata<EmptyAdditionalProviderMetadata>,
+    CoreAuthDisplay,
+    CoreClientAuthMethod,
+    CoreClaimName,
+    CoreClaimType,
+    CoreGrantType,
+    CoreJweContentEncryptionAlgorithm,
+    CoreJweKeyManagementAlgorithm,
+    CoreJsonWebKey,
+    CoreResponseMode,
+    CoreResponseType,
+    CoreSubjectIdentifierType,
+>;
+
+/// A client built from discovery: authorization endpoint set, token endpoint if advertised.
+type Client =
+    CoreClient<EndpointSet, EndpointNotSet, EndpointNotSet, EndpointNotSet, EndpointMaybeSet, EndpointMaybeSet>;
+
+/// How the client authenticates at the token endpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientAuth {
+    Basic,
+    Post,
+    /// A public client: PKCE only.
+    None,
+}
+
+/// Which unauthenticated requests are redirected to the IdP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RedirectMode {
+    /// Navigations only; script calls get a 401 with `login_url`.
+    Auto,
+    Always,
+    /// Never: a 401 with `login_url` (an API that a separate app logs in for).
+    Never,
+}
+
+/// The settings of one `oidc_login` method, validated by the config builder.
+pub struct Settings {
+    pub issuer: String,
+    pub client_id: String,
+    pub client_secret: Option<String>,
+    pub client_auth: ClientAuth,
+    /// Absolute; its path is the callback path Check handles.
+    pub redirect_uri: String,
+    pub scopes: Vec<String>,
+    pub logout_path: Option<String>,
+    /// Where the IdP sends the browser after logout (absolute, registered at the IdP).
+    pub post_logout_redirect_uri: Option<String>,
+    pub redirect: RedirectMode,
+    /// `__Host-gatehouse` by default: cookies are `<prefix>-session` and `<prefix>-login-<state>`.
+    pub cookie_prefix: String,
+    /// At least 32 bytes: seals the login-state cookies.
+    pub cookie_secret: Vec<u8>,
+    pub login_timeout: Duration,
+    /// Live login attempts (tabs) per browser; the oldest cookie is dropped beyond it.
+    pub max_login_attempts: usize,
+    pub leeway: Duration,
+    /// Optional upstream headers carrying the session's tokens.
+    pub id_token_header: Option<String>,
+    pub access_token_header: Option<String>,
+    pub timeout: Duration,
+}
+
+/// What the login-state cookie holds, sealed.
+#[derive(Debug, Serialize, Deserialize)]
+struct LoginState {
+    state: String,
+    nonce: String,
+    pkce_verifier: String,
+    return_to: String,
+    /// Unix seconds.
+    started: u64,
+}
+
+/// The discovered provider and the client built from it.
+struct Provider {
+    client: Client,
+    end_session_endpoint: Option<String>,
+}
+
+pub struct OidcLogin {
+    settings: Settings,
+    callback_path: String,
+    login_key: SealKey,
+    /// `None` only when validating the config without Redis (`check-config`).
+    sessions: Option<RedisSessions>,
+    http: reqwest::Client,
+    provider: ArcSwapOption<Provider>,
+    discovering: tokio::sync::Mutex<Option<Instant>>,
+}
+
+/// Rediscovery after a failure waits at least this long.
+const DISCOVERY_RETRY: Duration = Duration::from_secs(5);
+
+impl OidcLogin {
+    pub fn new(
+        settings: Settings,
+        sessions: Option<RedisSessions>,
+        http: reqwest::Client,
+    ) -> Result<OidcLogin, String> {
+        let redirect = openidconnect::url::Url::parse(&settings.redirect_uri)
+            .map_err(|e| format!("redirect_uri {:?}: {e}", settings.redirect_uri))?;
+        if settings.cookie_secret.len() < 32 {
+            return Err("cookie secret: needs at least 32 bytes".into());
+        }
+        Ok(OidcLogin {
+            callback_path: redirect.path().to_string(),
+            login_key: SealKey::derive(&settings.cookie_secret, "login-state"),
+            settings,
+            sessions,
+            http,
+            provider: ArcSwapOption::empty(),
+            discovering: tokio::sync::Mutex::new(None),
+        })
+    }
+
+    pub fn issuer(&self) -> &str {
+        &self.settings.issuer
+    }
+
+    pub fn cookie_prefix(&self) -> &str {
+        &self.settings.cookie_prefix
+    }
+
+    fn sessions(&self) -> Result<&RedisSessions, Error> {
+        self.sessions.as_ref().ok_or_else(|| Error::Internal("oidc_login needs Redis: set REDIS_URL".into()))
+    }
+
+    fn session_cookie(&self) -> String {
+        format!("{}-session", self.settings.cookie_prefix)
+    }
+
+    fn login_cookie_prefix(&self) -> String {
+        format!("{}-login-", self.settings.cookie_prefix)
+    }
+
+    /// The discovered provider, discovering it on first use (and again, at most every
+    /// [`DISCOVERY_RETRY`], after a failure).
+    async fn provider(&self) -> Result<Arc<Provider>, Error> {
+        if let Some(p) = self.provider.load_full() {
+            return Ok(p);
+        }
+        let mut last = self.discovering.lock().await;
+        if let Some(p) = self.provider.load_full() {
+            return Ok(p);
+        }
+        if last.is_some_and(|t| t.elapsed() < DISCOVERY_RETRY) {
+            return Err(Error::Unavailable(format!("identity provider {} cannot be reached", self.settings.issuer)));
+        }
+        *last = Some(Instant::now());
+        let provider = Arc::new(self.discover().await?);
+        self.provider.store(Some(provider.clone()));
+        Ok(provider)
+    }
+
+    async fn discover(&self) -> Result<Provider, Error> {
+        let s = &self.settings;
+        let unavailable = |e: String| Error::Unavailable(format!("identity provider {}: {e}", s.issuer));
+        let issuer = IssuerUrl::new(s.issuer.clone()).map_err(|e| unavailable(e.to_string()))?;
+        let metadata = tokio::time::timeout(s.timeout, Metadata::discover_async(issuer, &self.http))
+            .await
+            .map_err(|_| unavailable("discovery timed out".into()))?
+            .map_err(|e| unavailable(format!("discovery: {e}")))?;
+        let end_session_endpoint = metadata.additional_metadata().end_session_endpoint.as_ref().map(|u| u.to_string());
+        let redirect = RedirectUrl::new(s.redirect_uri.clone()).map_err(|e| Error::Internal(e.to_string()))?;
+        let client = CoreClient::from_provider_metadata(
+            metadata,
+            ClientId::new(s.client_id.clone()),
+            s.client_secret.clone().map(ClientSecret::new),
+        )
+        .set_redirect_uri(redirect)
+        .set_auth_type(if s.client_auth == ClientAuth::Post {
+            AuthType::RequestBody
+        } else {
+            AuthType::BasicAuth
+        });
+        Ok(Provider { client, end_session_endpoint })
+    }
+
+    /// The session cookie's identity: `Missing` without a cookie, `Rejected` for one that
+    /// opens no live session.
+    pub async fn authenticate(&self, name: &Arc<str>, request: &AuthRequest) -> Result<Outcome, Error> {
+        let Some(cookie) = request.cookie(&self.session_cookie()) else {
+            return Ok(Outcome::Missing);
+        };
+        let Some(handle) = SessionHandle::decode(cookie) else {
+            return Ok(Outcome::Rejected(Rejection::new("invalid session cookie")));
+        };
+        let Some(session) = self.sessions()?.load(&handle).await? else {
+            return Ok(Outcome::Rejected(Rejection::new("session expired or ended")));
+        };
+        let mut identity = Identity::new(name, Kind::Session, session.sub.clone());
+        identity.claims = session.claims.clone();
+        if let Some(scope) = session.claims.get("scope").and_then(Value::as_str) {
+            identity.scopes = scope.split_whitespace().map(str::to_string).collect();
+        }
+        if let Some(header) = &self.settings.id_token_header {
+            identity.upstream_headers.push((header.clone(), session.id_token.clone()));
+        }
+        if let Some(header) = &self.settings.access_token_header {
+            identity.upstream_headers.push((header.clone(), session.access_token.clone()));
+        }
+        Ok(Outcome::Authenticated(identity))
+    }
+
+    /// Requests the flow answers itself, before any identity check: the callback.
+    pub async fn intercept(&self, request: &AuthRequest) -> Result<Option<Deny>, Error> {
+        if request.path == self.callback_path {
+            return self.callback(request).await.map(Some);
+        }
+        Ok(None)
+    }
+
+    /// What an unauthenticated request gets: a redirect to the IdP for navigations (per
+    /// `redirect`), else a 401 whose body names the `login_url`.
+    pub async fn challenge(&self, request: &AuthRequest, rejection: Rejection) -> Result<Deny, Error> {
+        let redirect = match self.settings.redirect {
+            RedirectMode::Always => true,
+            RedirectMode::Never => false,
+            RedirectMode::Auto => web::is_navigation(request),
+        };
+        let mut deny = Deny { status: 401, reason: rejection.reason, ..Default::default() };
+        if request.cookie(&self.session_cookie()).is_some() {
+            deny.headers.push(("set-cookie".into(), web::set_cookie(&self.session_cookie(), "", Some(0))));
+        }
+        if !redirect {
+            deny.extra.insert("login_url".into(), Value::String(web::request_url(request)));
+            return Ok(deny);
+        }
+        let provider = match self.provider().await {
+            Ok(p) => p,
+            Err(e) => return Ok(unavailable_page(&e)),
+        };
+        let state = random_token::<16>();
+        let nonce = random_token::<16>();
+        let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+        let (url, _, _) = provider
+            .client
+            .authorize_url(
+                AuthenticationFlow::<CoreResponseType>::AuthorizationCode,
+                {
+                    let state = state.clone();
+                    move || CsrfToken::new(state)
+                },
+                {
+                    let nonce = nonce.clone();
+                    move || Nonce::new(nonce)
+                },
+            )
+            .add_scopes(self.settings.scopes.iter().cloned().map(Scope::new))
+            .set_pkce_challenge(challenge)
+            .url();
+        let login = LoginState {
+            state: state.clone(),
+            nonce,
+            pkce_verifier: verifier.secret().clone(),
+            return_to: web::request_url(request),
+            started: unix_now(),
+        };
+        let name = format!("{}{state}", self.login_cookie_prefix());
+        let sealed = self.login_key.seal(&name, &serde_json::to_vec(&login).expect("login state serializes"));
+        deny.status = 302;
+        deny.reason = "login required".into();
+        deny.headers.push(("location".into(), url.to_string()));
+        deny.headers
+            .push(("set-cookie".into(), web::set_cookie(&name, &sealed, Some(self.settings.login_timeout.as_secs()))));
+        // Several tabs may log in at once, each with its own cookie; beyond the cap the oldest
+        // (first in the header) go.
+        let prefix = self.login_cookie_prefix();
+        let live: Vec<&str> = web::cookies(request).map(|(n, _)| n).filter(|n| n.starts_with(&prefix)).collect();
+        let excess = (live.len() + 1).saturating_sub(self.settings.max_login_attempts);
+        for old in live.iter().take(excess) {
+            deny.headers.push(("set-cookie".into(), web::set_cookie(old, "", Some(0))));
+        }
+        Ok(deny)
+    }
+
+    /// The IdP's redirect back: the code is exchanged and the session created, then the
+    /// browser goes back to where it started. Every failure is a 401 page that names the
+    /// reason (never the values).
+    async fn callback(&self, request: &AuthRequest) -> Result<Deny, Error> {
+        let refuse =
+            |reason: &str| Deny { status: 401, reason: format!("login failed: {reason}"), ..Default::default() };
+        if let Some(error) = request.query_param("error") {
+            let error: String = error.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '_').take(64).collect();
+            return Ok(refuse(&format!("the identity provider answered {error}")));
+        }
+        let (Some(state), Some(code)) = (request.query_param("state"), request.query_param("code")) else {
+            return Ok(refuse("the callback carries no code and state"));
+        };
+        if !state.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+            return Ok(refuse("malformed state"));
+        }
+        let name = format!("{}{state}", self.login_cookie_prefix());
+        let Some(login) = request
+            .cookie(&name)
+            .and_then(|sealed| self.login_key.open(&name, sealed))
+            .and_then(|plain| serde_json::from_slice::<LoginState>(&plain).ok())
+        else {
+            return Ok(refuse("no login in progress for this state (expired, or started in another browser)"));
+        };
+        let mut delete_login = ("set-cookie".to_string(), web::set_cookie(&name, "", Some(0)));
+        if login.state != state || unix_now().saturating_sub(login.started) > self.settings.login_timeout.as_secs() {
+            let mut deny = refuse("the login attempt expired");
+            deny.headers.push(delete_login);
+            return Ok(deny);
+        }
+        // RFC 9207: an `iss` in the response must be our issuer (mix-up attacks).
+        if let Some(iss) = request.query_param("iss")
+            && iss != self.settings.issuer
+        {
+            let mut deny = refuse("the response names another issuer");
+            deny.headers.push(delete_login);
+            return Ok(deny);
+        }
+        let provider = match self.provider().await {
+            Ok(p) => p,
+            Err(e) => return Ok(unavailable_page(&e)),
+        };
+        let session = match self.exchange(&provider, code, &login).await {
+            Ok(session) => session,
+            Err(Exchange::Refused(reason)) => {
+                let mut deny = refuse(&reason);
+                deny.headers.push(delete_login);
+                return Ok(deny);
+            }
+            Err(Exchange::Unavailable(e)) => return Ok(unavailable_page(&e)),
+        };
+        let handle = SessionHandle::generate();
+        let sessions = self.sessions()?;
+        sessions.save(&handle, &session).await?;
+        let mut deny = Deny { status: 302, reason: "logged in".into(), ..Default::default() };
+        deny.headers.push(("location".into(), login.return_to));
+        deny.headers.push((
+            "set-cookie".into(),
+            web::set_cookie(&self.session_cookie(), &handle.encode(), Some(sessions.timeouts.absolute.as_secs())),
+        ));
+        deny.headers.push(std::mem::take(&mut delete_login));
+        Ok(deny)
+    }
+
+    /// The code exchange and the ID token's verification.
+    async fn exchange(&self, provider: &Provider, code: String, login: &LoginState) -> Result<Session, Exchange> {
+        let request = provider
+            .client
+            .exchange_code(AuthorizationCode::new(code))
+            .map_err(|e| Exchange::Refused(format!("the provider has no token endpoint: {e}")))?
+            .set_pkce_verifier(PkceCodeVerifier::new(login.pkce_verifier.clone()));
+        let response = tokio::time::timeout(self.settings.timeout, request.request_async(&self.http))
+            .await
+            .map_err(|_| Exchange::Unavailable(Error::Unavailable("the token endpoint timed out".into())))?
+            .map_err(|e| match e {
+                openidconnect::RequestTokenError::ServerResponse(r) => {
+                    Exchange::Refused(format!("the token endpoint refused the code: {}", r.error()))
+                }
+                other => Exchange::Unavailable(Error::Unavailable(format!("token endpoint: {other}"))),
+            })?;
+        let id_token =
+            response.id_token().ok_or_else(|| Exchange::Refused("no ID token in the token response".into()))?;
+        let leeway = chrono::Duration::from_std(self.settings.leeway).unwrap_or_default();
+        let verifier = provider
+            .client
+            .id_token_verifier()
+            .set_time_fn(move || chrono::Utc::now() - leeway)
+            .set_issue_time_verifier_fn(move |iat| {
+                if iat > chrono::Utc::now() + leeway { Err("issued in the future".into()) } else { Ok(()) }
+            });
+        let claims: &CoreIdTokenClaims = id_token
+            .claims(&verifier, &Nonce::new(login.nonce.clone()))
+            .map_err(|e| Exchange::Refused(format!("the ID token is not valid: {e}")))?;
+        if let Some(expected) = claims.access_token_hash() {
+            let alg = id_token.signing_alg().map_err(|e| Exchange::Refused(format!("ID token: {e}")))?;
+            let alg = serde_json::to_value(alg).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+            if at_hash(&alg, response.access_token().secret()).as_deref() != Some(expected.as_str()) {
+                return Err(Exchange::Refused("the ID token's at_hash does not match the access token".into()));
+            }
+        }
+        let mut claims_json = match serde_json::to_value(claims) {
+            Ok(Value::Object(map)) => map,
+            _ => Map::new(),
+        };
+        claims_json.remove("nonce");
+        let sid = claims_json.get("sid").and_then(Value::as_str).map(str::to_string);
+        if let Some(scopes) = response.scopes() {
+            let scope = scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" ");
+            claims_json.entry("scope").or_insert(Value::String(scope));
+        }
+        let now = unix_now();
+        Ok(Session {
+            sub: claims.subject().to_string(),
+            sid,
+            claims: claims_json,
+            id_token: id_token.to_string(),
+            access_token: response.access_token().secret().clone(),
+            access_expires_at: response.expires_in().map(|d| now + d.as_secs()),
+            refresh_token: response.refresh_token().map(|t| t.secret().clone()),
+            created_at: now,
+        })
+    }
+
+    /// Keeps Gatehouse's cookies from the upstream: the `Cookie` header without them, or its
+    /// removal when nothing else is left.
+    pub fn strip_own_cookies(&self, request: &AuthRequest, allow: &mut crate::policy::Allow) {
+        if request.header("cookie").is_none() {
+            return;
+        }
+        match web::cookie_header_without(request, &self.settings.cookie_prefix) {
+            Some(rest) => allow.upstream_headers.push(("cookie".into(), rest)),
+            None => allow.remove_headers.push("cookie".into()),
+        }
+    }
+
+    /// The end-session URL, for docs and tests.
+    pub fn end_session_endpoint(&self) -> Option<String> {
+        self.provider.load().as_ref().and_then(|p| p.end_session_endpoint.clone())
+    }
+}
+
+enum Exchange {
+    /// The IdP or the token said no: a 401 for this login.
+    Refused(String),
+    Unavailable(Error),
+}
+
+/// The `at_hash` of an access token for an ID token signed with `alg` (OIDC Core §3.1.3.6):
+/// the left half of the hash, base64url.
+fn at_hash(alg: &str, access_token: &str) -> Option<String> {
+    use base64::Engine;
+    let digest = match alg {
+        "RS256" | "PS256" | "ES256" | "HS256" => &ring::digest::SHA256,
+        "RS384" | "PS384" | "ES384" | "HS384" => &ring::digest::SHA384,
+        "RS512" | "PS512" | "ES512" | "HS512" | "EdDSA" => &ring::digest::SHA512,
+        _ => return None,
+    };
+    let hash = ring::digest::digest(digest, access_token.as_bytes());
+    let bytes = hash.as_ref();
+    Some(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&bytes[..bytes.len() / 2]))
+}
+
+/// 503 with a page a person can read: the login cannot start or finish now.
+fn unavailable_page(error: &Error) -> Deny {
+    tracing::warn!(%error, "browser login: the identity provider cannot be reached");
+    let mut deny = Deny {
+        status: 503,
+        reason: "the login service is unavailable; try again in a moment".into(),
+        ..Default::default()
+    };
+    deny.extra.insert("retry".into(), json!(true));
+    deny
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn at_hash_matches_the_spec_example() {
+        // OIDC Core, Appendix A.3: access token and at_hash of the example ID token (RS256).
+        assert_eq!(
+            at_hash("RS256", "jHkWEdUXMU1BwAsC4vtUsZwnNvTIxEl0z9K3vx5KF0Y").as_deref(),
+            Some("77QmUPtjPfzWtF2AnpK9RQ")
+        );
+        assert_eq!(at_hash("none", "x"), None);
+    }
+}
