@@ -119,7 +119,8 @@ mod tests {
     #[test]
     fn navigations_and_script_calls() {
         let html = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8";
-        let cases: &[(&str, &[(&str, &str)], bool)] = &[
+        type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], bool);
+        let cases: &[Case] = &[
             ("GET", &[("sec-fetch-mode", "navigate"), ("accept", html)], true),
             ("HEAD", &[("sec-fetch-mode", "navigate")], true),
             ("POST", &[("sec-fetch-mode", "navigate"), ("accept", html)], false),
