@@ -257,7 +257,69 @@ impl OidcLogin {
         if request.path == self.callback_path {
             return self.callback(request).await.map(Some);
         }
+        if self.settings.logout_path.as_deref() == Some(request.path.as_str()) {
+            return self.logout(request).await.map(Some);
+        }
         Ok(None)
+    }
+
+    /// RP-initiated logout: a same-origin POST ends the session here, then the browser goes
+    /// to the IdP's `end_session_endpoint` (with `id_token_hint` and the configured
+    /// `post_logout_redirect_uri`) to end it there, or straight to that URI.
+    async fn logout(&self, request: &AuthRequest) -> Result<Deny, Error> {
+        if request.method != "POST" {
+            let mut deny = Deny {
+                status: 405,
+                reason: "log out with a POST from this site (a form or fetch), not a link".into(),
+                ..Default::default()
+            };
+            deny.headers.push(("allow".into(), "POST".into()));
+            return Ok(deny);
+        }
+        if !web::is_same_origin(request) {
+            return Ok(Deny {
+                status: 403,
+                reason: "logout refused: not sent from this site".into(),
+                ..Default::default()
+            });
+        }
+        let mut deny = Deny { status: 303, reason: "logged out".into(), ..Default::default() };
+        let mut id_token = None;
+        if let Some(handle) = request.cookie(&self.session_cookie()).and_then(SessionHandle::decode) {
+            let sessions = self.sessions()?;
+            if let Some(session) = sessions.load(&handle).await? {
+                id_token = Some(session.id_token);
+            }
+            sessions.delete(&handle).await?;
+        }
+        deny.headers.push(("set-cookie".into(), web::set_cookie(&self.session_cookie(), "", Some(0))));
+        let after = self.settings.post_logout_redirect_uri.clone().unwrap_or_else(|| "/".into());
+        let end_session = match self.provider().await {
+            Ok(p) => p.end_session_endpoint.clone(),
+            // The local session is gone either way; the IdP's stays until it expires.
+            Err(e) => {
+                tracing::warn!(error = %e, "logout: the identity provider cannot be reached; ending the local session only");
+                None
+            }
+        };
+        let location = match end_session.and_then(|u| openidconnect::url::Url::parse(&u).ok()) {
+            Some(mut url) => {
+                {
+                    let mut q = url.query_pairs_mut();
+                    q.append_pair("client_id", &self.settings.client_id);
+                    if let Some(token) = &id_token {
+                        q.append_pair("id_token_hint", token);
+                    }
+                    if self.settings.post_logout_redirect_uri.is_some() {
+                        q.append_pair("post_logout_redirect_uri", &after);
+                    }
+                }
+                url.to_string()
+            }
+            None => after,
+        };
+        deny.headers.push(("location".into(), location));
+        Ok(deny)
     }
 
     /// What an unauthenticated request gets: a redirect to the IdP for navigations (per

@@ -80,6 +80,17 @@ pub fn request_url(request: &AuthRequest) -> String {
     url
 }
 
+/// A request the browser says came from a page of this very site: `Sec-Fetch-Site:
+/// same-origin`, or, from browsers without Fetch Metadata, an `Origin` equal to the request's
+/// own scheme and host. What state-changing endpoints (logout) require, against CSRF.
+pub fn is_same_origin(request: &AuthRequest) -> bool {
+    if let Some(site) = request.header("sec-fetch-site") {
+        return site.eq_ignore_ascii_case("same-origin");
+    }
+    let scheme = if request.scheme.is_empty() { "http" } else { &request.scheme };
+    request.header("origin").is_some_and(|origin| origin.eq_ignore_ascii_case(&format!("{scheme}://{}", request.host)))
+}
+
 /// A `Set-Cookie` value for one of Gatehouse's cookies: `__Host-` names need `Secure`,
 /// `Path=/` and no `Domain`, and every cookie is `HttpOnly` and `SameSite=Lax` (sent on the
 /// IdP's top-level redirect back, not on cross-site subrequests). `max_age: Some(0)` deletes.
@@ -165,6 +176,22 @@ mod tests {
         ] {
             assert!(safe_redirect(bad, &allowed).is_err(), "{bad:?} was accepted");
         }
+    }
+
+    #[test]
+    fn same_origin_requests() {
+        let with = |headers: &[(&str, &str)]| {
+            let mut r = request("POST", headers);
+            r.scheme = "http".into();
+            r.host = "localhost:8080".into();
+            is_same_origin(&r)
+        };
+        assert!(with(&[("sec-fetch-site", "same-origin")]));
+        assert!(!with(&[("sec-fetch-site", "same-site")]));
+        assert!(!with(&[("sec-fetch-site", "cross-site"), ("origin", "http://localhost:8080")]));
+        assert!(with(&[("origin", "http://localhost:8080")]));
+        assert!(!with(&[("origin", "http://evil.test")]));
+        assert!(!with(&[]));
     }
 
     #[test]
