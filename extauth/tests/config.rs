@@ -101,3 +101,47 @@ async fn signed_jwt_cannot_copy_reserved_claims() {
     );
     assert!(!got.contains("metadata.plan"), "{got}");
 }
+
+#[tokio::test]
+async fn browser_login_mistakes_are_named() {
+    // Without Redis (REDIS_URL) a browser login has nowhere to keep sessions; a cookie secret
+    // must be long enough; the cookie prefix must be __Host-; enums are spelt out.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("short.key"), "too short").unwrap();
+    let yaml = format!(
+        r#"
+policies:
+  - name: app
+    identity:
+      any_of:
+        - name: browser
+          oidc_login:
+            issuer: https://idp.example.com
+            client_id: web
+            redirect_uri: /app/callback
+            cookie_secret_file: {dir}/short.key
+            cookie_prefix: session
+            redirect: sometimes
+            client_auth: client_secret_jwt
+"#,
+        dir = dir.path().display()
+    );
+    check(
+        &errors(&yaml).await,
+        &[
+            "oidc_login.redirect_uri must be an absolute http(s) URL",
+            "oidc_login.client_auth: \"client_secret_jwt\"; expected client_secret_basic, client_secret_post or none",
+            "oidc_login.cookie_secret_file holds 9 bytes; it needs at least 32 random bytes",
+        ],
+    );
+    std::fs::write(dir.path().join("good.key"), [7u8; 32]).unwrap();
+    let yaml = yaml.replace("short.key", "good.key");
+    check(
+        &errors(&yaml).await,
+        &[
+            "policies.yaml:12:28: policy \"app\", method \"browser\": oidc_login.cookie_prefix must start with __Host-",
+            "oidc_login.redirect: \"sometimes\"; expected auto, always or never",
+            "oidc_login keeps sessions in Redis: set REDIS_URL",
+        ],
+    );
+}
