@@ -106,6 +106,8 @@ pub struct OidcLoginSpec {
     pub access_token_header: Option<String>,
     /// Default 5s: discovery and the code exchange.
     pub timeout: Option<ConfigDuration>,
+    /// Default 60s: refresh when the access token has less than this left.
+    pub refresh_ahead: Option<ConfigDuration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -854,6 +856,7 @@ impl Builder<'_, '_> {
             id_token_header: spec.id_token_header.map(|h| h.to_ascii_lowercase()),
             access_token_header: spec.access_token_header.map(|h| h.to_ascii_lowercase()),
             timeout: spec.timeout.map_or(Duration::from_secs(5), |d| d.0),
+            refresh_ahead: spec.refresh_ahead.map_or(Duration::from_secs(60), |d| d.0),
         };
         let http = reqwest::Client::builder()
             // Following redirects from the IdP's endpoints would open the door to SSRF.

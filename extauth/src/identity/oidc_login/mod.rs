@@ -108,6 +108,8 @@ pub struct Settings {
     pub id_token_header: Option<String>,
     pub access_token_header: Option<String>,
     pub timeout: Duration,
+    /// Refresh the tokens when the access token has less than this left.
+    pub refresh_ahead: Duration,
 }
 
 /// What the login-state cookie holds, sealed.
@@ -136,7 +138,12 @@ pub struct OidcLogin {
     http: reqwest::Client,
     provider: ArcSwapOption<Provider>,
     discovering: tokio::sync::Mutex<Option<Instant>>,
+    /// One refresh per session at a time in this process (keyed by storage id).
+    refreshing: parking_lot::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
+
+/// How long a replica may hold a session's refresh lock: the token call's timeout plus slack.
+const REFRESH_LOCK: Duration = Duration::from_secs(10);
 
 /// Rediscovery after a failure waits at least this long.
 const DISCOVERY_RETRY: Duration = Duration::from_secs(5);
@@ -160,6 +167,7 @@ impl OidcLogin {
             http,
             provider: ArcSwapOption::empty(),
             discovering: tokio::sync::Mutex::new(None),
+            refreshing: parking_lot::Mutex::new(std::collections::HashMap::new()),
         })
     }
 
@@ -235,9 +243,19 @@ impl OidcLogin {
         let Some(handle) = SessionHandle::decode(cookie) else {
             return Ok(Outcome::Rejected(Rejection::new("invalid session cookie")));
         };
-        let Some(session) = self.sessions()?.load(&handle).await? else {
+        let Some(mut session) = self.sessions()?.load(&handle).await? else {
             return Ok(Outcome::Rejected(Rejection::new("session expired or ended")));
         };
+        if self.needs_refresh(&session) {
+            match self.refresh(&handle).await? {
+                Some(refreshed) => session = refreshed,
+                None => {
+                    return Ok(Outcome::Rejected(Rejection::new(
+                        "session ended: the identity provider refused to refresh it",
+                    )));
+                }
+            }
+        }
         let mut identity = Identity::new(name, Kind::Session, session.sub.clone());
         identity.claims = session.claims.clone();
         if let Some(scope) = session.claims.get("scope").and_then(Value::as_str) {
@@ -250,6 +268,114 @@ impl OidcLogin {
             identity.upstream_headers.push((header.clone(), session.access_token.clone()));
         }
         Ok(Outcome::Authenticated(identity))
+    }
+
+    fn needs_refresh(&self, session: &Session) -> bool {
+        session.refresh_token.is_some()
+            && session
+                .access_expires_at
+                .is_some_and(|at| at.saturating_sub(unix_now()) <= self.settings.refresh_ahead.as_secs())
+    }
+
+    /// Refreshes a session's tokens: at most one refresh per session at a time, across
+    /// replicas. In this process, callers for one session queue on one mutex; the first takes
+    /// the session's Redis lock, reloads the session and, if it still needs it, refreshes and
+    /// saves it. The others (here or on other replicas) then reload the refreshed session.
+    /// The cookie never changes. `None`: the session has ended.
+    async fn refresh(&self, handle: &SessionHandle) -> Result<Option<Session>, Error> {
+        let sessions = self.sessions()?;
+        let id = handle.storage_id();
+        let flight = self.refreshing.lock().entry(id.clone()).or_default().clone();
+        let result = async {
+            let _turn = flight.lock().await;
+            // Another replica may hold the lock: wait for its refresh, then reload.
+            let deadline = Instant::now() + self.settings.timeout + Duration::from_secs(1);
+            let token = loop {
+                let Some(session) = sessions.load(handle).await? else { return Ok(None) };
+                if !self.needs_refresh(&session) {
+                    return Ok(Some(session));
+                }
+                if let Some(token) = sessions.try_lock(handle, REFRESH_LOCK).await? {
+                    break token;
+                }
+                if Instant::now() > deadline {
+                    return self.unrefreshed(session);
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            };
+            let outcome = self.refresh_locked(handle, sessions).await;
+            sessions.unlock(handle, &token).await;
+            outcome
+        }
+        .await;
+        let mut map = self.refreshing.lock();
+        if Arc::strong_count(&flight) <= 2 {
+            map.remove(&id);
+        }
+        result
+    }
+
+    /// Under the lock: reload, recheck, refresh.
+    async fn refresh_locked(&self, handle: &SessionHandle, sessions: &RedisSessions) -> Result<Option<Session>, Error> {
+        let Some(mut session) = sessions.load(handle).await? else { return Ok(None) };
+        if !self.needs_refresh(&session) {
+            return Ok(Some(session));
+        }
+        let Some(refresh_token) = session.refresh_token.clone() else { return Ok(Some(session)) };
+        let provider = match self.provider().await {
+            Ok(p) => p,
+            Err(_) => return self.unrefreshed(session),
+        };
+        let refresh_token = openidconnect::RefreshToken::new(refresh_token);
+        let request = match provider.client.exchange_refresh_token(&refresh_token) {
+            Ok(r) => r,
+            Err(e) => return Err(Error::Internal(format!("the provider has no token endpoint: {e}"))),
+        };
+        let response = match tokio::time::timeout(self.settings.timeout, request.request_async(&self.http)).await {
+            Ok(Ok(response)) => response,
+            Ok(Err(openidconnect::RequestTokenError::ServerResponse(r)))
+                if *r.error() == openidconnect::core::CoreErrorResponseType::InvalidGrant =>
+            {
+                // Under the lock nobody else refreshes this session, so the grant is really
+                // gone (revoked, expired, or reused): the session ends.
+                tracing::info!(session = ?handle, "refresh token refused (invalid_grant); session ended");
+                sessions.delete(handle).await?;
+                return Ok(None);
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "session refresh failed");
+                return self.unrefreshed(session);
+            }
+            Err(_) => {
+                tracing::warn!("session refresh timed out");
+                return self.unrefreshed(session);
+            }
+        };
+        let now = unix_now();
+        session.access_token = response.access_token().secret().clone();
+        session.access_expires_at = response.expires_in().map(|d| now + d.as_secs());
+        // With rotation the IdP sends a new refresh token; without, the old one stays valid.
+        if let Some(rotated) = response.refresh_token() {
+            session.refresh_token = Some(rotated.secret().clone());
+        }
+        if let Some(id_token) = response.id_token() {
+            session.id_token = id_token.to_string();
+        }
+        sessions.save(handle, &session).await?;
+        Ok(Some(session))
+    }
+
+    /// A refresh could not happen now (IdP unreachable, or another replica still busy): the
+    /// session goes on while its access token is valid; after that, the request cannot be
+    /// decided (503) rather than logging the user out.
+    fn unrefreshed(&self, session: Session) -> Result<Option<Session>, Error> {
+        if session.access_expires_at.is_some_and(|at| at > unix_now()) {
+            Ok(Some(session))
+        } else {
+            Err(Error::Unavailable(
+                "the session needs a token refresh and the identity provider cannot be reached".into(),
+            ))
+        }
     }
 
     /// Requests the flow answers itself, before any identity check: the callback.

@@ -161,6 +161,39 @@ impl RedisSessions {
             .map_err(|e| Error::Unavailable(format!("session store (Redis): {e}")))
     }
 
+    /// Takes the session's refresh lock for `ttl` across replicas; `None` if another holder
+    /// has it. The returned token releases it ([`RedisSessions::unlock`]).
+    pub async fn try_lock(&self, handle: &SessionHandle, ttl: Duration) -> Result<Option<String>, Error> {
+        let token = super::sealed::random_token::<12>();
+        let mut conn = self.conn.clone();
+        let set: Option<String> = redis::cmd("SET")
+            .arg(format!("{}lock:{}", self.prefix, handle.storage_id()))
+            .arg(&token)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl.as_millis() as u64)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| Error::Unavailable(format!("session store (Redis): {e}")))?;
+        Ok(set.map(|_| token))
+    }
+
+    /// Releases the lock if this holder still has it (it may have expired and been taken).
+    pub async fn unlock(&self, handle: &SessionHandle, token: &str) {
+        const RELEASE: &str =
+            "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0";
+        let mut conn = self.conn.clone();
+        let result: redis::RedisResult<i64> = redis::Script::new(RELEASE)
+            .key(format!("{}lock:{}", self.prefix, handle.storage_id()))
+            .arg(token)
+            .invoke_async(&mut conn)
+            .await;
+        if let Err(e) = result {
+            // The lock expires on its own.
+            tracing::debug!(error = %e, "releasing a session refresh lock");
+        }
+    }
+
     pub async fn delete(&self, handle: &SessionHandle) -> Result<(), Error> {
         let mut conn = self.conn.clone();
         redis::cmd("DEL")
