@@ -863,7 +863,26 @@ impl Builder<'_, '_> {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .unwrap_or_else(|_| self.ctx.jwks.http().clone());
-        match OidcLogin::new(settings, sessions, http) {
+        // Logout tokens are verified like bearer tokens, over the issuer's shared JWKS cache.
+        let refresh = Refresh {
+            every: Duration::from_secs(300),
+            min_refetch: Duration::from_secs(30),
+            timeout: settings.timeout,
+        };
+        let jwks = self.ctx.jwks.get(KeySource::Discovery { issuer: settings.issuer.clone() }, refresh);
+        let logout_tokens = JwtAuth {
+            sources: Vec::new(),
+            issuer: settings.issuer.clone(),
+            audiences: vec![settings.client_id.clone()],
+            algorithms: DEFAULT_ALGORITHMS.to_vec(),
+            leeway: settings.leeway,
+            max_token_bytes: 16 * 1024,
+            required_scopes: Vec::new(),
+            required_claims: Vec::new(),
+            jwks,
+            cache: token_cache(1),
+        };
+        match OidcLogin::new(settings, sessions, http, logout_tokens) {
             Ok(login) => Some(Method::OidcLogin(Arc::new(login))),
             Err(e) => {
                 self.error(at, format!("{what}: oidc_login: {e}"));

@@ -42,6 +42,7 @@ pub fn router(authorizer: Authorizer, metrics: &Metrics) -> HttpApp {
         .route("/config-status", get(config_status))
         .route("/forward-auth", any(forward_auth_by_host))
         .route("/forward-auth/{*rest}", any(forward_auth))
+        .route("/oidc/backchannel-logout/{policy}", axum::routing::post(backchannel_logout))
         .with_state(AppState { authorizer })
         .merge(metrics.router("/metrics"));
     HttpApp::from(router).max_header_bytes(MAX_HEADER_BYTES).head_too_large(head_too_large())
@@ -94,6 +95,33 @@ async fn forward_auth(
         None => (rest, "/".to_string()),
     };
     decide(&state, Some(policy), &with_query(path, query), method, headers, body).await
+}
+
+/// OpenID Connect Back-Channel Logout: `POST /oidc/backchannel-logout/{policy}` with a form
+/// field `logout_token`, from the IdP (register this URL as the client's
+/// `backchannel_logout_uri`). 200 once every named session has ended; 400 for a token to
+/// refuse; 503 when Redis cannot be reached (the IdP may retry).
+async fn backchannel_logout(State(state): State<AppState>, Path(policy): Path<String>, body: Bytes) -> Response {
+    let no_store = || [(header::CACHE_CONTROL, "no-store"), (header::CONTENT_TYPE, "application/json")];
+    let refuse = |status: StatusCode, error: &str, description: String| {
+        (status, no_store(), json!({ "error": error, "error_description": description }).to_string()).into_response()
+    };
+    let Some(token) = form_urlencoded::parse(&body).find(|(k, _)| k == "logout_token").map(|(_, v)| v.into_owned())
+    else {
+        return refuse(StatusCode::BAD_REQUEST, "invalid_request", "no logout_token".into());
+    };
+    let policies = state.authorizer.policies.load();
+    let Some(login) = policies.by_name.get(&policy).and_then(|p| p.browser_login()) else {
+        return refuse(StatusCode::NOT_FOUND, "invalid_request", format!("no browser login in policy {policy:?}"));
+    };
+    match login.backchannel_logout(&token).await {
+        Ok(Ok(ended)) => (StatusCode::OK, no_store(), json!({ "ended": ended }).to_string()).into_response(),
+        Ok(Err(reason)) => {
+            tracing::warn!(policy = %policy, %reason, "back-channel logout token refused");
+            refuse(StatusCode::BAD_REQUEST, "invalid_request", reason)
+        }
+        Err(e) => refuse(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", e.to_string()),
+    }
 }
 
 fn with_query(path: String, query: Option<String>) -> String {

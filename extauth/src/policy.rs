@@ -241,7 +241,7 @@ impl Policy {
     }
 
     /// The policy's browser login, if it has one (at most one per policy).
-    fn browser_login(&self) -> Option<&crate::identity::oidc_login::OidcLogin> {
+    pub fn browser_login(&self) -> Option<&crate::identity::oidc_login::OidcLogin> {
         self.identity.methods.iter().find_map(|(_, m)| match m {
             crate::identity::Method::OidcLogin(login) => Some(&**login),
             _ => None,

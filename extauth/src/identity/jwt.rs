@@ -93,6 +93,12 @@ impl JwtAuth {
         }
     }
 
+    /// A token's verified claims (signature, `iss`, `aud`, `exp`, `nbf`, required claims):
+    /// what other token kinds signed by an IdP (logout tokens) are checked with.
+    pub async fn verify_claims(&self, token: &str) -> Result<Result<Map<String, Value>, Rejection>, Error> {
+        Ok(self.verify(token).await?.map(|(identity, _)| identity.claims))
+    }
+
     /// Verifies a token: `Err` only when keys are unavailable; a bad token is `Ok(Err(..))`.
     async fn verify(&self, token: &str) -> Result<Result<(Identity, u64), Rejection>, Error> {
         let header = match jsonwebtoken::decode_header(token) {

@@ -140,6 +140,9 @@ pub struct OidcLogin {
     discovering: tokio::sync::Mutex<Option<Instant>>,
     /// One refresh per session at a time in this process (keyed by storage id).
     refreshing: parking_lot::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Verifies back-channel logout tokens: the `jwt` method's verifier over the same JWKS
+    /// cache (rotation and capped refetch as for bearer tokens), with our client id as audience.
+    logout_tokens: crate::identity::jwt::JwtAuth,
 }
 
 /// How long a replica may hold a session's refresh lock: the token call's timeout plus slack.
@@ -153,6 +156,7 @@ impl OidcLogin {
         settings: Settings,
         sessions: Option<RedisSessions>,
         http: reqwest::Client,
+        logout_tokens: crate::identity::jwt::JwtAuth,
     ) -> Result<OidcLogin, String> {
         let redirect = openidconnect::url::Url::parse(&settings.redirect_uri)
             .map_err(|e| format!("redirect_uri {:?}: {e}", settings.redirect_uri))?;
@@ -168,6 +172,7 @@ impl OidcLogin {
             provider: ArcSwapOption::empty(),
             discovering: tokio::sync::Mutex::new(None),
             refreshing: parking_lot::Mutex::new(std::collections::HashMap::new()),
+            logout_tokens,
         })
     }
 
@@ -566,6 +571,7 @@ impl OidcLogin {
         let handle = SessionHandle::generate();
         let sessions = self.sessions()?;
         sessions.save(&handle, &session).await?;
+        sessions.index(&handle, &self.settings.issuer, &session).await?;
         let mut deny = Deny { status: 302, reason: "logged in".into(), ..Default::default() };
         deny.headers.push(("location".into(), login.return_to));
         deny.headers.push((
@@ -645,6 +651,50 @@ impl OidcLogin {
             Some(rest) => allow.upstream_headers.push(("cookie".into(), rest)),
             None => allow.remove_headers.push("cookie".into()),
         }
+    }
+
+    /// OpenID Connect Back-Channel Logout 1.0: the IdP POSTs a `logout_token` (a JWT signed by
+    /// the IdP, `typ: logout+jwt`) and every session it names ends, on every replica. `Ok(Err)`
+    /// is a token to refuse (400), with the reason.
+    pub async fn backchannel_logout(&self, logout_token: &str) -> Result<Result<usize, String>, Error> {
+        const EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
+        if let Ok(header) = jsonwebtoken::decode_header(logout_token)
+            && let Some(typ) = header.typ.as_deref()
+            && !typ.eq_ignore_ascii_case("logout+jwt")
+            && !typ.eq_ignore_ascii_case("application/logout+jwt")
+        {
+            return Ok(Err(format!("typ {typ:?} is not logout+jwt")));
+        }
+        let claims = match self.logout_tokens.verify_claims(logout_token).await? {
+            Ok(claims) => claims,
+            Err(rejection) => return Ok(Err(rejection.reason)),
+        };
+        if claims.get("iat").and_then(Value::as_u64).is_none() {
+            return Ok(Err("no iat".into()));
+        }
+        if !claims.get("events").and_then(Value::as_object).is_some_and(|e| e.get(EVENT).is_some_and(Value::is_object))
+        {
+            return Ok(Err(format!("events does not hold {EVENT}")));
+        }
+        if claims.contains_key("nonce") {
+            return Ok(Err("a logout token must not carry a nonce".into()));
+        }
+        let sid = claims.get("sid").and_then(Value::as_str);
+        let sub = claims.get("sub").and_then(Value::as_str);
+        if sid.is_none() && sub.is_none() {
+            return Ok(Err("neither sid nor sub".into()));
+        }
+        let Some(jti) = claims.get("jti").and_then(Value::as_str) else {
+            return Ok(Err("no jti".into()));
+        };
+        let sessions = self.sessions()?;
+        let exp = claims.get("exp").and_then(Value::as_u64).unwrap_or(0);
+        if !sessions.first_use(jti, exp + self.settings.leeway.as_secs()).await? {
+            return Ok(Err("replayed logout token (jti seen before)".into()));
+        }
+        let ended = sessions.end_all(&self.settings.issuer, sid, sub).await?;
+        tracing::info!(ended, by_sid = sid.is_some(), "back-channel logout");
+        Ok(Ok(ended))
     }
 
     /// The end-session URL, for docs and tests.

@@ -194,6 +194,79 @@ impl RedisSessions {
         }
     }
 
+    /// Records a new session under its IdP session id and subject, for back-channel logout.
+    pub async fn index(&self, handle: &SessionHandle, issuer: &str, session: &Session) -> Result<(), Error> {
+        let ttl = self.timeouts.absolute.as_secs().max(1);
+        let mut pipe = redis::pipe();
+        for index in self.index_keys(issuer, session.sid.as_deref(), Some(&session.sub)) {
+            pipe.cmd("SADD").arg(&index).arg(handle.storage_id()).ignore();
+            pipe.cmd("EXPIRE").arg(&index).arg(ttl).ignore();
+        }
+        let mut conn = self.conn.clone();
+        pipe.query_async::<()>(&mut conn).await.map_err(|e| Error::Unavailable(format!("session store (Redis): {e}")))
+    }
+
+    /// Index keys: one per IdP session (`sid`) and one per user (`sub`), each within the issuer.
+    fn index_keys(&self, issuer: &str, sid: Option<&str>, sub: Option<&str>) -> Vec<String> {
+        let hash = |kind: &str, value: &str| {
+            let digest = ring::digest::digest(&ring::digest::SHA256, format!("{issuer}\n{kind}\n{value}").as_bytes());
+            format!("{}{kind}:{}", self.prefix, hex(digest.as_ref()))
+        };
+        let mut keys = Vec::new();
+        if let Some(sid) = sid {
+            keys.push(hash("sid", sid));
+        }
+        if let Some(sub) = sub {
+            keys.push(hash("sub", sub));
+        }
+        keys
+    }
+
+    /// Ends every session of an IdP session (`sid`), or else of a user (`sub`), on every
+    /// replica at once (they all read Redis). Returns how many sessions were ended.
+    pub async fn end_all(&self, issuer: &str, sid: Option<&str>, sub: Option<&str>) -> Result<usize, Error> {
+        let unavailable = |e: redis::RedisError| Error::Unavailable(format!("session store (Redis): {e}"));
+        // sid is the narrower: with both, only that IdP session ends (the spec's choice).
+        let keys = match sid {
+            Some(sid) => self.index_keys(issuer, Some(sid), None),
+            None => self.index_keys(issuer, None, sub),
+        };
+        let mut conn = self.conn.clone();
+        let mut ended = 0;
+        for index in keys {
+            let members: Vec<String> =
+                redis::cmd("SMEMBERS").arg(&index).query_async(&mut conn).await.map_err(unavailable)?;
+            for id in &members {
+                let n: usize = redis::cmd("DEL")
+                    .arg(format!("{}{id}", self.prefix))
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(unavailable)?;
+                ended += n;
+            }
+            redis::cmd("DEL").arg(&index).query_async::<()>(&mut conn).await.map_err(unavailable)?;
+        }
+        Ok(ended)
+    }
+
+    /// `true` the first time a logout token's `jti` is seen (kept until `until`, unix
+    /// seconds); `false` for a replay.
+    pub async fn first_use(&self, jti: &str, until: u64) -> Result<bool, Error> {
+        let digest = ring::digest::digest(&ring::digest::SHA256, jti.as_bytes());
+        let ttl = until.saturating_sub(unix_now()).max(60);
+        let mut conn = self.conn.clone();
+        let set: Option<String> = redis::cmd("SET")
+            .arg(format!("{}jti:{}", self.prefix, hex(digest.as_ref())))
+            .arg(1)
+            .arg("NX")
+            .arg("EX")
+            .arg(ttl)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| Error::Unavailable(format!("session store (Redis): {e}")))?;
+        Ok(set.is_some())
+    }
+
     pub async fn delete(&self, handle: &SessionHandle) -> Result<(), Error> {
         let mut conn = self.conn.clone();
         redis::cmd("DEL")
