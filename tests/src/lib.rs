@@ -1,13 +1,16 @@
 //! Fixtures for Gatehouse's tests: real Redis (single and Cluster), real Envoy from the
 //! reference config, a real OpenID Provider (panva's `oidc-provider` under Node, from
-//! `tests/oidc/`), and an echo upstream. Every fixture binds loopback ports chosen at run
+//! `tests/oidc/`), a real browser (headless Chromium driven by puppeteer-core, from
+//! `tests/browser/`), and an echo upstream. Every fixture binds loopback ports chosen at run
 //! time and stops its processes when dropped.
 //!
 //! Binaries are found through environment variables first, then the project's own install
 //! (`.venv/bin/envoy` from `scripts/install-test-deps.sh`), then `PATH`:
-//! `GATEHOUSE_ENVOY`, `GATEHOUSE_REDIS_SERVER`, `GATEHOUSE_REDIS_CLI`, `GATEHOUSE_NODE`.
-//! The provider's npm packages are installed into `tests/oidc/node_modules` by the same script.
+//! `GATEHOUSE_ENVOY`, `GATEHOUSE_REDIS_SERVER`, `GATEHOUSE_REDIS_CLI`, `GATEHOUSE_NODE`,
+//! `GATEHOUSE_CHROMIUM`. The npm packages of the provider and the browser driver are installed
+//! into `tests/oidc/node_modules` and `tests/browser/node_modules` by the same script.
 
+pub mod browser;
 pub mod echo;
 pub mod envoy;
 pub mod issuer;

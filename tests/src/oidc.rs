@@ -9,15 +9,31 @@
 //! A `client_credentials` token requested with a `resource` is a JWT (RS256, `aud` = the
 //! resource); one requested without is opaque and only introspection can read it.
 //!
+//! Browser login: [`WEB_CLIENT_ID`] (confidential, `client_secret_basic`) and
+//! [`PUBLIC_CLIENT_ID`] (public) may use the authorization code flow, PKCE S256 required, and
+//! `refresh_token`. Their redirect, post-logout and back-channel logout URIs come from
+//! [`OidcOptions`] or, once the gateway's port is known, [`OidcProvider::set_code_client_uris`].
+//! The provider's dev login page accepts any login and password; the login becomes `sub`, with
+//! `email` `<login>@gatehouse.test` and `name` `<login>`, all in the ID token with `sid`. The
+//! token endpoint returns a refresh token without `offline_access`, bound to the provider's
+//! login session; refresh tokens rotate (unless [`OidcOptions::rotate_refresh_tokens`] is
+//! `Some(false)`), and reusing a rotated one revokes the whole grant. RP-initiated logout
+//! (`end_session_endpoint`) and [`OidcProvider::logout_user`] send back-channel logout tokens
+//! to the clients' `backchannel_logout_uri`. [`OidcProvider::token_calls`] counts token
+//! endpoint calls by grant type; [`OidcProvider::events`] lists refused grants and back-channel
+//! logouts.
+//!
 //! Signing keys live in a file in the fixture's temp dir, so [`OidcProvider::restart`] comes
 //! back with the same JWKS; tokens and other provider state are in memory and do not survive
 //! a restart (they do survive [`OidcProvider::rotate_keys`]).
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use base64::Engine as _;
 use tempfile::TempDir;
 
 use crate::{Process, binary, repo_root};
@@ -28,6 +44,13 @@ pub const TEST_CLIENT_SECRET: &str = "gatehouse-test-secret";
 /// The client allowed to introspect every client's tokens (RFC 7662).
 pub const INTROSPECTOR_CLIENT_ID: &str = "gatehouse-introspector";
 pub const INTROSPECTOR_CLIENT_SECRET: &str = "introspector-secret";
+/// The confidential browser-login client (authorization code + PKCE, refresh tokens).
+pub const WEB_CLIENT_ID: &str = "gatehouse-web";
+pub const WEB_CLIENT_SECRET: &str = "gatehouse-web-secret";
+/// The public browser-login client (`token_endpoint_auth_method: none`).
+pub const PUBLIC_CLIENT_ID: &str = "gatehouse-public";
+/// What an ID token's and a logout token's `events` carry for a back-channel logout.
+pub const BACKCHANNEL_LOGOUT_EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
 
 /// How long a start may take, from spawning Node to discovery answering.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -43,16 +66,193 @@ fn package_dir() -> PathBuf {
     repo_root().join("tests/oidc")
 }
 
-/// How to start the provider; `Default` is port 0 (the provider picks) and its built-in
-/// clients and TTL.
+/// How to start the provider; `Default` is port 0 (the provider picks), its built-in clients
+/// and TTLs, and the code-flow clients' default URIs (the compose stack's gateway,
+/// `http://localhost:10000`).
 #[derive(Debug, Clone, Default)]
 pub struct OidcOptions {
     /// Access token lifetime, whole seconds (the script's default is 300 s).
     pub access_token_ttl: Option<Duration>,
+    /// ID token lifetime (default: the access token's).
+    pub id_token_ttl: Option<Duration>,
+    /// Refresh token lifetime (default 3600 s).
+    pub refresh_token_ttl: Option<Duration>,
+    /// The provider's own login session, and so every refresh token bound to it (default 3600 s).
+    pub session_ttl: Option<Duration>,
+    /// `Some(false)`: a refresh returns no new refresh token and the old one stays valid.
+    /// Default: every refresh rotates it.
+    pub rotate_refresh_tokens: Option<bool>,
     /// A fixed port instead of one the provider picks.
     pub port: Option<u16>,
     /// Client metadata (a JSON array, RFC 7591 names) replacing the built-in clients.
     pub clients: Option<serde_json::Value>,
+    /// The code-flow clients' URIs (empty lists: the script's defaults).
+    pub code_clients: CodeClientUris,
+}
+
+impl OidcOptions {
+    /// Adds a redirect URI of the code-flow clients.
+    pub fn redirect_uri(mut self, uri: &str) -> OidcOptions {
+        self.code_clients.redirect_uris.push(uri.to_string());
+        self
+    }
+
+    /// Adds a `post_logout_redirect_uri` of the code-flow clients.
+    pub fn post_logout_redirect_uri(mut self, uri: &str) -> OidcOptions {
+        self.code_clients.post_logout_redirect_uris.push(uri.to_string());
+        self
+    }
+
+    /// The code-flow clients' `backchannel_logout_uri` (with `sid` required).
+    pub fn backchannel_logout_uri(mut self, uri: &str) -> OidcOptions {
+        self.code_clients.backchannel_logout_uri = Some(uri.to_string());
+        self
+    }
+
+    pub fn access_token_ttl(mut self, ttl: Duration) -> OidcOptions {
+        self.access_token_ttl = Some(ttl);
+        self
+    }
+
+    pub fn id_token_ttl(mut self, ttl: Duration) -> OidcOptions {
+        self.id_token_ttl = Some(ttl);
+        self
+    }
+
+    pub fn refresh_token_ttl(mut self, ttl: Duration) -> OidcOptions {
+        self.refresh_token_ttl = Some(ttl);
+        self
+    }
+
+    pub fn session_ttl(mut self, ttl: Duration) -> OidcOptions {
+        self.session_ttl = Some(ttl);
+        self
+    }
+
+    pub fn rotate_refresh_tokens(mut self, rotate: bool) -> OidcOptions {
+        self.rotate_refresh_tokens = Some(rotate);
+        self
+    }
+}
+
+/// The URIs of every code-flow client (those allowed `authorization_code`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct CodeClientUris {
+    pub redirect_uris: Vec<String>,
+    pub post_logout_redirect_uris: Vec<String>,
+    /// With `backchannel_logout_session_required: true`, so logout tokens carry `sid`.
+    pub backchannel_logout_uri: Option<String>,
+}
+
+/// Token endpoint calls by `grant_type`, granted or refused.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(transparent)]
+pub struct TokenCalls(pub BTreeMap<String, u64>);
+
+impl TokenCalls {
+    pub fn get(&self, grant_type: &str) -> u64 {
+        self.0.get(grant_type).copied().unwrap_or(0)
+    }
+
+    pub fn authorization_code(&self) -> u64 {
+        self.get("authorization_code")
+    }
+
+    pub fn refresh_token(&self) -> u64 {
+        self.get("refresh_token")
+    }
+}
+
+/// What the provider did besides answering: refused grants and back-channel logouts.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+pub struct OidcEvents {
+    pub token_errors: Vec<TokenError>,
+    pub backchannel_logout: Vec<BackchannelLogout>,
+    /// RP-initiated logouts completed.
+    pub end_session: u64,
+}
+
+/// A token request the provider refused.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct TokenError {
+    pub grant_type: String,
+    /// e.g. `invalid_grant`.
+    pub error: String,
+    pub error_description: Option<String>,
+}
+
+/// A back-channel logout the provider sent.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct BackchannelLogout {
+    pub client_id: String,
+    pub sub: String,
+    pub sid: Option<String>,
+    /// Whether the client answered 200 or 204.
+    pub ok: bool,
+    pub error: Option<String>,
+}
+
+/// What [`OidcProvider::logout_user`] and [`OidcProvider::logout_session`] did.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct AdminLogout {
+    /// Login sessions ended.
+    pub sessions: u64,
+    pub backchannel_logout: Vec<BackchannelLogout>,
+}
+
+/// A PKCE (RFC 7636) verifier and its S256 challenge.
+#[derive(Debug, Clone)]
+pub struct Pkce {
+    pub verifier: String,
+    pub challenge: String,
+}
+
+impl Pkce {
+    pub fn new() -> Pkce {
+        let verifier = random_token();
+        let digest = ring::digest::digest(&ring::digest::SHA256, verifier.as_bytes());
+        Pkce { verifier, challenge: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest.as_ref()) }
+    }
+}
+
+impl Default for Pkce {
+    fn default() -> Pkce {
+        Pkce::new()
+    }
+}
+
+/// 32 random bytes, base64url.
+pub fn random_token() -> String {
+    let bytes: [u8; 32] = ring::rand::generate(&ring::rand::SystemRandom::new())
+        .map(|b| b.expose())
+        // The system's random source failing is not something a test can recover from.
+        .expect("system random source");
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// An authorization request of the code flow, as a relying party would make it.
+#[derive(Debug, Clone)]
+pub struct AuthorizationRequest {
+    pub client_id: String,
+    pub redirect_uri: String,
+    pub scope: String,
+    pub state: String,
+    pub nonce: String,
+    pub pkce: Pkce,
+}
+
+impl AuthorizationRequest {
+    /// Scopes `openid email profile`, a random state and nonce, a fresh PKCE pair.
+    pub fn new(client_id: &str, redirect_uri: &str) -> AuthorizationRequest {
+        AuthorizationRequest {
+            client_id: client_id.to_string(),
+            redirect_uri: redirect_uri.to_string(),
+            scope: "openid email profile".to_string(),
+            state: random_token(),
+            nonce: random_token(),
+            pkce: Pkce::new(),
+        }
+    }
 }
 
 /// Why a call to the provider failed.
@@ -148,6 +348,148 @@ impl OidcProvider {
 
     pub fn introspection_endpoint(&self) -> String {
         format!("{}/token/introspection", self.issuer())
+    }
+
+    pub fn authorization_endpoint(&self) -> String {
+        format!("{}/auth", self.issuer())
+    }
+
+    pub fn end_session_endpoint(&self) -> String {
+        format!("{}/session/end", self.issuer())
+    }
+
+    pub fn userinfo_endpoint(&self) -> String {
+        format!("{}/me", self.issuer())
+    }
+
+    pub fn revocation_endpoint(&self) -> String {
+        format!("{}/token/revocation", self.issuer())
+    }
+
+    /// The URL a browser opens to start `request`.
+    pub fn authorization_url(&self, request: &AuthorizationRequest) -> String {
+        let query = form(&[
+            ("response_type", "code"),
+            ("client_id", &request.client_id),
+            ("redirect_uri", &request.redirect_uri),
+            ("scope", &request.scope),
+            ("state", &request.state),
+            ("nonce", &request.nonce),
+            ("code_challenge", &request.pkce.challenge),
+            ("code_challenge_method", "S256"),
+        ]);
+        format!("{}?{query}", self.authorization_endpoint())
+    }
+
+    /// The RP-initiated logout URL for a browser: `id_token_hint` and where to land after.
+    pub fn end_session_url(&self, id_token_hint: &str, post_logout_redirect_uri: &str) -> String {
+        let query = form(&[("id_token_hint", id_token_hint), ("post_logout_redirect_uri", post_logout_redirect_uri)]);
+        format!("{}?{query}", self.end_session_endpoint())
+    }
+
+    /// Exchanges `code` from `request`'s redirect for tokens (the token response as JSON);
+    /// `client_secret` `None` for a public client.
+    pub async fn exchange_code(
+        &self,
+        request: &AuthorizationRequest,
+        client_secret: Option<&str>,
+        code: &str,
+    ) -> Result<serde_json::Value, OidcError> {
+        let params = [
+            ("grant_type", "authorization_code"),
+            ("code", code),
+            ("redirect_uri", request.redirect_uri.as_str()),
+            ("code_verifier", request.pkce.verifier.as_str()),
+        ];
+        self.token_request(&request.client_id, client_secret, &params).await
+    }
+
+    /// The refresh token grant (the token response as JSON).
+    pub async fn refresh(
+        &self,
+        client_id: &str,
+        client_secret: Option<&str>,
+        refresh_token: &str,
+    ) -> Result<serde_json::Value, OidcError> {
+        let params = [("grant_type", "refresh_token"), ("refresh_token", refresh_token)];
+        self.token_request(client_id, client_secret, &params).await
+    }
+
+    /// The userinfo endpoint's claims for an access token.
+    pub async fn userinfo(&self, access_token: &str) -> Result<serde_json::Value, OidcError> {
+        json_response(self.http.get(self.userinfo_endpoint()).bearer_auth(access_token).send().await).await
+    }
+
+    /// A token endpoint call as `client_id`: Basic auth with a secret, else `client_id` in the
+    /// form (a public client).
+    async fn token_request(
+        &self,
+        client_id: &str,
+        client_secret: Option<&str>,
+        params: &[(&str, &str)],
+    ) -> Result<serde_json::Value, OidcError> {
+        match client_secret {
+            Some(secret) => self.post_form(&self.token_endpoint(), client_id, secret, params).await,
+            None => {
+                let mut params = params.to_vec();
+                params.push(("client_id", client_id));
+                let request = self
+                    .http
+                    .post(self.token_endpoint())
+                    .header("content-type", "application/x-www-form-urlencoded")
+                    .body(form(&params));
+                json_response(request.send().await).await
+            }
+        }
+    }
+
+    /// Replaces the code-flow clients' URIs on the running provider (sessions and tokens
+    /// stay), and keeps them for [`OidcProvider::restart`]. Use it when the gateway's port is
+    /// known only after the provider started.
+    pub async fn set_code_client_uris(&mut self, uris: CodeClientUris) -> Result<(), OidcError> {
+        let url = format!("{}/__admin/code-clients", self.issuer());
+        json_response(self.http.post(url).json(&uris).send().await).await?;
+        self.options.code_clients = uris;
+        Ok(())
+    }
+
+    /// Token endpoint calls so far (since the start or [`OidcProvider::reset_stats`]).
+    pub async fn token_calls(&self) -> Result<TokenCalls, OidcError> {
+        self.admin_get("stats").await
+    }
+
+    /// Refused grants and back-channel logouts so far.
+    pub async fn events(&self) -> Result<OidcEvents, OidcError> {
+        self.admin_get("events").await
+    }
+
+    /// Zeroes [`OidcProvider::token_calls`] and [`OidcProvider::events`].
+    pub async fn reset_stats(&self) -> Result<(), OidcError> {
+        let url = format!("{}/__admin/reset-stats", self.issuer());
+        json_response(self.http.post(url).send().await).await.map(drop)
+    }
+
+    /// Ends every login session of `sub` at the provider, as an administrator would: each of
+    /// their clients with a `backchannel_logout_uri` gets a logout token, their grants (and so
+    /// their access and refresh tokens) are revoked, and the sessions are gone.
+    pub async fn logout_user(&self, sub: &str) -> Result<AdminLogout, OidcError> {
+        self.admin_logout(&[("sub", sub)]).await
+    }
+
+    /// [`OidcProvider::logout_user`] for the one login session holding `sid`.
+    pub async fn logout_session(&self, sid: &str) -> Result<AdminLogout, OidcError> {
+        self.admin_logout(&[("sid", sid)]).await
+    }
+
+    async fn admin_logout(&self, query: &[(&str, &str)]) -> Result<AdminLogout, OidcError> {
+        let url = format!("{}/__admin/logout?{}", self.issuer(), form(query));
+        let json = json_response(self.http.post(url).send().await).await?;
+        serde_json::from_value(json.clone()).map_err(|e| OidcError::Malformed(format!("{e}: {json}")))
+    }
+
+    async fn admin_get<T: serde::de::DeserializeOwned>(&self, what: &str) -> Result<T, OidcError> {
+        let json = self.get_json(&format!("{}/__admin/{what}", self.issuer())).await?;
+        serde_json::from_value(json.clone()).map_err(|e| OidcError::Malformed(format!("{e}: {json}")))
     }
 
     /// The discovery document.
@@ -247,10 +589,37 @@ impl OidcProvider {
             .env("OIDC_KEYS_FILE", self.dir.path().join("keys.json"))
             .env("OIDC_EXIT_WITH_PARENT", "1")
             .env_remove("PORT")
+            .env_remove("OIDC_ISSUER")
+            .env_remove("OIDC_CLIENTS")
+            .env_remove("OIDC_REDIRECT_URIS")
+            .env_remove("OIDC_POST_LOGOUT_REDIRECT_URIS")
+            .env_remove("OIDC_BACKCHANNEL_LOGOUT_URI")
+            .env_remove("OIDC_ROTATE_REFRESH_TOKEN")
             .stdout(stdout)
             .stderr(stderr);
-        if let Some(ttl) = self.options.access_token_ttl {
-            cmd.env("ACCESS_TOKEN_TTL", ttl.as_secs().max(1).to_string());
+        let ttls = [
+            ("ACCESS_TOKEN_TTL", self.options.access_token_ttl),
+            ("ID_TOKEN_TTL", self.options.id_token_ttl),
+            ("REFRESH_TOKEN_TTL", self.options.refresh_token_ttl),
+            ("SESSION_TTL", self.options.session_ttl),
+        ];
+        for (name, ttl) in ttls {
+            if let Some(ttl) = ttl {
+                cmd.env(name, ttl.as_secs().max(1).to_string());
+            }
+        }
+        if let Some(rotate) = self.options.rotate_refresh_tokens {
+            cmd.env("OIDC_ROTATE_REFRESH_TOKEN", if rotate { "1" } else { "0" });
+        }
+        let uris = &self.options.code_clients;
+        if !uris.redirect_uris.is_empty() {
+            cmd.env("OIDC_REDIRECT_URIS", uris.redirect_uris.join(","));
+        }
+        if !uris.post_logout_redirect_uris.is_empty() {
+            cmd.env("OIDC_POST_LOGOUT_REDIRECT_URIS", uris.post_logout_redirect_uris.join(","));
+        }
+        if let Some(uri) = &uris.backchannel_logout_uri {
+            cmd.env("OIDC_BACKCHANNEL_LOGOUT_URI", uri);
         }
         if let Some(clients) = &self.options.clients {
             cmd.env("OIDC_CLIENTS", clients.to_string());
