@@ -38,8 +38,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use self::sealed::{SealKey, random_token};
-use self::session::{RedisSessions, Session, SessionHandle, unix_now};
+use self::session::{RedisSessions, Session, SessionHandle};
 use crate::Error;
+use crate::identity::jwt::now_secs;
 use crate::identity::{Identity, Kind, Outcome, Rejection};
 use crate::policy::Deny;
 use crate::request::AuthRequest;
@@ -176,14 +177,6 @@ impl OidcLogin {
         })
     }
 
-    pub fn issuer(&self) -> &str {
-        &self.settings.issuer
-    }
-
-    pub fn cookie_prefix(&self) -> &str {
-        &self.settings.cookie_prefix
-    }
-
     fn sessions(&self) -> Result<&RedisSessions, Error> {
         self.sessions.as_ref().ok_or_else(|| Error::Internal("oidc_login needs Redis: set REDIS_URL".into()))
     }
@@ -279,7 +272,7 @@ impl OidcLogin {
         session.refresh_token.is_some()
             && session
                 .access_expires_at
-                .is_some_and(|at| at.saturating_sub(unix_now()) <= self.settings.refresh_ahead.as_secs())
+                .is_some_and(|at| at.saturating_sub(now_secs()) <= self.settings.refresh_ahead.as_secs())
     }
 
     /// Refreshes a session's tokens: at most one refresh per session at a time, across
@@ -356,7 +349,7 @@ impl OidcLogin {
                 return self.unrefreshed(session);
             }
         };
-        let now = unix_now();
+        let now = now_secs();
         session.access_token = response.access_token().secret().clone();
         session.access_expires_at = response.expires_in().map(|d| now + d.as_secs());
         // With rotation the IdP sends a new refresh token; without, the old one stays valid.
@@ -374,7 +367,7 @@ impl OidcLogin {
     /// session goes on while its access token is valid; after that, the request cannot be
     /// decided (503) rather than logging the user out.
     fn unrefreshed(&self, session: Session) -> Result<Option<Session>, Error> {
-        if session.access_expires_at.is_some_and(|at| at > unix_now()) {
+        if session.access_expires_at.is_some_and(|at| at > now_secs()) {
             Ok(Some(session))
         } else {
             Err(Error::Unavailable(
@@ -497,7 +490,7 @@ impl OidcLogin {
             nonce,
             pkce_verifier: verifier.secret().clone(),
             return_to: web::request_url(request),
-            started: unix_now(),
+            started: now_secs(),
         };
         let name = format!("{}{state}", self.login_cookie_prefix());
         let sealed = self.login_key.seal(&name, &serde_json::to_vec(&login).expect("login state serializes"));
@@ -542,7 +535,7 @@ impl OidcLogin {
             return Ok(refuse("no login in progress for this state (expired, or started in another browser)"));
         };
         let mut delete_login = ("set-cookie".to_string(), web::set_cookie(&name, "", Some(0)));
-        if login.state != state || unix_now().saturating_sub(login.started) > self.settings.login_timeout.as_secs() {
+        if login.state != state || now_secs().saturating_sub(login.started) > self.settings.login_timeout.as_secs() {
             let mut deny = refuse("the login attempt expired");
             deny.headers.push(delete_login);
             return Ok(deny);
@@ -628,7 +621,7 @@ impl OidcLogin {
             let scope = scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" ");
             claims_json.entry("scope").or_insert(Value::String(scope));
         }
-        let now = unix_now();
+        let now = now_secs();
         Ok(Session {
             sub: claims.subject().to_string(),
             sid,
@@ -695,11 +688,6 @@ impl OidcLogin {
         let ended = sessions.end_all(&self.settings.issuer, sid, sub).await?;
         tracing::info!(ended, by_sid = sid.is_some(), "back-channel logout");
         Ok(Ok(ended))
-    }
-
-    /// The end-session URL, for docs and tests.
-    pub fn end_session_endpoint(&self) -> Option<String> {
-        self.provider.load().as_ref().and_then(|p| p.end_session_endpoint.clone())
     }
 }
 

@@ -5,7 +5,7 @@
 //! the id by SHA-256. So neither a Redis dump (no keys, no ids) nor a Redis key name (a hash)
 //! can be turned back into a working cookie, and a cookie is useless once its record is gone.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -16,6 +16,7 @@ use serde_json::{Map, Value};
 use super::sealed::{SealKey, random};
 use crate::Error;
 use crate::identity::api_key::hex;
+use crate::identity::jwt::now_secs;
 
 /// What the session cookie holds.
 #[derive(Clone, PartialEq, Eq)]
@@ -80,10 +81,6 @@ pub struct Session {
     pub created_at: u64,
 }
 
-pub fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
-
 /// Session lifetimes.
 #[derive(Clone, Copy, Debug)]
 pub struct Timeouts {
@@ -137,7 +134,7 @@ impl RedisSessions {
                 return Ok(None);
             }
         };
-        if self.timeouts.ttl(&session, unix_now()).is_none() {
+        if self.timeouts.ttl(&session, now_secs()).is_none() {
             return Ok(None);
         }
         Ok(Some(session))
@@ -145,7 +142,7 @@ impl RedisSessions {
 
     /// Writes the session, (re)starting its idle timeout.
     pub async fn save(&self, handle: &SessionHandle, session: &Session) -> Result<(), Error> {
-        let Some(ttl) = self.timeouts.ttl(session, unix_now()) else {
+        let Some(ttl) = self.timeouts.ttl(session, now_secs()) else {
             return self.delete(handle).await;
         };
         let plain = serde_json::to_vec(session).map_err(|e| Error::Internal(format!("session: {e}")))?;
@@ -253,7 +250,7 @@ impl RedisSessions {
     /// seconds); `false` for a replay.
     pub async fn first_use(&self, jti: &str, until: u64) -> Result<bool, Error> {
         let digest = ring::digest::digest(&ring::digest::SHA256, jti.as_bytes());
-        let ttl = until.saturating_sub(unix_now()).max(60);
+        let ttl = until.saturating_sub(now_secs()).max(60);
         let mut conn = self.conn.clone();
         let set: Option<String> = redis::cmd("SET")
             .arg(format!("{}jti:{}", self.prefix, hex(digest.as_ref())))
