@@ -15,7 +15,6 @@ import base64
 import json
 import shutil
 import tempfile
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -23,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-from deploytools import PODMAN_ENV, ROOT, CheckFailed, envoy_validate, free_port, main, podman, run, tool
+from deploytools import PODMAN_ENV, ROOT, CheckFailed, envoy_validate, eventually, free_port, main, podman, run, tool
 
 COMPOSE = ROOT / "docker-compose.yml"
 # The public images cannot be pulled here; build-images.sh makes stand-ins.
@@ -124,19 +123,8 @@ def http(url: str, *, headers: dict | None = None, data: bytes | None = None) ->
         return e.code, dict(e.headers), e.read()
 
 
-def eventually(what: str, probe, stack: Stack, timeout: float = 60.0):
-    """Retry `probe` (returning a true value when satisfied) until it is, or fail with logs."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            result = probe()
-            if result:
-                return result
-        except OSError as e:
-            last = e
-        time.sleep(0.25)
-    raise CheckFailed(f"{what}: not within {timeout}s (last error: {last})\n{stack.logs()}")
+def wait(what: str, probe, stack: Stack, timeout: float = 60.0):
+    return eventually(what, probe, timeout, stack.logs)
 
 
 def stack_runs_for_real():
@@ -150,16 +138,16 @@ def stack_runs_for_real():
         stack.compose("up", "-d")
         gateway = lambda path: stack.url("GATEWAY_PORT", path)  # noqa: E731
         # podman 4.3 ignores depends_on health conditions, so wait for each piece here.
-        eventually("Envoy proxies /auth/public", lambda: http(gateway("/auth/public"))[0] == 200, stack)
+        wait("Envoy proxies /auth/public", lambda: http(gateway("/auth/public"))[0] == 200, stack)
         for name in ("ratelimit-1", "ratelimit-2", "extauth", "transform", "redis"):
             container = f"{PROJECT}_{name}_1"
-            eventually(f"{container} HEALTHCHECK",
+            wait(f"{container} HEALTHCHECK",
                        lambda c=container: podman("healthcheck", "run", c, expect_ok=None).returncode == 0, stack)
         notes = []
 
         # Rate limiting: /rl/generic allows 3 a minute, counted in Redis by both replicas.
         # Envoy health-checks the replicas; wait until it sends calls that are counted.
-        eventually("ratelimit answers", lambda: "x-ratelimit-limit" in lowered(http(gateway("/rl/generic"))[1]), stack)
+        wait("ratelimit answers", lambda: "x-ratelimit-limit" in lowered(http(gateway("/rl/generic"))[1]), stack)
         codes = [http(gateway("/rl/generic"))[0] for _ in range(8)]
         if codes.count(429) < 5:
             raise CheckFailed(f"/rl/generic: expected 429 after the limit, got {codes}\n{stack.logs()}")
@@ -188,7 +176,7 @@ def stack_runs_for_real():
         # A JWT from the stack's OpenID provider.
         token = client_credentials_token(stack.url("OIDC_PORT", "/token"))
         status, _, _ = http(gateway("/auth/jwt"))
-        status_ok, _, _ = eventually("a token from the provider is accepted", lambda: (
+        status_ok, _, _ = wait("a token from the provider is accepted", lambda: (
             r := http(gateway("/auth/jwt"), headers={"authorization": f"Bearer {token}"}))[0] == 200 and r, stack)
         if status != 401:
             raise CheckFailed(f"/auth/jwt without a token: {status}")
@@ -199,7 +187,7 @@ def stack_runs_for_real():
         policies.write_text(policies.read_text() + "\n  - name: added-by-check\n    identity:\n"
                             "      any_of:\n        - name: anyone\n          anonymous: {}\n")
         status_url = stack.url("EXTAUTH_HTTP_PORT", "/config-status")
-        eventually("extauth reloads the edited policy file",
+        wait("extauth reloads the edited policy file",
                    lambda: "added-by-check" in json.loads(http(status_url)[2])["policies"], stack, timeout=15)
         notes.append("policy edit hot-reloaded")
         return "; ".join(notes)

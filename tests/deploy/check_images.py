@@ -8,10 +8,9 @@ Kubernetes and OpenShift run it.
 from __future__ import annotations
 
 import json
-import time
 import urllib.request
 
-from deploytools import ROOT, CheckFailed, free_port, main, podman, run, tool, trivy_config
+from deploytools import ROOT, CheckFailed, eventually, free_port, main, podman, run, tool, trivy_config
 
 DOCKERFILES = [ROOT / "Dockerfile", ROOT / "tests/oidc/Dockerfile", ROOT / "tests/echo/Dockerfile"]
 VERSION = next(line.split('"')[1] for line in (ROOT / "Cargo.toml").read_text().splitlines()
@@ -75,18 +74,15 @@ def images_run_locked_down():
 
 
 def wait_http_ok(url: str, container: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError as e:
-            last = e
-        time.sleep(0.2)
-    logs = podman("logs", container, expect_ok=None)
-    raise CheckFailed(f"{url} did not answer 200 within {timeout}s ({last})\n{logs.stdout}{logs.stderr}")
+    def ok():
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+
+    def logs():
+        out = podman("logs", container, expect_ok=None)
+        return out.stdout + out.stderr
+
+    eventually(f"{url} answers 200", ok, timeout, logs)
 
 
 if __name__ == "__main__":

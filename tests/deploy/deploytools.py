@@ -123,6 +123,23 @@ def podman(*args: str, expect_ok: bool | None = True, timeout: float | None = 12
     return run(["podman", *args], expect_ok=expect_ok, env=PODMAN_ENV, timeout=timeout)
 
 
+def eventually(what: str, probe, timeout: float, logs=lambda: "") -> object:
+    """Retry `probe` (a true result when satisfied; OSError counts as not yet) every 0.25 s
+    until it is, or fail naming `what`, the last error and `logs()`."""
+    import time
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            result = probe()
+            if result:
+                return result
+        except OSError as e:
+            last = e
+        time.sleep(0.25)
+    raise CheckFailed(f"{what}: not within {timeout}s (last error: {last})\n{logs()}")
+
+
 def free_port() -> int:
     """A port free on 127.0.0.1 right now (the kernel's pick)."""
     import socket
