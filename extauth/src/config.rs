@@ -94,6 +94,12 @@ pub struct OidcLoginSpec {
     pub redirect: Option<Spanned<String>>,
     pub logout_path: Option<String>,
     pub post_logout_redirect_uri: Option<String>,
+    /// Where logout ends without an IdP logout page: a path, or a URL on an allowed host.
+    /// Default `/`.
+    pub after_logout_url: Option<Spanned<String>>,
+    /// Hosts (`host` or `host:port`) that `rd=` and `after_logout_url` may name.
+    #[serde(default)]
+    pub allowed_redirect_hosts: Vec<String>,
     #[serde(default)]
     pub session: SessionSpec,
     /// Default 30s.
@@ -113,12 +119,17 @@ pub struct OidcLoginSpec {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SessionSpec {
+    /// `redis` (default) or `cookie` (no Redis; docs/extauth.md lists what it cannot do).
+    pub store: Option<Spanned<String>>,
     /// Default 1h.
     pub idle_timeout: Option<ConfigDuration>,
     /// Default 12h.
     pub absolute_timeout: Option<ConfigDuration>,
     /// Default `gatehouse:session:`.
     pub redis_prefix: Option<String>,
+    /// Default 5s (at most 30s; 0 turns the cache off): how long a replica keeps a session
+    /// in memory. Logouts on any replica reach every cache within 100 ms regardless.
+    pub cache_ttl: Option<Spanned<ConfigDuration>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -742,7 +753,8 @@ impl Builder<'_, '_> {
     }
 
     fn oidc_login(&mut self, what: &str, at: Position, spec: OidcLoginSpec) -> Option<Method> {
-        use crate::identity::oidc_login::{ClientAuth, OidcLogin, RedirectMode, Settings, session};
+        use crate::identity::oidc_login::cookie_sessions::CookieSessions;
+        use crate::identity::oidc_login::{ClientAuth, OidcLogin, RedirectMode, Settings, Store, session, web};
         let issuer = spec.issuer.value.clone();
         if !(issuer.starts_with("https://") || issuer.starts_with("http://")) {
             self.error(Position::of(&spec.issuer), format!("{what}: oidc_login.issuer must be an http(s) URL"));
@@ -822,19 +834,55 @@ impl Builder<'_, '_> {
         };
         let mut scopes = spec.scopes.unwrap_or_else(|| vec!["profile".into(), "email".into()]);
         scopes.retain(|s| s != "openid");
+        let after_logout_url = match &spec.after_logout_url {
+            None => "/".to_string(),
+            Some(url) => match web::safe_redirect(&url.value, &spec.allowed_redirect_hosts) {
+                Ok(url) => url,
+                Err(why) => {
+                    self.error(
+                        Position::of(url),
+                        format!("{what}: oidc_login.after_logout_url {:?}: {why}; use a path such as /bye or list the host in allowed_redirect_hosts", url.value),
+                    );
+                    "/".into()
+                }
+            },
+        };
+        if let Some(ttl) = &spec.session.cache_ttl
+            && ttl.value.0 > Duration::from_secs(30)
+        {
+            self.error(Position::of(ttl), format!("{what}: oidc_login.session.cache_ttl is at most 30s"));
+        }
         let timeouts = session::Timeouts {
             idle: spec.session.idle_timeout.map_or(Duration::from_secs(3600), |d| d.0),
             absolute: spec.session.absolute_timeout.map_or(Duration::from_secs(12 * 3600), |d| d.0),
         };
-        let sessions = match self.ctx.redis {
-            Some(conn) => Some(session::RedisSessions {
-                conn: conn.clone(),
-                prefix: spec.session.redis_prefix.unwrap_or_else(|| "gatehouse:session:".into()),
+        let store = match spec.session.store.as_ref().map(|s| s.value.as_str()) {
+            Some("cookie") => Some(Store::Cookie(Box::new(CookieSessions::new(
+                &cookie_secret,
+                format!("{cookie_prefix}-session"),
                 timeouts,
-            }),
-            None if self.ctx.check_only => None,
-            None => {
-                self.error(at, format!("{what}: oidc_login keeps sessions in Redis: set REDIS_URL"));
+            )))),
+            None | Some("redis") => match self.ctx.redis {
+                Some(conn) => Some(Store::Redis(Box::new(session::RedisSessions::new(
+                    conn.clone(),
+                    spec.session.redis_prefix.unwrap_or_else(|| "gatehouse:session:".into()),
+                    timeouts,
+                    spec.session.cache_ttl.as_ref().map_or(Duration::from_secs(5), |d| d.value.0),
+                )))),
+                None if self.ctx.check_only => None,
+                None => {
+                    self.error(
+                        spec.session.store.as_ref().map(Position::of).unwrap_or(at),
+                        format!("{what}: oidc_login keeps sessions in Redis: set REDIS_URL, or choose `session: {{store: cookie}}`"),
+                    );
+                    return None;
+                }
+            },
+            Some(other) => {
+                self.error(
+                    spec.session.store.as_ref().map(Position::of).unwrap_or(at),
+                    format!("{what}: oidc_login.session.store: {other:?}; expected redis or cookie"),
+                );
                 return None;
             }
         };
@@ -847,6 +895,8 @@ impl Builder<'_, '_> {
             scopes,
             logout_path: spec.logout_path,
             post_logout_redirect_uri: spec.post_logout_redirect_uri,
+            after_logout_url,
+            allowed_redirect_hosts: spec.allowed_redirect_hosts,
             redirect,
             cookie_prefix,
             cookie_secret,
@@ -863,14 +913,14 @@ impl Builder<'_, '_> {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .unwrap_or_else(|_| self.ctx.jwks.http().clone());
-        // Logout tokens are verified like bearer tokens, over the issuer's shared JWKS cache.
+        // ID and logout tokens are verified like bearer tokens, over the issuer's shared JWKS cache.
         let refresh = Refresh {
             every: Duration::from_secs(300),
             min_refetch: Duration::from_secs(30),
             timeout: settings.timeout,
         };
         let jwks = self.ctx.jwks.get(KeySource::Discovery { issuer: settings.issuer.clone() }, refresh);
-        let logout_tokens = JwtAuth {
+        let issuer_tokens = JwtAuth {
             sources: Vec::new(),
             issuer: settings.issuer.clone(),
             audiences: vec![settings.client_id.clone()],
@@ -882,7 +932,7 @@ impl Builder<'_, '_> {
             jwks,
             cache: token_cache(1),
         };
-        match OidcLogin::new(settings, sessions, http, logout_tokens) {
+        match OidcLogin::new(settings, store, http, issuer_tokens) {
             Ok(login) => Some(Method::OidcLogin(Arc::new(login))),
             Err(e) => {
                 self.error(at, format!("{what}: oidc_login: {e}"));

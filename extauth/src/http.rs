@@ -21,7 +21,7 @@ use gatehouse_common::metrics::Metrics;
 use gatehouse_common::server::HttpApp;
 use serde_json::json;
 
-use crate::policy::{Decision, POLICY_CONTEXT_KEY};
+use crate::policy::{Decision, Deny, POLICY_CONTEXT_KEY};
 use crate::request::AuthRequest;
 use crate::service::Authorizer;
 
@@ -43,6 +43,7 @@ pub fn router(authorizer: Authorizer, metrics: &Metrics) -> HttpApp {
         .route("/forward-auth", any(forward_auth_by_host))
         .route("/forward-auth/{*rest}", any(forward_auth))
         .route("/oidc/backchannel-logout/{policy}", axum::routing::post(backchannel_logout))
+        .route("/oidc/start/{policy}", get(start_login))
         .with_state(AppState { authorizer })
         .merge(metrics.router("/metrics"));
     HttpApp::from(router).max_header_bytes(MAX_HEADER_BYTES).head_too_large(head_too_large())
@@ -124,6 +125,32 @@ async fn backchannel_logout(State(state): State<AppState>, Path(policy): Path<St
     }
 }
 
+/// `GET /oidc/start/{policy}?rd=<path or allowed URL>`: starts a browser login that returns to
+/// `rd`. Proxied on the application's own host (the login cookie is set there): NGINX sends
+/// `auth_request`'s 401 here with `error_page 401 =302 /oidc/start/app?rd=$request_uri`.
+async fn start_login(
+    State(state): State<AppState>,
+    Path(policy): Path<String>,
+    RawQuery(query): RawQuery,
+    method: Method,
+    headers: HeaderMap,
+) -> Response {
+    let path = with_query(format!("/oidc/start/{policy}"), query);
+    let request = forwarded_request(Some(policy.clone()), &path, &method, &headers, Bytes::new());
+    let policies = state.authorizer.policies.load();
+    let Some(login) = policies.by_name.get(&policy).and_then(|p| p.browser_login()) else {
+        let deny = Deny { status: 404, reason: format!("no browser login in policy {policy:?}"), ..Default::default() };
+        return deny_response(&deny, &policy, &request);
+    };
+    match login.start(&request).await {
+        Ok(deny) => deny_response(&deny, &policy, &request),
+        Err(e) => {
+            tracing::warn!(error = %e, "starting a browser login");
+            cannot_decide(&policy)
+        }
+    }
+}
+
 fn with_query(path: String, query: Option<String>) -> String {
     match query {
         Some(q) if !q.is_empty() => format!("{path}?{q}"),
@@ -145,42 +172,55 @@ async fn decide(
         Ok(Decision::Allow(allow)) => {
             let mut response = StatusCode::OK.into_response();
             let out = response.headers_mut();
-            for (name, value) in allow.upstream_headers.iter().chain(&allow.client_headers) {
-                if let (Ok(name), Ok(value)) =
-                    (header::HeaderName::try_from(name.as_str()), HeaderValue::from_str(value))
-                {
+            for (name, value) in &allow.upstream_headers {
+                if let Some((name, value)) = header_pair(name, value) {
                     out.insert(name, value);
                 }
             }
-            response
-        }
-        Ok(Decision::Deny(deny)) => {
-            let status = StatusCode::from_u16(deny.status).unwrap_or(StatusCode::FORBIDDEN);
-            let mut response = (status, deny.body(&policy, request.header("x-request-id"))).into_response();
-            let out = response.headers_mut();
-            out.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-            for challenge in &deny.challenges {
-                if let Ok(v) = HeaderValue::from_str(challenge) {
-                    out.append(header::WWW_AUTHENTICATE, v);
-                }
-            }
-            for (name, value) in &deny.headers {
-                if let (Ok(name), Ok(value)) =
-                    (header::HeaderName::try_from(name.as_str()), HeaderValue::from_str(value))
-                {
+            // Client headers may repeat (Set-Cookie).
+            for (name, value) in &allow.client_headers {
+                if let Some((name, value)) = header_pair(name, value) {
                     out.append(name, value);
                 }
             }
             response
         }
-        Err(_) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            [(header::CONTENT_TYPE, "application/json")],
-            json!({"error": "unavailable", "reason": "authorization cannot be decided now", "policy": policy})
-                .to_string(),
-        )
-            .into_response(),
+        Ok(Decision::Deny(deny)) => deny_response(&deny, &policy, &request),
+        Err(_) => cannot_decide(&policy),
     }
+}
+
+fn header_pair(name: &str, value: &str) -> Option<(header::HeaderName, HeaderValue)> {
+    Some((header::HeaderName::try_from(name).ok()?, HeaderValue::from_str(value).ok()?))
+}
+
+/// A deny as forward-auth answers it: the status, the JSON body, challenges, and the extra
+/// headers (each appended: two `Set-Cookie`s must both arrive).
+fn deny_response(deny: &Deny, policy: &str, request: &AuthRequest) -> Response {
+    let status = StatusCode::from_u16(deny.status).unwrap_or(StatusCode::FORBIDDEN);
+    let mut response = (status, deny.body(policy, request.header("x-request-id"))).into_response();
+    let out = response.headers_mut();
+    out.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    for challenge in &deny.challenges {
+        if let Ok(v) = HeaderValue::from_str(challenge) {
+            out.append(header::WWW_AUTHENTICATE, v);
+        }
+    }
+    for (name, value) in &deny.headers {
+        if let Some((name, value)) = header_pair(name, value) {
+            out.append(name, value);
+        }
+    }
+    response
+}
+
+fn cannot_decide(policy: &str) -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [(header::CONTENT_TYPE, "application/json")],
+        json!({"error": "unavailable", "reason": "authorization cannot be decided now", "policy": policy}).to_string(),
+    )
+        .into_response()
 }
 
 /// The original request, from forwarding headers where the proxy sends them.

@@ -116,6 +116,9 @@ impl Deny {
         let error = match self.status {
             401 => "unauthorized",
             302 | 303 => "redirect",
+            400 => "bad_request",
+            404 => "not_found",
+            405 => "method_not_allowed",
             503 => "unavailable",
             _ => "forbidden",
         };
@@ -196,6 +199,7 @@ impl Policy {
             self.strip_credentials(&mut allow);
         }
         allow.upstream_headers.extend(identity.upstream_headers.iter().cloned());
+        allow.client_headers.extend(identity.client_headers.iter().cloned());
 
         let mut put = |k: &str, v: String| {
             allow.metadata.insert(k.to_string(), Value::String(v));

@@ -70,6 +70,9 @@ pub struct Identity {
     /// Headers the method itself sends upstream (a browser session's tokens, when
     /// configured). Not part of what rules see.
     pub upstream_headers: Vec<(String, String)>,
+    /// Headers the method sends back to the client with the upstream's response (a rewritten
+    /// session cookie). Not part of what rules see.
+    pub client_headers: Vec<(String, String)>,
 }
 
 impl Identity {
@@ -82,6 +85,7 @@ impl Identity {
             claims: Map::new(),
             metadata: Map::new(),
             upstream_headers: Vec::new(),
+            client_headers: Vec::new(),
         }
     }
 

@@ -15,6 +15,7 @@
 //! Only navigations are redirected ([`web::is_navigation`]); scripts get a 401 with a
 //! `login_url`. The return URL comes only from the request being checked and travels sealed.
 
+pub mod cookie_sessions;
 pub mod sealed;
 pub mod session;
 pub mod web;
@@ -24,19 +25,19 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 use openidconnect::core::{
-    CoreAuthDisplay, CoreClaimName, CoreClaimType, CoreClient, CoreClientAuthMethod, CoreGrantType, CoreIdTokenClaims,
-    CoreJsonWebKey, CoreJweContentEncryptionAlgorithm, CoreJweKeyManagementAlgorithm, CoreResponseMode,
-    CoreResponseType, CoreSubjectIdentifierType,
+    CoreAuthDisplay, CoreClaimName, CoreClaimType, CoreClient, CoreClientAuthMethod, CoreGrantType, CoreJsonWebKey,
+    CoreJweContentEncryptionAlgorithm, CoreJweKeyManagementAlgorithm, CoreResponseMode, CoreResponseType,
+    CoreSubjectIdentifierType,
 };
 use openidconnect::{
-    AuthType, AuthenticationFlow, AuthorizationCode, ClientId, ClientSecret, CsrfToken,
-    EmptyAdditionalProviderMetadata, EndpointMaybeSet, EndpointNotSet, EndpointSet, IssuerUrl, LogoutProviderMetadata,
-    Nonce, OAuth2TokenResponse, PkceCodeChallenge, PkceCodeVerifier, ProviderMetadata, RedirectUrl, Scope,
-    TokenResponse,
+    AdditionalProviderMetadata, AuthType, AuthenticationFlow, AuthorizationCode, ClientId, ClientSecret, CsrfToken,
+    EndpointMaybeSet, EndpointNotSet, EndpointSet, IssuerUrl, Nonce, OAuth2TokenResponse, PkceCodeChallenge,
+    PkceCodeVerifier, ProviderMetadata, RedirectUrl, RevocationUrl, Scope, TokenResponse,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
+use self::cookie_sessions::{CookieSessions, Stored};
 use self::sealed::{SealKey, random_token};
 use self::session::{RedisSessions, Session, SessionHandle};
 use crate::Error;
@@ -45,9 +46,21 @@ use crate::identity::{Identity, Kind, Outcome, Rejection};
 use crate::policy::Deny;
 use crate::request::AuthRequest;
 
-/// Discovery with `end_session_endpoint` (RP-initiated logout).
+/// What discovery says beyond OpenID Connect Discovery's core fields.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+struct MoreEndpoints {
+    /// RP-Initiated Logout 1.0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    end_session_endpoint: Option<String>,
+    /// RFC 7009 token revocation (RFC 8414 metadata).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    revocation_endpoint: Option<String>,
+}
+
+impl AdditionalProviderMetadata for MoreEndpoints {}
+
 type Metadata = ProviderMetadata<
-    LogoutProviderMetadata<EmptyAdditionalProviderMetadata>,
+    MoreEndpoints,
     CoreAuthDisplay,
     CoreClientAuthMethod,
     CoreClaimName,
@@ -64,6 +77,9 @@ type Metadata = ProviderMetadata<
 /// A client built from discovery: authorization endpoint set, token endpoint if advertised.
 type Client =
     CoreClient<EndpointSet, EndpointNotSet, EndpointNotSet, EndpointNotSet, EndpointMaybeSet, EndpointMaybeSet>;
+
+/// The same client where the IdP offers token revocation.
+type Revoker = CoreClient<EndpointSet, EndpointNotSet, EndpointNotSet, EndpointSet, EndpointMaybeSet, EndpointMaybeSet>;
 
 /// How the client authenticates at the token endpoint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -96,6 +112,11 @@ pub struct Settings {
     pub logout_path: Option<String>,
     /// Where the IdP sends the browser after logout (absolute, registered at the IdP).
     pub post_logout_redirect_uri: Option<String>,
+    /// Where the browser goes after logout when the IdP has no `end_session_endpoint`:
+    /// validated like `rd=` ([`web::safe_redirect`]). Default `/`.
+    pub after_logout_url: String,
+    /// Hosts (`host[:port]`) that `rd=` and `after_logout_url` may name besides relative paths.
+    pub allowed_redirect_hosts: Vec<String>,
     pub redirect: RedirectMode,
     /// `__Host-gatehouse` by default: cookies are `<prefix>-session` and `<prefix>-login-<state>`.
     pub cookie_prefix: String,
@@ -128,6 +149,15 @@ struct LoginState {
 struct Provider {
     client: Client,
     end_session_endpoint: Option<String>,
+    revoker: Option<Revoker>,
+}
+
+/// Where sessions live.
+pub enum Store {
+    /// The default: revocable, shared by replicas, one refresh across them.
+    Redis(Box<RedisSessions>),
+    /// For set-ups without Redis ([`cookie_sessions`]).
+    Cookie(Box<CookieSessions>),
 }
 
 pub struct OidcLogin {
@@ -135,15 +165,21 @@ pub struct OidcLogin {
     callback_path: String,
     login_key: SealKey,
     /// `None` only when validating the config without Redis (`check-config`).
-    sessions: Option<RedisSessions>,
+    store: Option<Store>,
     http: reqwest::Client,
     provider: ArcSwapOption<Provider>,
     discovering: tokio::sync::Mutex<Option<Instant>>,
-    /// One refresh per session at a time in this process (keyed by storage id).
+    /// One refresh per session at a time in this process (keyed by storage id, or by the
+    /// sealed cookie's digest in the cookie store).
     refreshing: parking_lot::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    /// Verifies back-channel logout tokens: the `jwt` method's verifier over the same JWKS
-    /// cache (rotation and capped refetch as for bearer tokens), with our client id as audience.
-    logout_tokens: crate::identity::jwt::JwtAuth,
+    /// The cookie store's recent refreshes, by the old cookie's digest: requests that still
+    /// carry it (sent before the new cookie arrived) get the refreshed session.
+    refreshed: moka::sync::Cache<String, Session>,
+    /// Verifies what the IdP signs for us, ID tokens and back-channel logout tokens: the `jwt`
+    /// method's verifier (signature, `iss`, `aud` = our client id, `exp`, `nbf`) over the
+    /// issuer's shared JWKS cache, so key rotation and the capped refetch work as for bearer
+    /// tokens. The checks particular to each kind of token are this module's.
+    issuer_tokens: crate::identity::jwt::JwtAuth,
 }
 
 /// How long a replica may hold a session's refresh lock: the token call's timeout plus slack.
@@ -155,9 +191,9 @@ const DISCOVERY_RETRY: Duration = Duration::from_secs(5);
 impl OidcLogin {
     pub fn new(
         settings: Settings,
-        sessions: Option<RedisSessions>,
+        store: Option<Store>,
         http: reqwest::Client,
-        logout_tokens: crate::identity::jwt::JwtAuth,
+        issuer_tokens: crate::identity::jwt::JwtAuth,
     ) -> Result<OidcLogin, String> {
         let redirect = openidconnect::url::Url::parse(&settings.redirect_uri)
             .map_err(|e| format!("redirect_uri {:?}: {e}", settings.redirect_uri))?;
@@ -168,17 +204,30 @@ impl OidcLogin {
             callback_path: redirect.path().to_string(),
             login_key: SealKey::derive(&settings.cookie_secret, "login-state"),
             settings,
-            sessions,
+            store,
             http,
             provider: ArcSwapOption::empty(),
             discovering: tokio::sync::Mutex::new(None),
             refreshing: parking_lot::Mutex::new(std::collections::HashMap::new()),
-            logout_tokens,
+            refreshed: moka::sync::Cache::builder().max_capacity(10_000).time_to_live(Duration::from_secs(60)).build(),
+            issuer_tokens,
         })
     }
 
-    fn sessions(&self) -> Result<&RedisSessions, Error> {
-        self.sessions.as_ref().ok_or_else(|| Error::Internal("oidc_login needs Redis: set REDIS_URL".into()))
+    fn store(&self) -> Result<&Store, Error> {
+        self.store.as_ref().ok_or_else(|| Error::Internal("oidc_login needs Redis: set REDIS_URL".into()))
+    }
+
+    /// `Set-Cookie` values that delete the request's session cookies.
+    fn clear_session(&self, request: &AuthRequest) -> Vec<(String, String)> {
+        let values = match &self.store {
+            Some(Store::Cookie(cookies)) => cookies.clear(request),
+            _ if request.cookie(&self.session_cookie()).is_some() => {
+                vec![web::set_cookie(&self.session_cookie(), "", Some(0))]
+            }
+            _ => Vec::new(),
+        };
+        values.into_iter().map(|v| ("set-cookie".to_string(), v)).collect()
     }
 
     fn session_cookie(&self) -> String {
@@ -216,7 +265,8 @@ impl OidcLogin {
             .await
             .map_err(|_| unavailable("discovery timed out".into()))?
             .map_err(|e| unavailable(format!("discovery: {e}")))?;
-        let end_session_endpoint = metadata.additional_metadata().end_session_endpoint.as_ref().map(|u| u.to_string());
+        let more = metadata.additional_metadata().clone();
+        let revocation = more.revocation_endpoint.as_deref().and_then(|u| RevocationUrl::new(u.to_string()).ok());
         let redirect = RedirectUrl::new(s.redirect_uri.clone()).map_err(|e| Error::Internal(e.to_string()))?;
         let client = CoreClient::from_provider_metadata(
             metadata,
@@ -229,43 +279,86 @@ impl OidcLogin {
         } else {
             AuthType::BasicAuth
         });
-        Ok(Provider { client, end_session_endpoint })
+        let revoker = revocation.map(|url| client.clone().set_revocation_url(url));
+        Ok(Provider { client, end_session_endpoint: more.end_session_endpoint, revoker })
     }
 
     /// The session cookie's identity: `Missing` without a cookie, `Rejected` for one that
     /// opens no live session.
     pub async fn authenticate(&self, name: &Arc<str>, request: &AuthRequest) -> Result<Outcome, Error> {
-        let Some(cookie) = request.cookie(&self.session_cookie()) else {
-            return Ok(Outcome::Missing);
+        let found = match self.store()? {
+            Store::Redis(sessions) => self.redis_session(sessions, request).await?,
+            Store::Cookie(cookies) => self.cookie_session(cookies, request).await?,
         };
-        let Some(handle) = SessionHandle::decode(cookie) else {
-            return Ok(Outcome::Rejected(Rejection::new("invalid session cookie")));
+        let (session, client_headers) = match found {
+            Found::Nothing => return Ok(Outcome::Missing),
+            Found::Rejected(reason) => return Ok(Outcome::Rejected(Rejection::new(reason))),
+            Found::Session(session, headers) => (session, headers),
         };
-        let Some(mut session) = self.sessions()?.load(&handle).await? else {
-            return Ok(Outcome::Rejected(Rejection::new("session expired or ended")));
-        };
-        if self.needs_refresh(&session) {
-            match self.refresh(&handle).await? {
-                Some(refreshed) => session = refreshed,
-                None => {
-                    return Ok(Outcome::Rejected(Rejection::new(
-                        "session ended: the identity provider refused to refresh it",
-                    )));
-                }
-            }
-        }
         let mut identity = Identity::new(name, Kind::Session, session.sub.clone());
-        identity.claims = session.claims.clone();
         if let Some(scope) = session.claims.get("scope").and_then(Value::as_str) {
             identity.scopes = scope.split_whitespace().map(str::to_string).collect();
         }
-        if let Some(header) = &self.settings.id_token_header {
-            identity.upstream_headers.push((header.clone(), session.id_token.clone()));
+        if let Some(header) = &self.settings.id_token_header
+            && !session.id_token.is_empty()
+        {
+            identity.upstream_headers.push((header.clone(), session.id_token));
         }
         if let Some(header) = &self.settings.access_token_header {
-            identity.upstream_headers.push((header.clone(), session.access_token.clone()));
+            identity.upstream_headers.push((header.clone(), session.access_token));
         }
+        identity.claims = session.claims;
+        identity.client_headers = client_headers.into_iter().map(|v| ("set-cookie".to_string(), v)).collect();
         Ok(Outcome::Authenticated(identity))
+    }
+
+    async fn redis_session(&self, sessions: &RedisSessions, request: &AuthRequest) -> Result<Found, Error> {
+        let Some(cookie) = request.cookie(&self.session_cookie()) else { return Ok(Found::Nothing) };
+        let Some(handle) = SessionHandle::decode(cookie) else {
+            return Ok(Found::Rejected("invalid session cookie"));
+        };
+        let Some(mut session) = sessions.load(&handle).await? else {
+            return Ok(Found::Rejected("session expired or ended"));
+        };
+        if self.needs_refresh(&session) {
+            match self.refresh(&handle, sessions).await? {
+                Some(refreshed) => session = refreshed,
+                None => return Ok(Found::Rejected("session ended: the identity provider refused to refresh it")),
+            }
+        }
+        Ok(Found::Session(session, Vec::new()))
+    }
+
+    /// The cookie store: the session from the cookies, refreshed if due, and the cookies
+    /// rewritten when it changed or its idle timeout needs restarting.
+    async fn cookie_session(&self, cookies: &CookieSessions, request: &AuthRequest) -> Result<Found, Error> {
+        let now = now_secs();
+        let Some(opened) = cookies.read(request, now) else { return Ok(Found::Nothing) };
+        let Some(mut stored) = opened else {
+            return Ok(Found::Rejected("invalid or expired session cookie"));
+        };
+        let mut rewrite = cookies.due(&stored, now);
+        if self.needs_refresh(&stored.session) {
+            let key = crate::identity::api_key::hex(
+                ring::digest::digest(
+                    &ring::digest::SHA256,
+                    request.cookie(&self.session_cookie()).unwrap_or_default().as_bytes(),
+                )
+                .as_ref(),
+            );
+            match self.refresh_cookie(key, stored.session).await? {
+                Some(session) => stored.session = session,
+                None => return Ok(Found::Rejected("session ended: the identity provider refused to refresh it")),
+            }
+            rewrite = true;
+        }
+        let headers = if rewrite {
+            stored.last_seen = now;
+            cookies.write(&stored, request)
+        } else {
+            Vec::new()
+        };
+        Ok(Found::Session(stored.session, headers))
     }
 
     fn needs_refresh(&self, session: &Session) -> bool {
@@ -280,16 +373,12 @@ impl OidcLogin {
     /// the session's Redis lock, reloads the session and, if it still needs it, refreshes and
     /// saves it. The others (here or on other replicas) then reload the refreshed session.
     /// The cookie never changes. `None`: the session has ended.
-    async fn refresh(&self, handle: &SessionHandle) -> Result<Option<Session>, Error> {
-        let sessions = self.sessions()?;
-        let id = handle.storage_id();
-        let flight = self.refreshing.lock().entry(id.clone()).or_default().clone();
-        let result = async {
-            let _turn = flight.lock().await;
+    async fn refresh(&self, handle: &SessionHandle, sessions: &RedisSessions) -> Result<Option<Session>, Error> {
+        self.one_at_a_time(handle.storage_id(), async {
             // Another replica may hold the lock: wait for its refresh, then reload.
             let deadline = Instant::now() + self.settings.timeout + Duration::from_secs(1);
             let token = loop {
-                let Some(session) = sessions.load(handle).await? else { return Ok(None) };
+                let Some(session) = sessions.load_stored(handle).await? else { return Ok(None) };
                 if !self.needs_refresh(&session) {
                     return Ok(Some(session));
                 }
@@ -304,26 +393,75 @@ impl OidcLogin {
             let outcome = self.refresh_locked(handle, sessions).await;
             sessions.unlock(handle, &token).await;
             outcome
-        }
-        .await;
-        let mut map = self.refreshing.lock();
-        if Arc::strong_count(&flight) <= 2 {
-            map.remove(&id);
-        }
-        result
+        })
+        .await
     }
 
     /// Under the lock: reload, recheck, refresh.
     async fn refresh_locked(&self, handle: &SessionHandle, sessions: &RedisSessions) -> Result<Option<Session>, Error> {
-        let Some(mut session) = sessions.load(handle).await? else { return Ok(None) };
+        let Some(session) = sessions.load_stored(handle).await? else { return Ok(None) };
         if !self.needs_refresh(&session) {
             return Ok(Some(session));
         }
-        let Some(refresh_token) = session.refresh_token.clone() else { return Ok(Some(session)) };
-        let provider = match self.provider().await {
-            Ok(p) => p,
-            Err(_) => return self.unrefreshed(session),
+        match self.refresh_tokens(&session).await? {
+            Refreshed::Done(session) => {
+                sessions.save_refreshed(handle, &session).await?;
+                Ok(Some(session))
+            }
+            Refreshed::Refused(reason) => {
+                // Under the lock nobody else refreshes this session, so the grant is really
+                // gone (revoked, expired, or reused): the session ends.
+                tracing::info!(session = ?handle, %reason, "session ended: refresh refused");
+                sessions.delete(handle).await?;
+                Ok(None)
+            }
+            Refreshed::Unavailable => self.unrefreshed(session),
+        }
+    }
+
+    /// The cookie store's refresh: one at a time per cookie in this process, and requests
+    /// still carrying the old cookie get the new session. Replicas do not coordinate, so a
+    /// refusal (another replica may have rotated the refresh token first) keeps the session
+    /// while its access token lasts.
+    async fn refresh_cookie(&self, key: String, session: Session) -> Result<Option<Session>, Error> {
+        self.one_at_a_time(key.clone(), async {
+            if let Some(done) = self.refreshed.get(&key) {
+                return Ok(Some(done));
+            }
+            match self.refresh_tokens(&session).await? {
+                Refreshed::Done(refreshed) => {
+                    self.refreshed.insert(key, refreshed.clone());
+                    Ok(Some(refreshed))
+                }
+                Refreshed::Refused(reason) => {
+                    tracing::info!(%reason, "cookie session: refresh refused");
+                    Ok(session.access_expires_at.is_some_and(|at| at > now_secs()).then_some(session))
+                }
+                Refreshed::Unavailable => self.unrefreshed(session),
+            }
+        })
+        .await
+    }
+
+    /// Runs `work` for `key` after every earlier call for the same key in this process.
+    async fn one_at_a_time<T>(&self, key: String, work: impl std::future::Future<Output = T>) -> T {
+        let flight = self.refreshing.lock().entry(key.clone()).or_default().clone();
+        let result = {
+            let _turn = flight.lock().await;
+            work.await
         };
+        let mut map = self.refreshing.lock();
+        if Arc::strong_count(&flight) <= 2 {
+            map.remove(&key);
+        }
+        result
+    }
+
+    /// The token endpoint's refresh: the session with new tokens, a refusal that ends it, or
+    /// no answer.
+    async fn refresh_tokens(&self, session: &Session) -> Result<Refreshed, Error> {
+        let Some(refresh_token) = session.refresh_token.clone() else { return Ok(Refreshed::Unavailable) };
+        let Ok(provider) = self.provider().await else { return Ok(Refreshed::Unavailable) };
         let refresh_token = openidconnect::RefreshToken::new(refresh_token);
         let request = match provider.client.exchange_refresh_token(&refresh_token) {
             Ok(r) => r,
@@ -334,21 +472,18 @@ impl OidcLogin {
             Ok(Err(openidconnect::RequestTokenError::ServerResponse(r)))
                 if *r.error() == openidconnect::core::CoreErrorResponseType::InvalidGrant =>
             {
-                // Under the lock nobody else refreshes this session, so the grant is really
-                // gone (revoked, expired, or reused): the session ends.
-                tracing::info!(session = ?handle, "refresh token refused (invalid_grant); session ended");
-                sessions.delete(handle).await?;
-                return Ok(None);
+                return Ok(Refreshed::Refused("the refresh token was refused (invalid_grant)".into()));
             }
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "session refresh failed");
-                return self.unrefreshed(session);
+                return Ok(Refreshed::Unavailable);
             }
             Err(_) => {
                 tracing::warn!("session refresh timed out");
-                return self.unrefreshed(session);
+                return Ok(Refreshed::Unavailable);
             }
         };
+        let mut session = session.clone();
         let now = now_secs();
         session.access_token = response.access_token().secret().clone();
         session.access_expires_at = response.expires_in().map(|d| now + d.as_secs());
@@ -356,11 +491,27 @@ impl OidcLogin {
         if let Some(rotated) = response.refresh_token() {
             session.refresh_token = Some(rotated.secret().clone());
         }
+        // A new ID token must be as valid as the first, for the same user (OIDC Core §12.2);
+        // its claims become the identity.
         if let Some(id_token) = response.id_token() {
-            session.id_token = id_token.to_string();
+            let id_token = id_token.to_string();
+            match self.verify_id_token(&id_token, None, &session.access_token).await? {
+                Ok(mut claims) if claims.get("sub").and_then(Value::as_str) == Some(session.sub.as_str()) => {
+                    if let Some(scope) = session.claims.get("scope") {
+                        claims.entry("scope").or_insert(scope.clone());
+                    }
+                    session.claims = claims;
+                    if !session.id_token.is_empty() {
+                        session.id_token = id_token;
+                    }
+                }
+                verdict => {
+                    let reason = verdict.err().unwrap_or_else(|| "another subject".into());
+                    return Ok(Refreshed::Refused(format!("the refreshed ID token is not valid: {reason}")));
+                }
+            }
         }
-        sessions.save(handle, &session).await?;
-        Ok(Some(session))
+        Ok(Refreshed::Done(session))
     }
 
     /// A refresh could not happen now (IdP unreachable, or another replica still busy): the
@@ -407,35 +558,57 @@ impl OidcLogin {
                 ..Default::default()
             });
         }
+        // Where to go in the end: a validated `rd=`, else the configured page.
+        let after = match request.query_param("rd") {
+            Some(rd) => match web::safe_redirect(&rd, &self.settings.allowed_redirect_hosts) {
+                Ok(url) => url,
+                Err(why) => {
+                    return Ok(Deny {
+                        status: 400,
+                        reason: format!("logout refused: rd is not a safe redirect ({why})"),
+                        ..Default::default()
+                    });
+                }
+            },
+            None => self.settings.after_logout_url.clone(),
+        };
+        let session = match self.store()? {
+            Store::Redis(sessions) => match request.cookie(&self.session_cookie()).and_then(SessionHandle::decode) {
+                Some(handle) => {
+                    let session = sessions.load_stored(&handle).await?;
+                    sessions.delete(&handle).await?;
+                    session
+                }
+                None => None,
+            },
+            Store::Cookie(cookies) => cookies.read(request, now_secs()).flatten().map(|stored| stored.session),
+        };
         let mut deny = Deny { status: 303, reason: "logged out".into(), ..Default::default() };
-        let mut id_token = None;
-        if let Some(handle) = request.cookie(&self.session_cookie()).and_then(SessionHandle::decode) {
-            let sessions = self.sessions()?;
-            if let Some(session) = sessions.load(&handle).await? {
-                id_token = Some(session.id_token);
-            }
-            sessions.delete(&handle).await?;
-        }
-        deny.headers.push(("set-cookie".into(), web::set_cookie(&self.session_cookie(), "", Some(0))));
-        let after = self.settings.post_logout_redirect_uri.clone().unwrap_or_else(|| "/".into());
-        let end_session = match self.provider().await {
-            Ok(p) => p.end_session_endpoint.clone(),
+        deny.headers.extend(self.clear_session(request));
+        let provider = match self.provider().await {
+            Ok(p) => Some(p),
             // The local session is gone either way; the IdP's stays until it expires.
             Err(e) => {
                 tracing::warn!(error = %e, "logout: the identity provider cannot be reached; ending the local session only");
                 None
             }
         };
-        let location = match end_session.and_then(|u| openidconnect::url::Url::parse(&u).ok()) {
+        if let (Some(provider), Some(session)) = (&provider, &session) {
+            self.revoke(provider, session).await;
+        }
+        // RP-initiated logout needs a registered post_logout_redirect_uri; `rd=` cannot travel
+        // through the IdP, so with one the IdP's page decides where the browser ends up.
+        let end_session = provider.as_ref().and_then(|p| p.end_session_endpoint.as_deref());
+        let location = match end_session.and_then(|u| openidconnect::url::Url::parse(u).ok()) {
             Some(mut url) => {
                 {
                     let mut q = url.query_pairs_mut();
                     q.append_pair("client_id", &self.settings.client_id);
-                    if let Some(token) = &id_token {
-                        q.append_pair("id_token_hint", token);
+                    if let Some(session) = session.as_ref().filter(|s| !s.id_token.is_empty()) {
+                        q.append_pair("id_token_hint", &session.id_token);
                     }
-                    if self.settings.post_logout_redirect_uri.is_some() {
-                        q.append_pair("post_logout_redirect_uri", &after);
+                    if let Some(uri) = &self.settings.post_logout_redirect_uri {
+                        q.append_pair("post_logout_redirect_uri", uri);
                     }
                 }
                 url.to_string()
@@ -444,6 +617,43 @@ impl OidcLogin {
         };
         deny.headers.push(("location".into(), location));
         Ok(deny)
+    }
+
+    /// RFC 7009: revokes the session's refresh token (with it, at most IdPs, the whole grant)
+    /// and access token where the IdP offers revocation. Best effort, within the timeout: the
+    /// session has already ended here.
+    async fn revoke(&self, provider: &Provider, session: &Session) {
+        use openidconnect::core::CoreRevocableToken;
+        let Some(revoker) = &provider.revoker else { return };
+        let mut tokens = Vec::new();
+        if let Some(refresh) = &session.refresh_token {
+            tokens.push(CoreRevocableToken::from(openidconnect::RefreshToken::new(refresh.clone())));
+        }
+        tokens.push(CoreRevocableToken::from(openidconnect::AccessToken::new(session.access_token.clone())));
+        for token in tokens {
+            let Ok(request) = revoker.revoke_token(token) else { return };
+            match tokio::time::timeout(self.settings.timeout, request.request_async(&self.http)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "logout: token revocation failed"),
+                Err(_) => tracing::warn!("logout: token revocation timed out"),
+            }
+        }
+    }
+
+    /// `GET /oidc/start/{policy}?rd=<url>` on the HTTP port: starts a login that returns to a
+    /// validated `rd` (default `/`). For proxies that cannot pass the IdP redirect on
+    /// (NGINX's `auth_request` answers 401; `error_page 401` sends the browser here) and for
+    /// a page's own "Log in" link.
+    pub async fn start(&self, request: &AuthRequest) -> Result<Deny, Error> {
+        let rd = request.query_param("rd").unwrap_or_else(|| "/".into());
+        match web::safe_redirect(&rd, &self.settings.allowed_redirect_hosts) {
+            Ok(return_to) => self.login_redirect(request, return_to).await,
+            Err(why) => Ok(Deny {
+                status: 400,
+                reason: format!("login refused: rd is not a safe redirect ({why})"),
+                ..Default::default()
+            }),
+        }
     }
 
     /// What an unauthenticated request gets: a redirect to the IdP for navigations (per
@@ -455,13 +665,20 @@ impl OidcLogin {
             RedirectMode::Auto => web::is_navigation(request),
         };
         let mut deny = Deny { status: 401, reason: rejection.reason, ..Default::default() };
-        if request.cookie(&self.session_cookie()).is_some() {
-            deny.headers.push(("set-cookie".into(), web::set_cookie(&self.session_cookie(), "", Some(0))));
-        }
+        deny.headers.extend(self.clear_session(request));
         if !redirect {
             deny.extra.insert("login_url".into(), Value::String(web::request_url(request)));
             return Ok(deny);
         }
+        let mut login = self.login_redirect(request, web::request_url(request)).await?;
+        login.headers.extend(deny.headers);
+        Ok(login)
+    }
+
+    /// 302 to the IdP's authorization endpoint, with a new login cookie that brings the
+    /// browser back to `return_to` (already trusted: the checked request's own URL, or a
+    /// validated `rd`).
+    async fn login_redirect(&self, request: &AuthRequest, return_to: String) -> Result<Deny, Error> {
         let provider = match self.provider().await {
             Ok(p) => p,
             Err(e) => return Ok(unavailable_page(&e)),
@@ -489,13 +706,12 @@ impl OidcLogin {
             state: state.clone(),
             nonce,
             pkce_verifier: verifier.secret().clone(),
-            return_to: web::request_url(request),
+            return_to,
             started: now_secs(),
         };
         let name = format!("{}{state}", self.login_cookie_prefix());
         let sealed = self.login_key.seal(&name, &serde_json::to_vec(&login).expect("login state serializes"));
-        deny.status = 302;
-        deny.reason = "login required".into();
+        let mut deny = Deny { status: 302, reason: "login required".into(), ..Default::default() };
         deny.headers.push(("location".into(), url.to_string()));
         deny.headers
             .push(("set-cookie".into(), web::set_cookie(&name, &sealed, Some(self.settings.login_timeout.as_secs()))));
@@ -561,16 +777,26 @@ impl OidcLogin {
             }
             Err(Exchange::Unavailable(e)) => return Ok(unavailable_page(&e)),
         };
-        let handle = SessionHandle::generate();
-        let sessions = self.sessions()?;
-        sessions.save(&handle, &session).await?;
-        sessions.index(&handle, &self.settings.issuer, &session).await?;
         let mut deny = Deny { status: 302, reason: "logged in".into(), ..Default::default() };
         deny.headers.push(("location".into(), login.return_to));
-        deny.headers.push((
-            "set-cookie".into(),
-            web::set_cookie(&self.session_cookie(), &handle.encode(), Some(sessions.timeouts.absolute.as_secs())),
-        ));
+        match self.store()? {
+            Store::Redis(sessions) => {
+                // A new id on every login: a session id planted before login is never used.
+                let handle = SessionHandle::generate();
+                sessions.save(&handle, &session).await?;
+                sessions.index(&handle, &self.settings.issuer, &session).await?;
+                let cookie = web::set_cookie(
+                    &self.session_cookie(),
+                    &handle.encode(),
+                    Some(sessions.timeouts.absolute.as_secs()),
+                );
+                deny.headers.push(("set-cookie".into(), cookie));
+            }
+            Store::Cookie(cookies) => {
+                let stored = Stored { session: Session { id_token: String::new(), ..session }, last_seen: now_secs() };
+                deny.headers.extend(cookies.write(&stored, request).into_iter().map(|v| ("set-cookie".to_string(), v)));
+            }
+        }
         deny.headers.push(std::mem::take(&mut delete_login));
         Ok(deny)
     }
@@ -593,45 +819,74 @@ impl OidcLogin {
             })?;
         let id_token =
             response.id_token().ok_or_else(|| Exchange::Refused("no ID token in the token response".into()))?;
-        let leeway = chrono::Duration::from_std(self.settings.leeway).unwrap_or_default();
-        let verifier = provider
-            .client
-            .id_token_verifier()
-            .set_time_fn(move || chrono::Utc::now() - leeway)
-            .set_issue_time_verifier_fn(move |iat| {
-                if iat > chrono::Utc::now() + leeway { Err("issued in the future".into()) } else { Ok(()) }
-            });
-        let claims: &CoreIdTokenClaims = id_token
-            .claims(&verifier, &Nonce::new(login.nonce.clone()))
-            .map_err(|e| Exchange::Refused(format!("the ID token is not valid: {e}")))?;
-        if let Some(expected) = claims.access_token_hash() {
-            let alg = id_token.signing_alg().map_err(|e| Exchange::Refused(format!("ID token: {e}")))?;
-            let alg = serde_json::to_value(alg).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
-            if at_hash(&alg, response.access_token().secret()).as_deref() != Some(expected.as_str()) {
-                return Err(Exchange::Refused("the ID token's at_hash does not match the access token".into()));
-            }
-        }
-        let mut claims_json = match serde_json::to_value(claims) {
-            Ok(Value::Object(map)) => map,
-            _ => Map::new(),
+        let id_token = id_token.to_string();
+        let access_token = response.access_token().secret();
+        let mut claims = match self.verify_id_token(&id_token, Some(&login.nonce), access_token).await {
+            Ok(Ok(claims)) => claims,
+            Ok(Err(reason)) => return Err(Exchange::Refused(format!("the ID token is not valid: {reason}"))),
+            Err(e) => return Err(Exchange::Unavailable(e)),
         };
-        claims_json.remove("nonce");
-        let sid = claims_json.get("sid").and_then(Value::as_str).map(str::to_string);
+        let sid = claims.get("sid").and_then(Value::as_str).map(str::to_string);
         if let Some(scopes) = response.scopes() {
             let scope = scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" ");
-            claims_json.entry("scope").or_insert(Value::String(scope));
+            claims.entry("scope").or_insert(Value::String(scope));
         }
         let now = now_secs();
         Ok(Session {
-            sub: claims.subject().to_string(),
+            sub: claims.get("sub").and_then(Value::as_str).unwrap_or_default().to_string(),
             sid,
-            claims: claims_json,
-            id_token: id_token.to_string(),
+            claims,
+            id_token,
             access_token: response.access_token().secret().clone(),
             access_expires_at: response.expires_in().map(|d| now + d.as_secs()),
             refresh_token: response.refresh_token().map(|t| t.secret().clone()),
             created_at: now,
         })
+    }
+
+    /// Verifies an ID token (OIDC Core §3.1.3.7): signature, `iss`, `aud`, `exp` and `nbf` by
+    /// the shared verifier, then `iat`, `sub`, `azp`, the login's `nonce` (not for tokens from
+    /// a refresh, §12.2) and `at_hash`. The claims without `nonce`; `Ok(Err)` names what is
+    /// wrong; `Err` when the keys cannot be had.
+    async fn verify_id_token(
+        &self,
+        id_token: &str,
+        nonce: Option<&str>,
+        access_token: &str,
+    ) -> Result<Result<Map<String, Value>, String>, Error> {
+        let mut claims = match self.issuer_tokens.verify_claims(id_token).await? {
+            Ok(claims) => claims,
+            Err(rejection) => return Ok(Err(rejection.reason)),
+        };
+        let now = now_secs();
+        match claims.get("iat").and_then(Value::as_u64) {
+            Some(iat) if iat <= now + self.settings.leeway.as_secs() => {}
+            Some(_) => return Ok(Err("issued in the future".into())),
+            None => return Ok(Err("no iat".into())),
+        }
+        if claims.get("sub").and_then(Value::as_str).is_none_or(str::is_empty) {
+            return Ok(Err("no sub".into()));
+        }
+        let audiences = claims.get("aud").and_then(Value::as_array).map_or(1, Vec::len);
+        match claims.get("azp") {
+            Some(Value::String(azp)) if *azp == self.settings.client_id => {}
+            Some(_) => return Ok(Err("azp names another client".into())),
+            None if audiences > 1 => return Ok(Err("several audiences and no azp".into())),
+            None => {}
+        }
+        if let Some(expected) = nonce
+            && claims.get("nonce").and_then(Value::as_str) != Some(expected)
+        {
+            return Ok(Err("the nonce is not this login's".into()));
+        }
+        if let Some(expected) = claims.get("at_hash") {
+            let alg = jsonwebtoken::decode_header(id_token).map(|h| format!("{:?}", h.alg)).unwrap_or_default();
+            if at_hash(&alg, access_token).as_ref().map(|h| Value::String(h.clone())).as_ref() != Some(expected) {
+                return Ok(Err("at_hash does not match the access token".into()));
+            }
+        }
+        claims.remove("nonce");
+        Ok(Ok(claims))
     }
 
     /// Keeps Gatehouse's cookies from the upstream: the `Cookie` header without them, or its
@@ -658,7 +913,7 @@ impl OidcLogin {
         {
             return Ok(Err(format!("typ {typ:?} is not logout+jwt")));
         }
-        let claims = match self.logout_tokens.verify_claims(logout_token).await? {
+        let claims = match self.issuer_tokens.verify_claims(logout_token).await? {
             Ok(claims) => claims,
             Err(rejection) => return Ok(Err(rejection.reason)),
         };
@@ -680,7 +935,9 @@ impl OidcLogin {
         let Some(jti) = claims.get("jti").and_then(Value::as_str) else {
             return Ok(Err("no jti".into()));
         };
-        let sessions = self.sessions()?;
+        let Store::Redis(sessions) = self.store()? else {
+            return Ok(Err("this policy keeps sessions in cookies, which back-channel logout cannot end".into()));
+        };
         let exp = claims.get("exp").and_then(Value::as_u64).unwrap_or(0);
         if !sessions.first_use(jti, exp + self.settings.leeway.as_secs()).await? {
             return Ok(Err("replayed logout token (jti seen before)".into()));
@@ -689,6 +946,23 @@ impl OidcLogin {
         tracing::info!(ended, by_sid = sid.is_some(), "back-channel logout");
         Ok(Ok(ended))
     }
+}
+
+/// A session lookup's result.
+enum Found {
+    /// No session cookie.
+    Nothing,
+    Rejected(&'static str),
+    /// The session, and `Set-Cookie` values for the response (the cookie store's rewrite).
+    Session(Session, Vec<String>),
+}
+
+enum Refreshed {
+    Done(Session),
+    /// The IdP refused (`invalid_grant`, or an invalid new ID token).
+    Refused(String),
+    /// The IdP cannot be reached or did not answer in time.
+    Unavailable,
 }
 
 enum Exchange {

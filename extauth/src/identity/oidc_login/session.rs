@@ -5,11 +5,14 @@
 //! the id by SHA-256. So neither a Redis dump (no keys, no ids) nor a Redis key name (a hash)
 //! can be turned back into a working cookie, and a cookie is useless once its record is gone.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use gatehouse_common::redis::RedisConn;
+use moka::sync::Cache;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -70,6 +73,8 @@ pub struct Session {
     pub sid: Option<String>,
     /// The verified ID token's claims: the identity rules and headers see.
     pub claims: Map<String, Value>,
+    /// Empty in the cookie store, which keeps cookies small.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub id_token: String,
     pub access_token: String,
     /// Unix seconds.
@@ -100,29 +105,108 @@ impl Timeouts {
     }
 }
 
-/// Sessions in Redis (single, Sentinel or Cluster through `common::redis`).
+/// Sessions in Redis (single, Sentinel or Cluster through `common::redis`), cached in process
+/// for a short time.
+///
+/// The cache is kept honest across replicas by a log of ended sessions: a Redis stream
+/// (`<prefix>ended`) that every replica appends to when it ends or changes a session (logout,
+/// back-channel logout, a refused refresh, a refresh) and reads at most every
+/// [`LOG_INTERVAL`] before serving from its cache. A cached session is therefore never used
+/// more than that long after another replica ended it, and if the log cannot be read the
+/// cache is dropped and Redis decides. A stream rather than pub/sub: nothing is lost while a
+/// replica is disconnected, and it works the same on Cluster.
 pub struct RedisSessions {
-    pub conn: RedisConn,
+    conn: RedisConn,
     /// Key prefix, `gatehouse:session:` by default.
-    pub prefix: String,
+    prefix: String,
     pub timeouts: Timeouts,
+    cache: Option<Cache<String, Arc<Cached>>>,
+    /// Sessions this replica knows ended recently: never cached again.
+    ended: Cache<String, ()>,
+    log: tokio::sync::Mutex<LogCursor>,
+    /// When the log was last read, in ms since `epoch` (0: never, or the cache was dropped).
+    log_read_at: AtomicU64,
+    epoch: Instant,
+}
+
+/// A cached session, with the key its cookie must carry.
+struct Cached {
+    key: [u8; 32],
+    session: Session,
+}
+
+#[derive(Default)]
+struct LogCursor {
+    /// The last entry read; `None` before the first read.
+    last_id: Option<String>,
+}
+
+/// How stale the ended-sessions log may be before a cached session is served.
+pub const LOG_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Ended-session entries are kept this long; a replica that has not read the log for longer
+/// drops its whole cache. Sessions are cached for less (the config caps `cache_ttl`).
+const LOG_RETENTION: Duration = Duration::from_secs(60);
+
+fn unavailable(e: redis::RedisError) -> Error {
+    Error::Unavailable(format!("session store (Redis): {e}"))
 }
 
 impl RedisSessions {
+    /// `cache_ttl` zero: no in-process cache; every check reads Redis.
+    pub fn new(conn: RedisConn, prefix: String, timeouts: Timeouts, cache_ttl: Duration) -> RedisSessions {
+        let cache = (!cache_ttl.is_zero())
+            .then(|| Cache::builder().max_capacity(100_000).time_to_live(cache_ttl.min(LOG_RETENTION / 2)).build());
+        RedisSessions {
+            conn,
+            prefix,
+            timeouts,
+            cache,
+            ended: Cache::builder().max_capacity(100_000).time_to_live(LOG_RETENTION).build(),
+            log: tokio::sync::Mutex::new(LogCursor::default()),
+            log_read_at: AtomicU64::new(0),
+            epoch: Instant::now(),
+        }
+    }
+
     fn key(&self, handle: &SessionHandle) -> String {
         format!("{}{}", self.prefix, handle.storage_id())
     }
 
+    fn log_key(&self) -> String {
+        format!("{}ended", self.prefix)
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64 + 1
+    }
+
     /// The session behind a cookie, or `None` when it has ended, expired, or the cookie does
-    /// not open it. `Err` only when Redis cannot answer.
+    /// not open it. `Err` only when Redis cannot answer. From the cache when the log of ended
+    /// sessions is fresh; otherwise from Redis, which also restarts the idle timeout.
     pub async fn load(&self, handle: &SessionHandle) -> Result<Option<Session>, Error> {
+        let id = handle.storage_id();
+        if let Some(cache) = &self.cache
+            && self.log_is_fresh().await
+            && let Some(hit) = cache.get(&id)
+            && constant_time_eq(&hit.key, &handle.key)
+        {
+            return Ok(self.live(hit.session.clone()));
+        }
+        let Some(session) = self.load_stored(handle).await? else { return Ok(None) };
+        if let Some(cache) = &self.cache
+            && !self.ended.contains_key(&id)
+        {
+            cache.insert(id, Arc::new(Cached { key: handle.key, session: session.clone() }));
+        }
+        Ok(Some(session))
+    }
+
+    /// The session as Redis has it now, bypassing the cache (the refresh path's re-checks).
+    pub async fn load_stored(&self, handle: &SessionHandle) -> Result<Option<Session>, Error> {
         let key = self.key(handle);
         let mut conn = self.conn.clone();
-        let sealed: Option<String> = redis::cmd("GET")
-            .arg(&key)
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| Error::Unavailable(format!("session store (Redis): {e}")))?;
+        let sealed: Option<String> = redis::cmd("GET").arg(&key).query_async(&mut conn).await.map_err(unavailable)?;
         let Some(sealed) = sealed else { return Ok(None) };
         let Some(plain) = handle.seal_key().open(&handle.storage_id(), &sealed) else {
             return Ok(None);
@@ -134,10 +218,134 @@ impl RedisSessions {
                 return Ok(None);
             }
         };
-        if self.timeouts.ttl(&session, now_secs()).is_none() {
-            return Ok(None);
-        }
+        let Some(ttl) = self.timeouts.ttl(&session, now_secs()) else { return Ok(None) };
+        // A request restarts the idle timeout.
+        let _: redis::RedisResult<()> =
+            redis::cmd("PEXPIRE").arg(&key).arg(ttl.as_millis().max(1) as u64).query_async(&mut conn).await;
         Ok(Some(session))
+    }
+
+    /// A cached session past its absolute timeout is over.
+    fn live(&self, session: Session) -> Option<Session> {
+        self.timeouts.ttl(&session, now_secs()).map(|_| session)
+    }
+
+    /// Reads the log of ended sessions if it is older than [`LOG_INTERVAL`], dropping what it
+    /// names from the cache. `false` when it cannot be read: the cache must not be trusted.
+    async fn log_is_fresh(&self) -> bool {
+        let fresh = |read_at: u64| read_at != 0 && self.now_ms() - read_at < LOG_INTERVAL.as_millis() as u64;
+        if fresh(self.log_read_at.load(Ordering::Acquire)) {
+            return true;
+        }
+        let mut cursor = self.log.lock().await;
+        let read_at = self.log_read_at.load(Ordering::Acquire);
+        if fresh(read_at) {
+            return true;
+        }
+        let started = self.now_ms();
+        // Behind by more than the log keeps (or never read): start over from its end.
+        if read_at == 0 || started - read_at >= LOG_RETENTION.as_millis() as u64 {
+            cursor.last_id = None;
+        }
+        match self.read_log(&mut cursor).await {
+            Ok(()) => {
+                self.log_read_at.store(started, Ordering::Release);
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the log of ended sessions; session cache dropped");
+                if let Some(cache) = &self.cache {
+                    cache.invalidate_all();
+                }
+                self.log_read_at.store(0, Ordering::Release);
+                false
+            }
+        }
+    }
+
+    async fn read_log(&self, cursor: &mut LogCursor) -> Result<(), Error> {
+        let mut conn = self.conn.clone();
+        let Some(last) = cursor.last_id.clone() else {
+            // A fresh start: nothing cached can predate it.
+            if let Some(cache) = &self.cache {
+                cache.invalidate_all();
+            }
+            let tail: Vec<(String, Vec<String>)> = redis::cmd("XREVRANGE")
+                .arg(self.log_key())
+                .arg("+")
+                .arg("-")
+                .arg("COUNT")
+                .arg(1)
+                .query_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            cursor.last_id = Some(tail.into_iter().next().map_or_else(|| "0-0".to_string(), |(id, _)| id));
+            return Ok(());
+        };
+        let mut last = last;
+        loop {
+            const PAGE: usize = 1000;
+            let entries: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
+                .arg(self.log_key())
+                .arg(format!("({last}"))
+                .arg("+")
+                .arg("COUNT")
+                .arg(PAGE)
+                .query_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            let full = entries.len() == PAGE;
+            for (entry, fields) in entries {
+                for pair in fields.chunks(2) {
+                    match pair {
+                        [kind, id] if kind == "ended" => self.forget(id),
+                        [kind, id] if kind == "changed" => self.drop_cached(id),
+                        _ => {}
+                    }
+                }
+                last = entry;
+            }
+            cursor.last_id = Some(last.clone());
+            if !full {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Drops a session from this replica's cache for good.
+    fn forget(&self, id: &str) {
+        self.ended.insert(id.to_string(), ());
+        self.drop_cached(id);
+    }
+
+    fn drop_cached(&self, id: &str) {
+        if let Some(cache) = &self.cache {
+            cache.invalidate(id);
+        }
+    }
+
+    /// Tells every replica (and this one) that these sessions ended (`"ended"`) or changed
+    /// (`"changed"`: a refresh).
+    async fn announce(&self, kind: &'static str, ids: &[String]) -> Result<(), Error> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        for id in ids {
+            match kind {
+                "ended" => self.forget(id),
+                _ => self.drop_cached(id),
+            }
+        }
+        // Stream ids are Redis's clock in ms: trim what is older than the retention.
+        let mut conn = self.conn.clone();
+        let now_ms: (u64, u64) = redis::cmd("TIME").query_async(&mut conn).await.map_err(unavailable)?;
+        let min_id = (now_ms.0 * 1000 + now_ms.1 / 1000).saturating_sub(LOG_RETENTION.as_millis() as u64);
+        let mut pipe = redis::pipe();
+        for id in ids {
+            pipe.cmd("XADD").arg(self.log_key()).arg("MINID").arg("~").arg(min_id).arg("*").arg(kind).arg(id).ignore();
+        }
+        pipe.cmd("PEXPIRE").arg(self.log_key()).arg(LOG_RETENTION.as_millis() as u64 * 2).ignore();
+        pipe.query_async::<()>(&mut conn).await.map_err(unavailable)
     }
 
     /// Writes the session, (re)starting its idle timeout.
@@ -155,7 +363,13 @@ impl RedisSessions {
             .arg(ttl.as_millis().max(1) as u64)
             .query_async::<()>(&mut conn)
             .await
-            .map_err(|e| Error::Unavailable(format!("session store (Redis): {e}")))
+            .map_err(unavailable)
+    }
+
+    /// Saves a refreshed session, and tells the other replicas to drop their cached copy.
+    pub async fn save_refreshed(&self, handle: &SessionHandle, session: &Session) -> Result<(), Error> {
+        self.save(handle, session).await?;
+        self.announce("changed", &[handle.storage_id()]).await
     }
 
     /// Takes the session's refresh lock for `ttl` across replicas; `None` if another holder
@@ -171,7 +385,7 @@ impl RedisSessions {
             .arg(ttl.as_millis() as u64)
             .query_async(&mut conn)
             .await
-            .map_err(|e| Error::Unavailable(format!("session store (Redis): {e}")))?;
+            .map_err(unavailable)?;
         Ok(set.map(|_| token))
     }
 
@@ -200,7 +414,7 @@ impl RedisSessions {
             pipe.cmd("EXPIRE").arg(&index).arg(ttl).ignore();
         }
         let mut conn = self.conn.clone();
-        pipe.query_async::<()>(&mut conn).await.map_err(|e| Error::Unavailable(format!("session store (Redis): {e}")))
+        pipe.query_async::<()>(&mut conn).await.map_err(unavailable)
     }
 
     /// Index keys: one per IdP session (`sid`) and one per user (`sub`), each within the issuer.
@@ -222,28 +436,30 @@ impl RedisSessions {
     /// Ends every session of an IdP session (`sid`), or else of a user (`sub`), on every
     /// replica at once (they all read Redis). Returns how many sessions were ended.
     pub async fn end_all(&self, issuer: &str, sid: Option<&str>, sub: Option<&str>) -> Result<usize, Error> {
-        let unavailable = |e: redis::RedisError| Error::Unavailable(format!("session store (Redis): {e}"));
         // sid is the narrower: with both, only that IdP session ends (the spec's choice).
         let keys = match sid {
             Some(sid) => self.index_keys(issuer, Some(sid), None),
             None => self.index_keys(issuer, None, sub),
         };
         let mut conn = self.conn.clone();
-        let mut ended = 0;
+        let mut ended = Vec::new();
         for index in keys {
             let members: Vec<String> =
                 redis::cmd("SMEMBERS").arg(&index).query_async(&mut conn).await.map_err(unavailable)?;
-            for id in &members {
+            for id in members {
                 let n: usize = redis::cmd("DEL")
                     .arg(format!("{}{id}", self.prefix))
                     .query_async(&mut conn)
                     .await
                     .map_err(unavailable)?;
-                ended += n;
+                if n > 0 {
+                    ended.push(id);
+                }
             }
             redis::cmd("DEL").arg(&index).query_async::<()>(&mut conn).await.map_err(unavailable)?;
         }
-        Ok(ended)
+        self.announce("ended", &ended).await?;
+        Ok(ended.len())
     }
 
     /// `true` the first time a logout token's `jti` is seen (kept until `until`, unix
@@ -260,18 +476,21 @@ impl RedisSessions {
             .arg(ttl)
             .query_async(&mut conn)
             .await
-            .map_err(|e| Error::Unavailable(format!("session store (Redis): {e}")))?;
+            .map_err(unavailable)?;
         Ok(set.is_some())
     }
 
+    /// Ends a session, on every replica.
     pub async fn delete(&self, handle: &SessionHandle) -> Result<(), Error> {
         let mut conn = self.conn.clone();
-        redis::cmd("DEL")
-            .arg(self.key(handle))
-            .query_async::<()>(&mut conn)
-            .await
-            .map_err(|e| Error::Unavailable(format!("session store (Redis): {e}")))
+        redis::cmd("DEL").arg(self.key(handle)).query_async::<()>(&mut conn).await.map_err(unavailable)?;
+        self.announce("ended", &[handle.storage_id()]).await
     }
+}
+
+/// Compares two secrets in time independent of where they differ.
+fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]
