@@ -48,6 +48,11 @@
 //                                                  -> {}; without `cookies`, all of the context's
 //   blockedCookies {page, clear?}                  -> {cookies: [{url, cookie, reasons}]}: the
 //                                                     Set-Cookie lines Chromium refused on this page
+//   hold {page, prefix}                            -> {}: from now on the page's requests whose URL
+//                                                     starts with `prefix` never leave the browser:
+//                                                     each is answered 200 with a short HTML page,
+//                                                     so a navigation (or redirect) there ends at
+//                                                     that URL, unsent; `prefix` null stops holding
 //
 // Navigation = {url, status, headers, redirects: [{url, status, location, headers}]}: the final
 // URL, the main response's status and headers (lower-case names; repeated ones joined by "\n",
@@ -389,6 +394,33 @@ const commands = {
     }
     const session = await cookieSession(args);
     for (const c of args.cookies) await session.send('Network.deleteCookies', c);
+    return {};
+  },
+
+  async hold(args) {
+    const entry = pageEntry(args.page);
+    if (entry.hold) {
+      entry.page.off('request', entry.hold);
+      entry.hold = null;
+      await entry.page.setRequestInterception(false);
+    }
+    if (args.prefix === null || args.prefix === undefined) return {};
+    const prefix = String(args.prefix);
+    entry.hold = (request) => {
+      if (request.isInterceptResolutionHandled()) return;
+      if (!request.url().startsWith(prefix)) {
+        request.continue();
+        return;
+      }
+      log(`${args.page}: held ${request.method()} ${request.url()}`);
+      request.respond({
+        status: 200,
+        contentType: 'text/html',
+        body: '<!doctype html><title>held</title><p>held by the test driver</p>',
+      });
+    };
+    entry.page.on('request', entry.hold);
+    await entry.page.setRequestInterception(true);
     return {};
   },
 

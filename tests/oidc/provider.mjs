@@ -72,6 +72,15 @@
 //                                      back-channel logout to each of their clients that has a
 //                                      URI, revokes their grants (tokens) and destroys the
 //                                      sessions; answers {"sessions": N, "backchannel_logout": [...]}
+//   POST /__admin/sign                 JSON {header?, claims}: a JWT over `claims`, signed RS256
+//                                      with the current signing key (`alg` and `kid` set unless
+//                                      `header` gives them); answers {"token": "..."}. For tokens
+//                                      the provider would not issue (a logout token with a
+//                                      nonce, a replayed jti)
+//   POST /__admin/forge-id-token       JSON {claims}: the next ID token the token endpoint issues
+//                                      (either grant) gets these claims merged in and is signed
+//                                      again with the signing key: a valid signature over wrong
+//                                      content (another nonce, aud, iss). Once; answers {}
 
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
@@ -250,6 +259,15 @@ saveKeys(keys);
 // rebuilt Provider still accepts cookies it set before.
 const COOKIE_KEYS = [crypto.randomBytes(32).toString('base64url')];
 
+// A compact JWS (RS256) over `claims` with the current signing key.
+function signJwt(header, claims) {
+  const key = keys[0];
+  const part = (value) => Buffer.from(JSON.stringify(value)).toString('base64url');
+  const input = `${part({ alg: 'RS256', kid: key.kid, ...header })}.${part(claims)}`;
+  const privateKey = crypto.createPrivateKey({ key, format: 'jwk' });
+  return `${input}.${crypto.sign('sha256', Buffer.from(input), privateKey).toString('base64url')}`;
+}
+
 // --- Features ----------------------------------------------------------------
 // How oidc-provider picks the token format for the client_credentials grant:
 //   - `resource` present: getResourceServerInfo() below describes that resource server, and its
@@ -366,6 +384,21 @@ function resetStats() {
   events = { token_errors: [], backchannel_logout: [], end_session: 0 };
 }
 
+// Claims the next issued ID token gets (POST /__admin/forge-id-token), or null.
+let forgedIdTokenClaims = null;
+
+// Rewrites the next token response's ID token with the forged claims, signed again.
+async function forgeIdToken(ctx, next) {
+  await next();
+  const body = ctx.body;
+  if (ctx.oidc?.route !== 'token' || forgedIdTokenClaims === null || typeof body?.id_token !== 'string') return;
+  const [header, payload] = body.id_token.split('.').slice(0, 2)
+    .map((part) => JSON.parse(Buffer.from(part, 'base64url').toString('utf8')));
+  body.id_token = signJwt(header, { ...payload, ...forgedIdTokenClaims });
+  log(`forged the ID token of a ${ctx.oidc.params?.grant_type} grant: ${JSON.stringify(forgedIdTokenClaims)}`);
+  forgedIdTokenClaims = null;
+}
+
 // Counts every token endpoint call by grant_type, whether or not it is granted.
 async function countTokenCalls(ctx, next) {
   try {
@@ -388,6 +421,7 @@ function buildProvider(issuer) {
   // party keys its sessions by it before any logout is configured.
   provider.Client.prototype.includeSid = () => true;
   provider.use(countTokenCalls);
+  provider.use(forgeIdToken);
   provider.on('server_error', (ctx, err) => log('server_error', ctx.method, ctx.path, err));
   provider.on('grant.error', (ctx, err) => {
     log('grant.error', err.message, err.error_description ?? '');
@@ -519,6 +553,23 @@ async function admin(req, res, url) {
     codeClientUris = uris;
     log(`code-flow clients: ${JSON.stringify(uris)}`);
     send(res, 200, { clients: clients.filter(isCodeClient) });
+  } else if (route === 'POST /__admin/sign' || route === 'POST /__admin/forge-id-token') {
+    let body;
+    try {
+      body = await readJson(req);
+      if (typeof body.claims !== 'object' || body.claims === null || Array.isArray(body.claims)) {
+        throw new TypeError('claims must be a JSON object');
+      }
+    } catch (err) {
+      send(res, 400, { error: 'invalid_request', error_description: err.message });
+      return;
+    }
+    if (route === 'POST /__admin/sign') {
+      send(res, 200, { token: signJwt(body.header ?? {}, body.claims) });
+    } else {
+      forgedIdTokenClaims = body.claims;
+      send(res, 200, {});
+    }
   } else if (route === 'GET /__admin/stats') {
     send(res, 200, stats);
   } else if (route === 'GET /__admin/events') {

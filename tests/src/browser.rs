@@ -834,6 +834,21 @@ impl Page {
         Ok(())
     }
 
+    /// Keeps the page's requests to URLs starting with `prefix` inside the browser: each is
+    /// answered 200 with a short page instead, so a navigation or redirect there ends at that
+    /// URL without reaching the server. Use it to stop a login at its callback and look at (or
+    /// alter) the URL first. Replaces an earlier hold.
+    pub async fn hold_requests(&self, prefix: &str) -> Result<()> {
+        let _: Empty = self.driver.call("hold", json!({ "page": self.id, "prefix": prefix }), prefix).await?;
+        Ok(())
+    }
+
+    /// Lets every request through again.
+    pub async fn release_requests(&self) -> Result<()> {
+        let _: Empty = self.driver.call("hold", json!({ "page": self.id, "prefix": null }), &self.id).await?;
+        Ok(())
+    }
+
     /// The Set-Cookie headers Chromium refused on this page so far, with its reasons.
     pub async fn blocked_cookies(&self) -> Result<Vec<BlockedCookie>> {
         #[derive(Deserialize)]

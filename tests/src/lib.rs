@@ -1,8 +1,9 @@
 //! Fixtures for Gatehouse's tests: real Redis (single and Cluster), real Envoy from the
 //! reference config, a real OpenID Provider (panva's `oidc-provider` under Node, from
 //! `tests/oidc/`), a real browser (headless Chromium driven by puppeteer-core, from
-//! `tests/browser/`), and an echo upstream. Every fixture binds loopback ports chosen at run
-//! time and stops its processes when dropped.
+//! `tests/browser/`), and an echo upstream; [`login_stack`] puts them together for browser
+//! login. Every fixture binds loopback ports chosen at run time and stops its processes when
+//! dropped.
 //!
 //! Binaries are found through environment variables first, then the project's own install
 //! (`.venv/bin/envoy` from `scripts/install-test-deps.sh`), then `PATH`:
@@ -15,6 +16,7 @@ pub mod echo;
 pub mod envoy;
 pub mod issuer;
 pub mod load;
+pub mod login_stack;
 pub mod oidc;
 pub mod redis;
 pub mod service;

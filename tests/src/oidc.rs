@@ -21,7 +21,8 @@
 //! (`end_session_endpoint`) and [`OidcProvider::logout_user`] send back-channel logout tokens
 //! to the clients' `backchannel_logout_uri`. [`OidcProvider::token_calls`] counts token
 //! endpoint calls by grant type; [`OidcProvider::events`] lists refused grants and back-channel
-//! logouts.
+//! logouts. [`OidcProvider::sign`] and [`OidcProvider::forge_next_id_token`] make validly signed
+//! tokens the provider would never issue, for relying parties' negative tests.
 //!
 //! Signing keys live in a file in the fixture's temp dir, so [`OidcProvider::restart`] comes
 //! back with the same JWKS; tokens and other provider state are in memory and do not survive
@@ -535,6 +536,25 @@ impl OidcProvider {
         let params = [("token", token)];
         self.post_form(&self.introspection_endpoint(), INTROSPECTOR_CLIENT_ID, INTROSPECTOR_CLIENT_SECRET, &params)
             .await
+    }
+
+    /// A JWT over `claims` signed with the provider's current signing key (RS256; `header`
+    /// adds to or overrides `alg` and `kid`): a token the provider would not issue itself, with
+    /// a signature a relying party accepts, e.g. a logout token with a `nonce`.
+    pub async fn sign(&self, header: serde_json::Value, claims: serde_json::Value) -> Result<String, OidcError> {
+        let url = format!("{}/__admin/sign", self.issuer());
+        let body = serde_json::json!({ "header": header, "claims": claims });
+        let json = json_response(self.http.post(url).json(&body).send().await).await?;
+        json["token"].as_str().map(str::to_string).ok_or_else(|| OidcError::Malformed(format!("sign: {json}")))
+    }
+
+    /// Makes the next ID token the token endpoint issues carry `claims` (merged over its own,
+    /// e.g. another `nonce`), signed again with the signing key: a forgery only the claims
+    /// check can catch. Applies once.
+    pub async fn forge_next_id_token(&self, claims: serde_json::Value) -> Result<(), OidcError> {
+        let url = format!("{}/__admin/forge-id-token", self.issuer());
+        let body = serde_json::json!({ "claims": claims });
+        json_response(self.http.post(url).json(&body).send().await).await.map(drop)
     }
 
     /// Generates a new signing key and puts it first in the JWKS; the old keys stay published
