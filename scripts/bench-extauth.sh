@@ -2,8 +2,9 @@
 # Load benchmark of gatehouse-extauth. Prints each tool's summary; results go in BENCHMARKS.md.
 #
 #  1. Check over gRPC with h2load and a pre-encoded CheckRequest, for a no-op tonic
-#     Authorization server (the ceiling), an API key policy and a JWT (RS256) policy:
-#     req/s, latency at full load, latency at half of the measured maximum.
+#     Authorization server (the ceiling), an API key policy, a JWT (RS256) policy and a
+#     browser-login session in Redis (`oidc_login`, its cookie in the request): req/s,
+#     latency at full load, at half of the measured maximum, and at 16 in flight.
 #  2. Through Envoy with wrk: ext_authz (gRPC) to gatehouse-extauth against Envoy's own
 #     jwt_authn filter on the same token, both answering with a direct_response (no upstream);
 #     and, to see Envoy's own share, no authorization at all, ext_authz to the no-op server,
@@ -27,10 +28,10 @@ ENVOY_CONCURRENCY=${ENVOY_CONCURRENCY:-1}
 LOG_LEVEL=${LOG_LEVEL:-info}
 PARTS=${PARTS:-grpc,envoy}
 source scripts/lib/bench.sh
-require h2load wrk curl openssl python3 "$envoy"
+require h2load wrk curl openssl python3 redis-server "$envoy"
 
 cargo build -q --release -p gatehouse-extauth --bin gatehouse-extauth \
-    --example encode_check --example mint_jwt --example noop_check_server
+    --example encode_check --example mint_jwt --example mint_session --example noop_check_server
 bin=target/release/gatehouse-extauth
 examples=target/release/examples
 
@@ -47,10 +48,20 @@ python3 -u -m http.server "$jwks_port" --bind 127.0.0.1 --directory "$work/idp" 
 pids+=($!)
 wait_port "$jwks_port"
 jwks_fetches() { grep -c 'GET /jwks.json' "$work/jwks.log" || true; }
+# Commands Redis processed so far (the session cache's reads of the ended-sessions log).
+redis_commands() { redis-cli -p "$redis_port" INFO stats | awk -F: '/^total_commands_processed/ { print $2 + 0 }'; }
+
+# --- Redis, with one browser-login session in it -------------------------------------------
+redis_port=$(free_port)
+redis-server --bind 127.0.0.1 --port "$redis_port" --save "" --appendonly no >/dev/null &
+pids+=($!)
+wait_port "$redis_port"
+session=$("$examples/mint_session" "redis://127.0.0.1:$redis_port" gatehouse:session:)
 
 # --- Policies -----------------------------------------------------------------------------
 api_key=$(openssl rand -hex 24)
 mkdir -p "$work/extauth"
+openssl rand 32 >"$work/extauth/cookie.key"
 cat >"$work/extauth/policies.yaml" <<YAML
 policies:
   - name: keys
@@ -76,19 +87,34 @@ policies:
     response:
       headers:
         x-user-id: { from: sub }
+  # The IdP is never asked: the session needs no refresh.
+  - name: app
+    identity:
+      any_of:
+        - name: browser
+          oidc_login:
+            issuer: $issuer
+            client_id: gatehouse-bench
+            redirect_uri: http://localhost/app/callback
+            cookie_secret_file: cookie.key
+    response:
+      headers:
+        x-user-id: { from: sub }
+        x-user-email: { from: claims.email }
 YAML
 "$bin" check-config "$work/extauth/policies.yaml" >/dev/null
 
 "$examples/encode_check" "$work/keys.bin" keys "x-api-key=$api_key" 2>/dev/null
 "$examples/encode_check" "$work/jwt.bin" jwt "authorization=Bearer $token" 2>/dev/null
 "$examples/encode_check" "$work/jwt-missing.bin" jwt 2>/dev/null
+"$examples/encode_check" "$work/session.bin" app "cookie=theme=dark; __Host-gatehouse-session=$session" 2>/dev/null
 
 # start_extauth: gatehouse-extauth on free ports; sets extauth_pid, grpc_port, http_port.
 start_extauth() {
     grpc_port=$(free_port)
     http_port=$(free_port)
     local fetched_before; fetched_before=$(jwks_fetches)
-    env EXTAUTH_CONFIG="$work/extauth/policies.yaml" GRPC_HOST=127.0.0.1 GRPC_PORT="$grpc_port" \
+    env EXTAUTH_CONFIG="$work/extauth/policies.yaml" REDIS_URL="127.0.0.1:$redis_port" GRPC_HOST=127.0.0.1 GRPC_PORT="$grpc_port" \
         HOST=127.0.0.1 PORT="$http_port" LOG_LEVEL="$LOG_LEVEL" "$bin" >>"$work/extauth.log" 2>&1 &
     extauth_pid=$!
     pids+=("$extauth_pid")
@@ -127,6 +153,7 @@ h2_bench() {
     "${h2[@]}" -n 20000 -d "$req" "$url" >/dev/null
     local fetched_before allowed_before=0 ticks
     fetched_before=$(jwks_fetches)
+    local redis_before; redis_before=$(redis_commands)
     [ "$policy" = - ] || allowed_before=$(allowed "$policy")
     ticks=$(cpu_ticks "$pid")
     echo "=== $name: h2load -n $N -c $C -m $M -t 1 -d $(basename "$req") -H 'content-type: application/grpc' -H 'te: trailers' $url"
@@ -164,6 +191,7 @@ print(f"latency ms, half load --rps ({float(half_rps):.0f} req/s): {pct(half)}")
 print(f"latency ms, -m 1 ({c} in flight, {float(m1_rps):.0f} req/s): {pct(m1)}")
 PY
     echo "JWKS requests during the measured runs: $(($(jwks_fetches) - fetched_before))"
+    echo "Redis commands during the measured runs: $(($(redis_commands) - redis_before - 1))"
     echo "RSS after the runs: $(rss "$pid")"
 }
 
@@ -183,8 +211,10 @@ echo "--- gatehouse-extauth: RSS idle (policies loaded, keys fetched, no request
 check_once "$work/keys.bin"
 check_once "$work/jwt.bin"
 check_once "$work/jwt-missing.bin"
+check_once "$work/session.bin"
 h2_bench api-key "$grpc_port" "$work/keys.bin" keys
 h2_bench jwt "$grpc_port" "$work/jwt.bin" jwt
+h2_bench session "$grpc_port" "$work/session.bin" app
 kill "$extauth_pid"
 fi
 [[ $PARTS == *envoy* ]] || exit 0

@@ -517,6 +517,15 @@ impl Builder<'_, '_> {
                 self.error(m_at, format!("policy {policy:?}: duplicate identity method name {name:?}"));
             }
             if let Some(method) = self.method(policy, m) {
+                let logins =
+                    |b: &[(Arc<str>, Method)]| b.iter().filter(|(_, m)| matches!(m, Method::OidcLogin(_))).count();
+                if matches!(method, Method::OidcLogin(_)) && logins(&built) > 0 {
+                    // One callback path, one session cookie, one login per policy.
+                    self.error(
+                        m_at,
+                        format!("policy {policy:?}: method {name:?}: a policy has at most one oidc_login"),
+                    );
+                }
                 built.push((Arc::from(name.as_str()), method));
             }
         }

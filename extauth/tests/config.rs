@@ -141,7 +141,52 @@ policies:
         &[
             "policies.yaml:12:28: policy \"app\", method \"browser\": oidc_login.cookie_prefix must start with __Host-",
             "oidc_login.redirect: \"sometimes\"; expected auto, always or never",
-            "oidc_login keeps sessions in Redis: set REDIS_URL",
+            "oidc_login keeps sessions in Redis: set REDIS_URL, or choose `session: {store: cookie}`",
+        ],
+    );
+    // Redirect targets from the config are held to the rules for `rd=`; the store and the
+    // cache are spelt out and bounded.
+    let yaml = format!(
+        r#"
+policies:
+  - name: app
+    identity:
+      any_of:
+        - name: browser
+          oidc_login:
+            issuer: https://idp.example.com
+            client_id: web
+            redirect_uri: https://app.example.com/app/callback
+            cookie_secret_file: {dir}/good.key
+            after_logout_url: //evil.example.com/
+            session: {{ store: cookie, cache_ttl: 5m }}
+        - name: also
+          oidc_login:
+            issuer: https://idp.example.com
+            client_id: web
+            redirect_uri: https://app.example.com/app/callback
+            cookie_secret_file: {dir}/good.key
+            after_logout_url: https://elsewhere.example.com/bye
+            allowed_redirect_hosts: [app.example.com]
+            session: {{ store: cookie }}
+        - name: third
+          oidc_login:
+            issuer: https://idp.example.com
+            client_id: web
+            redirect_uri: https://app.example.com/app/callback
+            cookie_secret_file: {dir}/good.key
+            session: {{ store: files }}
+"#,
+        dir = dir.path().display()
+    );
+    check(
+        &errors(&yaml).await,
+        &[
+            "policies.yaml:12:31: policy \"app\", method \"browser\": oidc_login.after_logout_url \"//evil.example.com/\": starts with //",
+            "oidc_login.session.cache_ttl is at most 30s",
+            "oidc_login.session.store: \"files\"; expected redis or cookie",
+            "oidc_login.after_logout_url \"https://elsewhere.example.com/bye\": host not allow-listed",
+            "policy \"app\": method \"also\": a policy has at most one oidc_login",
         ],
     );
 }

@@ -906,10 +906,12 @@ impl OidcLogin {
     /// is a token to refuse (400), with the reason.
     pub async fn backchannel_logout(&self, logout_token: &str) -> Result<Result<usize, String>, Error> {
         const EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
+        // The spec asks for `typ: logout+jwt`; plain `JWT` (Keycloak before 25) is accepted
+        // too: the events claim and the absent nonce already tell a logout token from an ID
+        // token. Any other type is another kind of token.
         if let Ok(header) = jsonwebtoken::decode_header(logout_token)
             && let Some(typ) = header.typ.as_deref()
-            && !typ.eq_ignore_ascii_case("logout+jwt")
-            && !typ.eq_ignore_ascii_case("application/logout+jwt")
+            && !["logout+jwt", "application/logout+jwt", "JWT"].iter().any(|t| typ.eq_ignore_ascii_case(t))
         {
             return Ok(Err(format!("typ {typ:?} is not logout+jwt")));
         }
