@@ -72,6 +72,9 @@
 //                                      back-channel logout to each of their clients that has a
 //                                      URI, revokes their grants (tokens) and destroys the
 //                                      sessions; answers {"sessions": N, "backchannel_logout": [...]}
+//   POST /__admin/token-delay          JSON {ms}: every token endpoint call waits this long
+//                                      before it is handled (0: none), so that concurrent
+//                                      callers overlap one slow call; answers {}
 //   POST /__admin/sign                 JSON {header?, claims}: a JWT over `claims`, signed RS256
 //                                      with the current signing key (`alg` and `kid` set unless
 //                                      `header` gives them); answers {"token": "..."}. For tokens
@@ -384,6 +387,16 @@ function resetStats() {
   events = { token_errors: [], backchannel_logout: [], end_session: 0 };
 }
 
+// How long every token endpoint call waits first (POST /__admin/token-delay), in ms.
+let tokenDelayMs = 0;
+
+async function delayTokenCalls(ctx, next) {
+  if (tokenDelayMs > 0 && ctx.method === 'POST' && ctx.path === '/token') {
+    await new Promise((resolve) => { setTimeout(resolve, tokenDelayMs); });
+  }
+  await next();
+}
+
 // Claims the next issued ID token gets (POST /__admin/forge-id-token), or null.
 let forgedIdTokenClaims = null;
 
@@ -422,6 +435,7 @@ function buildProvider(issuer) {
   provider.Client.prototype.includeSid = () => true;
   provider.use(countTokenCalls);
   provider.use(forgeIdToken);
+  provider.use(delayTokenCalls);
   provider.on('server_error', (ctx, err) => log('server_error', ctx.method, ctx.path, err));
   provider.on('grant.error', (ctx, err) => {
     log('grant.error', err.message, err.error_description ?? '');
@@ -553,6 +567,17 @@ async function admin(req, res, url) {
     codeClientUris = uris;
     log(`code-flow clients: ${JSON.stringify(uris)}`);
     send(res, 200, { clients: clients.filter(isCodeClient) });
+  } else if (route === 'POST /__admin/token-delay') {
+    let body;
+    try {
+      body = await readJson(req);
+      if (!Number.isInteger(body.ms) || body.ms < 0) throw new TypeError('ms must be a non-negative integer');
+    } catch (err) {
+      send(res, 400, { error: 'invalid_request', error_description: err.message });
+      return;
+    }
+    tokenDelayMs = body.ms;
+    send(res, 200, {});
   } else if (route === 'POST /__admin/sign' || route === 'POST /__admin/forge-id-token') {
     let body;
     try {

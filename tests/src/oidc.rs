@@ -538,6 +538,14 @@ impl OidcProvider {
             .await
     }
 
+    /// Makes every token endpoint call wait `delay` before it is handled (zero: none): a slow
+    /// IdP, so that concurrent refreshes would overlap one another.
+    pub async fn set_token_delay(&self, delay: Duration) -> Result<(), OidcError> {
+        let url = format!("{}/__admin/token-delay", self.issuer());
+        let body = serde_json::json!({ "ms": delay.as_millis() as u64 });
+        json_response(self.http.post(url).json(&body).send().await).await.map(drop)
+    }
+
     /// A JWT over `claims` signed with the provider's current signing key (RS256; `header`
     /// adds to or overrides `alg` and `kid`): a token the provider would not issue itself, with
     /// a signature a relying party accepts, e.g. a logout token with a `nonce`.
