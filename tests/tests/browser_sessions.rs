@@ -122,7 +122,7 @@ async fn held_callback(s: &LoginStack, page: &Page, path: &str, login: &str) -> 
 async fn a_short_lived_access_token_is_refreshed_without_the_user_noticing() {
     let s = LoginStack::start_with(
         LoginStackOptions::default()
-            .idp(OidcOptions::default().access_token_ttl(Duration::from_secs(4)))
+            .idp(OidcOptions::default().access_token_ttl(Duration::from_secs(5)))
             .oidc_login("refresh_ahead: 2s")
             .oidc_login("access_token_header: x-access-token"),
     )
@@ -137,8 +137,9 @@ async fn a_short_lived_access_token_is_refreshed_without_the_user_noticing() {
     let cookie = s.session_cookie(&context).await.expect("session cookie");
     assert_eq!(s.idp.token_calls().await.expect("stats").refresh_token(), 0);
 
-    // Under 2 s left on the 4 s token: the next request refreshes it, and goes through.
-    sleep_until(logged_in, Duration::from_millis(2500)).await;
+    // Under 2 s left on the 5 s token (from 2-3 s after login: expiry is in whole seconds),
+    // still valid (until 4-5 s): the next request refreshes it, and goes through.
+    sleep_until(logged_in, Duration::from_millis(3200)).await;
     let nav = page.goto(&app).await.expect("navigation");
     assert_eq!((nav.status, nav.url.as_str()), (Some(200), app.as_str()), "{:?}", nav.chain());
     let seen = upstream_saw(&page).await;
@@ -160,7 +161,7 @@ async fn a_short_lived_access_token_is_refreshed_without_the_user_noticing() {
 async fn twenty_requests_at_expiry_on_two_replicas_refresh_once_and_keep_the_session() {
     let s = LoginStack::start_with(
         LoginStackOptions::default()
-            .idp(OidcOptions::default().access_token_ttl(Duration::from_secs(4)).rotate_refresh_tokens(true))
+            .idp(OidcOptions::default().access_token_ttl(Duration::from_secs(5)).rotate_refresh_tokens(true))
             .oidc_login("refresh_ahead: 2s")
             .replicas(2),
     )
@@ -174,9 +175,12 @@ async fn twenty_requests_at_expiry_on_two_replicas_refresh_once_and_keep_the_ses
     let nav = page.goto(&format!("{}/app/home", s.gateways[1])).await.expect("navigation");
     assert_eq!(nav.status, Some(200), "{:?}", nav.chain());
 
-    // When the token needs its refresh, 20 requests at once, 10 through each replica.
-    sleep_until(logged_in, Duration::from_millis(2500)).await;
+    // When the token needs its refresh, 20 requests at once, 10 through each replica, while
+    // the IdP takes 600 ms to answer: they all overlap the one refresh.
+    s.idp.set_token_delay(Duration::from_millis(600)).await.expect("token delay");
+    sleep_until(logged_in, Duration::from_millis(3200)).await;
     let client = http_client();
+    let burst = Instant::now();
     let mut requests = tokio::task::JoinSet::new();
     for i in 0..20 {
         let (client, session) = (client.clone(), session.clone());
@@ -189,6 +193,7 @@ async fn twenty_requests_at_expiry_on_two_replicas_refresh_once_and_keep_the_ses
         let seen: Value = serde_json::from_str(&body).expect("echo JSON");
         assert_eq!(seen["headers"]["x-user-id"], "ann", "{seen}");
     }
+    assert!(burst.elapsed() >= Duration::from_millis(600), "no request waited for the refresh");
     // One refresh: with rotation, a second one with the consumed refresh token would have
     // revoked the grant, and the session with it.
     let calls = s.idp.token_calls().await.expect("stats");
@@ -329,8 +334,10 @@ async fn logout_ends_the_session_here_and_at_the_idp() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backchannel_logout_ends_sessions_in_other_browsers() {
-    let s = LoginStack::start_with(LoginStackOptions::default().oidc_login("id_token_header: x-id-token")).await;
+    let s = LoginStack::start_with(LoginStackOptions::default().oidc_login("id_token_header: x-id-token").replicas(2))
+        .await;
     let browser = browser().await;
+    // (context, page, the IdP's sid, the session cookie)
     let mut browsers = Vec::new();
     for login in ["xavier", "xavier", "yvonne"] {
         let (context, page) = browser.new_page().await.expect("page");
@@ -338,29 +345,37 @@ async fn backchannel_logout_ends_sessions_in_other_browsers() {
         let id_token = upstream_saw(&page).await["headers"]["x-id-token"].as_str().expect("ID token").to_string();
         let sid =
             gatehouse_testkit::oidc::jwt_claims(&id_token).expect("claims")["sid"].as_str().expect("sid").to_string();
-        browsers.push((context, page, sid));
+        let session = s.session_cookie(&context).await.expect("session cookie").value;
+        browsers.push((context, page, sid, session));
     }
-    let statuses = async |browsers: &[(Context, Page, String)]| {
+    // Each browser's fetch through gateway 0 (whose replica gets the logout token), and its
+    // cookie through gateway 1 (the other replica, which has the session in its cache and
+    // learns of ended sessions within 100 ms).
+    let client = http_client();
+    let statuses = async |browsers: &[(Context, Page, String, String)]| {
         let mut out = Vec::new();
-        for (_, page, _) in browsers {
+        for (_, page, _, _) in browsers {
             out.push(fetch_status(&s, page, "/app/api").await);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        for (_, _, _, session) in browsers {
+            out.push(get_with_session(&client, &format!("{}/app/api", s.gateways[1]), session).await.0);
         }
         out
     };
-    assert_eq!(statuses(&browsers).await, [200, 200, 200]);
+    assert_eq!(statuses(&browsers).await, [200, 200, 200, 200, 200, 200]);
     assert_ne!(browsers[0].2, browsers[1].2, "two browsers, two IdP sessions");
 
     // The IdP ends Xavier's first session: its logout token comes through Envoy.
     let done = s.idp.logout_session(&browsers[0].2).await.expect("IdP logout");
     assert!(done.backchannel_logout.len() == 1 && done.backchannel_logout[0].ok, "{done:?}\n{}", s.logs());
-    assert_eq!(statuses(&browsers).await, [401, 200, 200]);
+    assert_eq!(statuses(&browsers).await, [401, 200, 200, 401, 200, 200]);
     // Then all of Xavier's.
     let done = s.idp.logout_user("xavier").await.expect("IdP logout");
     assert!(done.backchannel_logout.iter().all(|b| b.ok), "{done:?}");
-    assert_eq!(statuses(&browsers).await, [401, 401, 200]);
+    assert_eq!(statuses(&browsers).await, [401, 401, 200, 401, 401, 200]);
 
     // Logout tokens the IdP would not send: signed with its key, refused for their content.
-    let client = http_client();
     let post = async |token: &str| {
         let response = client
             .post(s.backchannel_logout_url())
@@ -383,12 +398,12 @@ async fn backchannel_logout_ends_sessions_in_other_browsers() {
     let (status, body) = post(&s.idp.sign(header.clone(), with_nonce).await.expect("sign")).await;
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("nonce"), "{body}");
-    assert_eq!(statuses(&browsers).await, [401, 401, 200]);
+    assert_eq!(statuses(&browsers).await, [401, 401, 200, 401, 401, 200]);
     // A good one ends Yvonne's session; the same token again is a replay.
     let token = s.idp.sign(header, claims(&random_token())).await.expect("sign");
     let (status, body) = post(&token).await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(statuses(&browsers).await, [401, 401, 401]);
+    assert_eq!(statuses(&browsers).await, [401, 401, 401, 401, 401, 401]);
     let (status, body) = post(&token).await;
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("replayed"), "{body}");
