@@ -477,6 +477,35 @@ async fn an_idle_session_ends_and_an_active_one_does_not() {
     assert_eq!(r.status, 401, "{r:?}");
 }
 
+/// `idle_timeout` shorter than a replica keeps a session in memory (`session.cache_ttl`, 5 s
+/// by default): requests answered from that cache must count as activity, and a session idle
+/// for longer than its timeout must not be answered from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_session_cache_honours_the_idle_timeout() {
+    let s = LoginStack::start_with(LoginStackOptions::default().oidc_login("session: { idle_timeout: 2s }")).await;
+    let browser = browser().await;
+    let (_active, active) = browser.new_page().await.expect("page");
+    let (_idle, idle) = browser.new_page().await.expect("page");
+    s.log_in(&active, &s.url("/app/home"), "ann").await;
+    s.log_in(&idle, &s.url("/app/home"), "bob").await;
+    let since = Instant::now();
+    let mut statuses = Vec::new();
+    let mut idle_status = None;
+    while since.elapsed() < Duration::from_secs(7) {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        statuses.push((since.elapsed().as_millis(), fetch_status(&s, &active, "/app/api").await));
+        if idle_status.is_none() && since.elapsed() > Duration::from_secs(3) {
+            idle_status = Some(fetch_status(&s, &idle, "/app/api").await);
+        }
+    }
+    let ended = statuses.iter().any(|(_, s)| *s != 200);
+    assert!(
+        !ended && idle_status == Some(401),
+        "active session (ms since login, status): {statuses:?}; idle for 3 s: {idle_status:?}\n{}",
+        s.logs()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tampered_login_cookies_and_replayed_callbacks_are_refused() {
     let s = LoginStack::start().await;
