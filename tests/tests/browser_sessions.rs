@@ -299,10 +299,13 @@ async fn two_tabs_logging_in_at_once_each_land_on_their_own_url() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logout_ends_the_session_here_and_at_the_idp() {
-    let s = LoginStack::start().await;
+    let s =
+        LoginStack::start_with(LoginStackOptions::default().oidc_login("access_token_header: x-access-token")).await;
     let browser = browser().await;
     let (context, page) = browser.new_page().await.expect("page");
     s.log_in(&page, &s.url("/app/home"), "ann").await;
+    let access_token = upstream_saw(&page).await["headers"]["x-access-token"].as_str().expect("token").to_string();
+    assert_eq!(s.idp.introspect(&access_token).await.expect("introspection")["active"], true);
 
     // The app's page with a logout button (the upstream serves it).
     let form = r#"<form method="post" action="/app/logout"><button id="logout">Log out</button></form>"#;
@@ -726,6 +729,11 @@ async fn while_the_idp_is_down_sessions_go_on_until_their_token_expires() {
     let body = text(&pending).await;
     assert_eq!(nav.status, Some(503), "{:?}\n{body}", nav.chain());
     assert!(body.contains("\"retry\":true"), "{body}");
+    // The replica that discovered the IdP before the outage still sends a navigation there
+    // (it cannot tell the IdP is down without calling it), and the browser cannot connect.
+    let nav = pending.goto(&s.url("/app/new")).await;
+    let refused = nav.expect_err("the IdP answered");
+    assert!(refused.message().contains("ERR_CONNECTION_REFUSED"), "{refused}");
 
     // The session goes on, through both replicas, while its access token is valid...
     for gateway in &s.gateways {
