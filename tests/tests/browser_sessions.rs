@@ -333,6 +333,24 @@ async fn logout_ends_the_session_here_and_at_the_idp() {
     assert_eq!(page.evaluate("!!document.querySelector('input[name=login]')").await.expect("eval"), true);
 }
 
+/// Logout revokes the session's tokens at the IdP (RFC 7009), which advertises a
+/// `revocation_endpoint` at `http://127.0.0.1:<port>/token/revocation`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logout_revokes_the_sessions_tokens_at_the_idp() {
+    let s =
+        LoginStack::start_with(LoginStackOptions::default().oidc_login("access_token_header: x-access-token")).await;
+    let browser = browser().await;
+    let (_context, page) = browser.new_page().await.expect("page");
+    s.log_in(&page, &s.url("/app/home"), "ann").await;
+    let access_token = upstream_saw(&page).await["headers"]["x-access-token"].as_str().expect("token").to_string();
+    assert_eq!(s.idp.introspect(&access_token).await.expect("introspection")["active"], true);
+    let r = page.fetch(&s.url("/app/logout"), FetchInit::post("").redirect(RedirectMode::Manual)).await;
+    assert_eq!(r.expect("logout").kind, "opaqueredirect");
+    assert_eq!(fetch_status(&s, &page, "/app/api").await, 401);
+    let introspected = s.idp.introspect(&access_token).await.expect("introspection");
+    assert_eq!(introspected["active"], false, "the access token outlived logout: {introspected}\n{}", s.logs());
+}
+
 // 6 ---------------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
