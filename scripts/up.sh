@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make up`: the local gateway on embedded defaults, no Redis and no identity provider needed.
+# `make up`: the local gateway on embedded defaults, no Redis needed.
 #   Envoy (envoy/gateway.yaml) on :10000, and over mTLS on :10443 -> an upstream on :10002 that
 #   answers with the request it received (tests/src/echo.rs), so transformations are visible.
 #   gatehouse-ratelimit on :8081 (gRPC), :8080 (/healthcheck, /json), :6070 (/rlconfig, /metrics),
@@ -9,6 +9,8 @@
 #   gatehouse-transform on :9291 (gRPC ext_proc), :9292 (/healthcheck, /config-status, /metrics),
 #   transformations from examples/transform/transformations.yaml.
 #   A throwaway CA, server and client certificate in .run/pki/ (made once).
+#   The test OpenID provider (tests/oidc/provider.mjs) on :9000, for the browser login on
+#   http://localhost:10000/app/ (any user name and password log in).
 # Ctrl-C stops everything.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -54,6 +56,10 @@ pids+=($!)
 target/debug/examples/echo 127.0.0.1:10002 >"$run/echo.log" 2>&1 &
 pids+=($!)
 
+OIDC_POST_LOGOUT_REDIRECT_URIS=http://localhost:10000/app/ OIDC_EXIT_WITH_PARENT=1 \
+    node tests/oidc/provider.mjs 9000 >"$run/oidc.log" 2>&1 &
+pids+=($!)
+
 LISTEN_ADDRESS=127.0.0.1 CLUSTER_TYPE=STATIC ENVOY_ADMIN_PORT=9901 GATEWAY_PORT=10000 GATEWAY_MTLS_PORT=10443 DEMO_UPSTREAM_PORT=10001 \
 UPSTREAM_HOST=127.0.0.1 UPSTREAM_PORT=10002 RATELIMIT_HOST=127.0.0.1 RATELIMIT_PORT=8081 \
 RATELIMIT_FAILURE_MODE_DENY=false \
@@ -68,7 +74,8 @@ ready() {
     curl -fs -o /dev/null http://127.0.0.1:8080/healthcheck \
         && curl -fs -o /dev/null http://127.0.0.1:9192/healthcheck \
         && curl -fs -o /dev/null http://127.0.0.1:9292/healthcheck \
-        && curl -fs -o /dev/null http://127.0.0.1:9901/ready
+        && curl -fs -o /dev/null http://127.0.0.1:9901/ready \
+        && curl -fs -o /dev/null http://127.0.0.1:9000/.well-known/openid-configuration
 }
 for _ in $(seq 1 100); do
     if ready; then break; fi
@@ -125,6 +132,11 @@ Gatehouse is up. Logs in .run/. Try:
   curl -s -H 'content-type: application/json' -d '{"GetOrder":{"id":7}}' http://127.0.0.1:10000/tx/soap
   # an upstream 503 becomes the standard error envelope (502) with the request id
   curl -i -H 'x-echo-status: 503' -H 'x-echo-body: stack trace' http://127.0.0.1:10000/tx/errors
+
+  # browser login: open http://localhost:10000/app/ in a browser, log in with any name and
+  # password at the test identity provider, and see what the upstream received (x-user-id,
+  # x-user-email, no Gatehouse cookie). A script without a session gets 401 and a login_url:
+  curl -i http://localhost:10000/app/
 
   # loaded rules and policies, and metrics
   curl http://127.0.0.1:6070/rlconfig

@@ -47,7 +47,9 @@ def images_run_locked_down():
     in group 0; its /healthcheck answers over the published port and its HEALTHCHECK passes."""
     config = {
         "ratelimit": (["-e", "BACKEND_TYPE=memory", "-v", f"{ROOT}/examples/ratelimit:/data/ratelimit:ro"]),
-        "extauth": (["-v", f"{ROOT}/examples/extauth/policies.yaml:/etc/gatehouse/extauth.yaml:ro"]),
+        # The directory: the policies name files next to them (the browser login's secrets).
+        "extauth": (["-v", f"{ROOT}/examples/extauth:/etc/gatehouse/extauth:ro",
+                     "-e", "EXTAUTH_CONFIG=/etc/gatehouse/extauth/policies.yaml"]),
         "transform": (["-v", f"{ROOT}/examples/transform/transformations.yaml:/etc/gatehouse/transform.yaml:ro"]),
     }
     for service, port in SERVICES.items():
