@@ -32,7 +32,7 @@ use openidconnect::core::{
 use openidconnect::{
     AdditionalProviderMetadata, AuthType, AuthenticationFlow, AuthorizationCode, ClientId, ClientSecret, CsrfToken,
     EndpointMaybeSet, EndpointNotSet, EndpointSet, IssuerUrl, Nonce, OAuth2TokenResponse, PkceCodeChallenge,
-    PkceCodeVerifier, ProviderMetadata, RedirectUrl, RevocationUrl, Scope, TokenResponse,
+    PkceCodeVerifier, ProviderMetadata, RedirectUrl, Scope, TokenResponse,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
@@ -77,9 +77,6 @@ type Metadata = ProviderMetadata<
 /// A client built from discovery: authorization endpoint set, token endpoint if advertised.
 type Client =
     CoreClient<EndpointSet, EndpointNotSet, EndpointNotSet, EndpointNotSet, EndpointMaybeSet, EndpointMaybeSet>;
-
-/// The same client where the IdP offers token revocation.
-type Revoker = CoreClient<EndpointSet, EndpointNotSet, EndpointNotSet, EndpointSet, EndpointMaybeSet, EndpointMaybeSet>;
 
 /// How the client authenticates at the token endpoint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -149,7 +146,7 @@ struct LoginState {
 struct Provider {
     client: Client,
     end_session_endpoint: Option<String>,
-    revoker: Option<Revoker>,
+    revocation_endpoint: Option<String>,
 }
 
 /// Where sessions live.
@@ -169,6 +166,8 @@ pub struct OidcLogin {
     http: reqwest::Client,
     provider: ArcSwapOption<Provider>,
     discovering: tokio::sync::Mutex<Option<Instant>>,
+    /// When the IdP was last seen to answer, and whether it did ([`OidcLogin::idp_answers`]).
+    idp_seen: tokio::sync::Mutex<Option<(Instant, bool)>>,
     /// One refresh per session at a time in this process (keyed by storage id, or by the
     /// sealed cookie's digest in the cookie store).
     refreshing: parking_lot::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -187,6 +186,9 @@ const REFRESH_LOCK: Duration = Duration::from_secs(10);
 
 /// Rediscovery after a failure waits at least this long.
 const DISCOVERY_RETRY: Duration = Duration::from_secs(5);
+
+/// How long whether the IdP answers is trusted before a login redirect asks again.
+const IDP_CHECK_EVERY: Duration = Duration::from_secs(3);
 
 impl OidcLogin {
     pub fn new(
@@ -208,6 +210,7 @@ impl OidcLogin {
             http,
             provider: ArcSwapOption::empty(),
             discovering: tokio::sync::Mutex::new(None),
+            idp_seen: tokio::sync::Mutex::new(None),
             refreshing: parking_lot::Mutex::new(std::collections::HashMap::new()),
             refreshed: moka::sync::Cache::builder().max_capacity(10_000).time_to_live(Duration::from_secs(60)).build(),
             issuer_tokens,
@@ -266,7 +269,6 @@ impl OidcLogin {
             .map_err(|_| unavailable("discovery timed out".into()))?
             .map_err(|e| unavailable(format!("discovery: {e}")))?;
         let more = metadata.additional_metadata().clone();
-        let revocation = more.revocation_endpoint.as_deref().and_then(|u| RevocationUrl::new(u.to_string()).ok());
         let redirect = RedirectUrl::new(s.redirect_uri.clone()).map_err(|e| Error::Internal(e.to_string()))?;
         let client = CoreClient::from_provider_metadata(
             metadata,
@@ -279,8 +281,34 @@ impl OidcLogin {
         } else {
             AuthType::BasicAuth
         });
-        let revoker = revocation.map(|url| client.clone().set_revocation_url(url));
-        Ok(Provider { client, end_session_endpoint: more.end_session_endpoint, revoker })
+        Ok(Provider {
+            client,
+            end_session_endpoint: more.end_session_endpoint,
+            revocation_endpoint: more.revocation_endpoint,
+        })
+    }
+
+    /// Whether the IdP answers now (its discovery document, checked at most every
+    /// [`IDP_CHECK_EVERY`]): a login must not send the browser to an IdP that is down, where it
+    /// would get a connection error instead of our 503 page. Concurrent callers share a check.
+    async fn idp_answers(&self) -> bool {
+        let mut seen = self.idp_seen.lock().await;
+        if let Some((at, answered)) = *seen
+            && at.elapsed() < IDP_CHECK_EVERY
+        {
+            return answered;
+        }
+        let url = crate::identity::jwks::discovery_url(&self.settings.issuer);
+        let wait = self.settings.timeout.min(Duration::from_secs(2));
+        let answered = matches!(
+            tokio::time::timeout(wait, self.http.get(&url).send()).await,
+            Ok(Ok(response)) if response.status().is_success()
+        );
+        if !answered {
+            tracing::warn!(%url, "browser login: the identity provider does not answer");
+        }
+        *seen = Some((Instant::now(), answered));
+        answered
     }
 
     /// The session cookie's identity: `Missing` without a cookie, `Rejected` for one that
@@ -621,21 +649,37 @@ impl OidcLogin {
 
     /// RFC 7009: revokes the session's refresh token (with it, at most IdPs, the whole grant)
     /// and access token where the IdP offers revocation. Best effort, within the timeout: the
-    /// session has already ended here.
+    /// session has already ended here. By hand rather than through `openidconnect`, whose
+    /// revocation refuses `http` endpoints (in-cluster IdPs often are).
     async fn revoke(&self, provider: &Provider, session: &Session) {
-        use openidconnect::core::CoreRevocableToken;
-        let Some(revoker) = &provider.revoker else { return };
+        let Some(endpoint) = &provider.revocation_endpoint else { return };
         let mut tokens = Vec::new();
         if let Some(refresh) = &session.refresh_token {
-            tokens.push(CoreRevocableToken::from(openidconnect::RefreshToken::new(refresh.clone())));
+            tokens.push((refresh.as_str(), "refresh_token"));
         }
-        tokens.push(CoreRevocableToken::from(openidconnect::AccessToken::new(session.access_token.clone())));
-        for token in tokens {
-            let Ok(request) = revoker.revoke_token(token) else { return };
-            match tokio::time::timeout(self.settings.timeout, request.request_async(&self.http)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::warn!(error = %e, "logout: token revocation failed"),
-                Err(_) => tracing::warn!("logout: token revocation timed out"),
+        tokens.push((session.access_token.as_str(), "access_token"));
+        for (token, hint) in tokens {
+            let mut form = vec![("token", token), ("token_type_hint", hint)];
+            let mut request = self.http.post(endpoint);
+            match (self.settings.client_auth, &self.settings.client_secret) {
+                (ClientAuth::Basic, Some(secret)) => {
+                    // RFC 6749 §2.3.1: both form-urlencoded before the Basic encoding.
+                    let encode = |v: &str| form_urlencoded::byte_serialize(v.as_bytes()).collect::<String>();
+                    request = request.basic_auth(encode(&self.settings.client_id), Some(encode(secret)));
+                }
+                (ClientAuth::Post, Some(secret)) => {
+                    form.push(("client_id", &self.settings.client_id));
+                    form.push(("client_secret", secret));
+                }
+                _ => form.push(("client_id", &self.settings.client_id)),
+            }
+            match tokio::time::timeout(self.settings.timeout, request.form(&form).send()).await {
+                Ok(Ok(response)) if response.status().is_success() => {}
+                Ok(Ok(response)) => {
+                    tracing::warn!(status = %response.status(), hint, "logout: the IdP refused to revoke a token");
+                }
+                Ok(Err(e)) => tracing::warn!(error = %e, hint, "logout: token revocation failed"),
+                Err(_) => tracing::warn!(hint, "logout: token revocation timed out"),
             }
         }
     }
@@ -683,6 +727,10 @@ impl OidcLogin {
             Ok(p) => p,
             Err(e) => return Ok(unavailable_page(&e)),
         };
+        if !self.idp_answers().await {
+            let down = Error::Unavailable(format!("identity provider {} does not answer", self.settings.issuer));
+            return Ok(unavailable_page(&down));
+        }
         let state = random_token::<16>();
         let nonce = random_token::<16>();
         let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();

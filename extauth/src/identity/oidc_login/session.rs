@@ -133,7 +133,12 @@ pub struct RedisSessions {
 struct Cached {
     key: [u8; 32],
     session: Session,
+    /// When Redis last restarted the session's idle timeout (ms since `epoch`).
+    touched_ms: AtomicU64,
 }
+
+/// A cached session in use restarts its idle timeout in Redis at most this often.
+const TOUCH_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Default)]
 struct LogCursor {
@@ -190,16 +195,43 @@ impl RedisSessions {
             && self.log_is_fresh().await
             && let Some(hit) = cache.get(&id)
             && constant_time_eq(&hit.key, &handle.key)
+            && let Some(session) = self.in_use(handle, &hit)
         {
-            return Ok(self.live(hit.session.clone()));
+            return Ok(Some(session));
         }
         let Some(session) = self.load_stored(handle).await? else { return Ok(None) };
         if let Some(cache) = &self.cache
             && !self.ended.contains_key(&id)
         {
-            cache.insert(id, Arc::new(Cached { key: handle.key, session: session.clone() }));
+            let touched_ms = AtomicU64::new(self.now_ms());
+            cache.insert(id, Arc::new(Cached { key: handle.key, session: session.clone(), touched_ms }));
         }
         Ok(Some(session))
+    }
+
+    /// A cached session this request uses: its idle timeout restarts in Redis (in the
+    /// background, at most every [`TOUCH_EVERY`]), as a read from Redis would. `None` when it
+    /// may have idled out in Redis meanwhile, or passed its absolute timeout: Redis decides.
+    fn in_use(&self, handle: &SessionHandle, hit: &Cached) -> Option<Session> {
+        let now = self.now_ms();
+        let touched = hit.touched_ms.load(Ordering::Acquire);
+        if now.saturating_sub(touched) >= self.timeouts.idle.as_millis() as u64 {
+            return None;
+        }
+        let ttl = self.timeouts.ttl(&hit.session, now_secs())?;
+        if now.saturating_sub(touched) >= TOUCH_EVERY.as_millis() as u64
+            && hit.touched_ms.compare_exchange(touched, now, Ordering::AcqRel, Ordering::Acquire).is_ok()
+        {
+            let (key, mut conn) = (self.key(handle), self.conn.clone());
+            tokio::spawn(async move {
+                let touched: redis::RedisResult<()> =
+                    redis::cmd("PEXPIRE").arg(key).arg(ttl.as_millis().max(1) as u64).query_async(&mut conn).await;
+                if let Err(e) = touched {
+                    tracing::debug!(error = %e, "restarting a session's idle timeout");
+                }
+            });
+        }
+        Some(hit.session.clone())
     }
 
     /// The session as Redis has it now, bypassing the cache (the refresh path's re-checks).
@@ -223,11 +255,6 @@ impl RedisSessions {
         let _: redis::RedisResult<()> =
             redis::cmd("PEXPIRE").arg(&key).arg(ttl.as_millis().max(1) as u64).query_async(&mut conn).await;
         Ok(Some(session))
-    }
-
-    /// A cached session past its absolute timeout is over.
-    fn live(&self, session: Session) -> Option<Session> {
-        self.timeouts.ttl(&session, now_secs()).map(|_| session)
     }
 
     /// Reads the log of ended sessions if it is older than [`LOG_INTERVAL`], dropping what it
