@@ -476,9 +476,13 @@ async fn tampered_and_logged_out_session_cookies_are_refused() {
     assert_eq!(status, 401);
 }
 
+/// The idle timeout in Redis itself, without the replicas' session cache (the next test has
+/// both).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_session_ends_and_an_active_one_does_not() {
-    let s = LoginStack::start_with(LoginStackOptions::default().oidc_login("session: { idle_timeout: 2s }")).await;
+    let s =
+        LoginStack::start_with(LoginStackOptions::default().oidc_login("session: { idle_timeout: 2s, cache_ttl: 0s }"))
+            .await;
     let browser = browser().await;
     let (_context, page) = browser.new_page().await.expect("page");
     s.log_in(&page, &s.url("/app/home"), "ann").await;
