@@ -116,7 +116,7 @@ async fn held_callback(s: &LoginStack, page: &Page, path: &str, login: &str) -> 
     nav.url
 }
 
-// 1 ---------------------------------------------------------------------------------------
+// Refresh ------------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_short_lived_access_token_is_refreshed_without_the_user_noticing() {
@@ -155,10 +155,10 @@ async fn a_short_lived_access_token_is_refreshed_without_the_user_noticing() {
     assert_eq!(after.value, cookie.value);
 }
 
-// 2 ---------------------------------------------------------------------------------------
+// One refresh across replicas ----------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn twenty_requests_at_expiry_on_two_replicas_refresh_once_and_keep_the_session() {
+async fn twenty_requests_due_for_a_refresh_on_two_replicas_refresh_once_and_keep_the_session() {
     let s = LoginStack::start_with(
         LoginStackOptions::default()
             .idp(OidcOptions::default().access_token_ttl(Duration::from_secs(5)).rotate_refresh_tokens(true))
@@ -208,7 +208,7 @@ async fn twenty_requests_at_expiry_on_two_replicas_refresh_once_and_keep_the_ses
     assert_eq!(nav.status, Some(200), "{:?}", nav.chain());
 }
 
-// 3 ---------------------------------------------------------------------------------------
+// Scripts and navigations --------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scripts_images_and_grpc_web_get_401_while_navigations_get_302() {
@@ -265,7 +265,7 @@ async fn scripts_images_and_grpc_web_get_401_while_navigations_get_302() {
     assert_eq!(s.login_cookies(&context).await.len(), 1);
 }
 
-// 4 ---------------------------------------------------------------------------------------
+// Tabs ---------------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_tabs_logging_in_at_once_each_land_on_their_own_url() {
@@ -295,7 +295,7 @@ async fn two_tabs_logging_in_at_once_each_land_on_their_own_url() {
     }
 }
 
-// 5 ---------------------------------------------------------------------------------------
+// Logout -------------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logout_ends_the_session_here_and_at_the_idp() {
@@ -351,7 +351,7 @@ async fn logout_revokes_the_sessions_tokens_at_the_idp() {
     assert_eq!(introspected["active"], false, "the access token outlived logout: {introspected}\n{}", s.logs());
 }
 
-// 6 ---------------------------------------------------------------------------------------
+// Back-channel logout ------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backchannel_logout_ends_sessions_in_other_browsers() {
@@ -430,7 +430,7 @@ async fn backchannel_logout_ends_sessions_in_other_browsers() {
     assert!(body.contains("replayed"), "{body}");
 }
 
-// 7 ---------------------------------------------------------------------------------------
+// Session and login cookies ------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tampered_and_logged_out_session_cookies_are_refused() {
@@ -557,7 +557,7 @@ async fn tampered_login_cookies_and_replayed_callbacks_are_refused() {
     assert_eq!(s.idp.token_calls().await.expect("stats").authorization_code(), 0, "the code was used");
 
     // A login that went through; its callback URL again, in the same browser and in another.
-    let (context, page) = browser.new_page().await.expect("page");
+    let (_context, page) = browser.new_page().await.expect("page");
     let landed = s.log_in(&page, &s.url("/app/home"), "bob").await;
     let callback = callback_in(&s, &landed);
     let nav = page.goto(&callback).await.expect("replayed callback");
@@ -569,10 +569,9 @@ async fn tampered_login_cookies_and_replayed_callbacks_are_refused() {
     assert_eq!(nav.status, Some(401), "{:?}", nav.chain());
     assert!(s.session_cookie(&other).await.is_none());
     assert_eq!(s.idp.token_calls().await.expect("stats").authorization_code(), 1, "a replay reached the IdP");
-    drop(context);
 }
 
-// 8 ---------------------------------------------------------------------------------------
+// Callbacks ----------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn callbacks_with_a_wrong_state_iss_or_nonce_are_refused() {
@@ -615,7 +614,7 @@ async fn callbacks_with_a_wrong_state_iss_or_nonce_are_refused() {
     assert_eq!((nav.status, nav.url.as_str()), (Some(200), s.url("/app/b").as_str()), "{:?}", nav.chain());
 }
 
-// 9 ---------------------------------------------------------------------------------------
+// Open redirects -----------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn return_urls_never_leave_the_gateway() {
@@ -716,7 +715,7 @@ async fn return_urls_never_leave_the_gateway() {
     assert_eq!(get_with_session(&client, &s.url("/app/api"), &session).await.0, 401);
 }
 
-// 10 --------------------------------------------------------------------------------------
+// IdP outage ---------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn while_the_idp_is_down_sessions_go_on_until_their_token_expires() {
