@@ -147,7 +147,15 @@ impl Policy {
         {
             return Ok(Decision::Deny(deny));
         }
-        let identity = match self.identity.run(&self.realm, request).await? {
+        let verdict = match self.identity.run(&self.realm, request).await {
+            // A browser gets a page that says so (a session that needs the IdP, or Redis),
+            // not Envoy's empty answer to an error.
+            Err(e @ Error::Unavailable(_)) if login.is_some() => {
+                return Ok(Decision::Deny(crate::identity::oidc_login::unavailable_page(&e)));
+            }
+            verdict => verdict?,
+        };
+        let identity = match verdict {
             Verdict::Authenticated(identity) => identity,
             Verdict::Unauthenticated { rejection, challenges } => {
                 if let Some(login) = login {

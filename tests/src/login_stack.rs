@@ -185,7 +185,7 @@ policies:
     /// login form, and back to `url` itself, answered 200 by the upstream.
     pub async fn log_in(&self, page: &Page, url: &str, login: &str) -> Navigation {
         let nav = page.goto(url).await.expect("navigation");
-        assert!(nav.url.starts_with(&self.idp.issuer()), "not at the IdP: {:?}", nav.chain());
+        assert!(nav.url.starts_with(&self.idp.issuer()), "not at the IdP: {:?}\n{}", nav.chain(), self.logs());
         let landed = page.fill_login(login, "any-password").await.expect("login at the IdP");
         assert_eq!(landed.url, url, "chain: {:?}", landed.chain());
         assert_eq!(landed.status, Some(200), "chain: {:?}", landed.chain());

@@ -311,6 +311,12 @@ impl OidcLogin {
         answered
     }
 
+    /// A call to the IdP just went through (`true`: it answered, whatever it said) or failed
+    /// (`false`: logins answer 503 until it answers again).
+    async fn idp_answered(&self, answered: bool) {
+        *self.idp_seen.lock().await = Some((Instant::now(), answered));
+    }
+
     /// The session cookie's identity: `Missing` without a cookie, `Rejected` for one that
     /// opens no live session.
     pub async fn authenticate(&self, name: &Arc<str>, request: &AuthRequest) -> Result<Outcome, Error> {
@@ -496,18 +502,24 @@ impl OidcLogin {
             Err(e) => return Err(Error::Internal(format!("the provider has no token endpoint: {e}"))),
         };
         let response = match tokio::time::timeout(self.settings.timeout, request.request_async(&self.http)).await {
-            Ok(Ok(response)) => response,
+            Ok(Ok(response)) => {
+                self.idp_answered(true).await;
+                response
+            }
             Ok(Err(openidconnect::RequestTokenError::ServerResponse(r)))
                 if *r.error() == openidconnect::core::CoreErrorResponseType::InvalidGrant =>
             {
+                self.idp_answered(true).await;
                 return Ok(Refreshed::Refused("the refresh token was refused (invalid_grant)".into()));
             }
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "session refresh failed");
+                self.idp_answered(false).await;
                 return Ok(Refreshed::Unavailable);
             }
             Err(_) => {
                 tracing::warn!("session refresh timed out");
+                self.idp_answered(false).await;
                 return Ok(Refreshed::Unavailable);
             }
         };
@@ -817,13 +829,20 @@ impl OidcLogin {
             Err(e) => return Ok(unavailable_page(&e)),
         };
         let session = match self.exchange(&provider, code, &login).await {
-            Ok(session) => session,
+            Ok(session) => {
+                self.idp_answered(true).await;
+                session
+            }
             Err(Exchange::Refused(reason)) => {
+                self.idp_answered(true).await;
                 let mut deny = refuse(&reason);
                 deny.headers.push(delete_login);
                 return Ok(deny);
             }
-            Err(Exchange::Unavailable(e)) => return Ok(unavailable_page(&e)),
+            Err(Exchange::Unavailable(e)) => {
+                self.idp_answered(false).await;
+                return Ok(unavailable_page(&e));
+            }
         };
         let mut deny = Deny { status: 302, reason: "logged in".into(), ..Default::default() };
         deny.headers.push(("location".into(), login.return_to));
@@ -1036,9 +1055,10 @@ fn at_hash(alg: &str, access_token: &str) -> Option<String> {
     Some(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&bytes[..bytes.len() / 2]))
 }
 
-/// 503 with a page a person can read: the login cannot start or finish now.
-fn unavailable_page(error: &Error) -> Deny {
-    tracing::warn!(%error, "browser login: the identity provider cannot be reached");
+/// 503 with a page a person can read: the login cannot start or finish now, or the session
+/// cannot be checked (the IdP or Redis cannot be reached).
+pub fn unavailable_page(error: &Error) -> Deny {
+    tracing::warn!(%error, "browser login unavailable");
     let mut deny = Deny {
         status: 503,
         reason: "the login service is unavailable; try again in a moment".into(),
