@@ -781,3 +781,85 @@ async fn while_the_idp_is_down_sessions_go_on_until_their_token_expires() {
     assert_eq!(status, 401, "{body}\n{}", s.logs());
     s.log_in(&page, &s.url("/app/home"), "ann").await;
 }
+
+// The cookie store ---------------------------------------------------------------------------
+
+/// `session: {store: cookie}`: the session lives in the browser's cookies (nothing in Redis),
+/// under 4 KB a cookie; a refresh rewrites them, once for a burst of requests that all carry
+/// the old cookies; tampering and logout end it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cookie_store_keeps_the_session_in_the_browser() {
+    let s = LoginStack::start_with(
+        LoginStackOptions::default()
+            .idp(OidcOptions::default().access_token_ttl(Duration::from_secs(5)).rotate_refresh_tokens(true))
+            .oidc_login("session: { store: cookie }")
+            .oidc_login("refresh_ahead: 2s")
+            .oidc_login("access_token_header: x-access-token"),
+    )
+    .await;
+    let browser = browser().await;
+    let (context, page) = browser.new_page().await.expect("page");
+    s.log_in(&page, &s.url("/app/home"), "ann").await;
+    let logged_in = Instant::now();
+    let seen = upstream_saw(&page).await;
+    assert_eq!(seen["headers"]["x-user-id"], "ann", "{seen}");
+    assert!(!seen["headers"]["cookie"].as_str().unwrap_or("").contains("__Host-gatehouse"), "{seen}");
+    let first_token = seen["headers"]["x-access-token"].clone();
+
+    // The session is the cookies: sealed, HttpOnly, Secure, each under 4 KB; Redis holds none.
+    let cookies = context.cookies(&[&s.gateways[0]]).await.expect("cookies");
+    let session: Vec<_> = cookies.iter().filter(|c| c.name.starts_with(SESSION_COOKIE)).collect();
+    assert!(!session.is_empty(), "{cookies:?}");
+    for c in &session {
+        assert!(c.secure && c.http_only && c.name.len() + c.value.len() < 4000, "{c:?}");
+        assert!(!c.value.contains(first_token.as_str().unwrap_or("-")), "a token in clear");
+    }
+    let keys = s.redis.cli(&["KEYS", "gatehouse:session:*"]).unwrap_or_default();
+    assert!(keys.trim().is_empty(), "Redis holds sessions: {keys}");
+    let cookie_header = session.iter().map(|c| format!("{}={}", c.name, c.value)).collect::<Vec<_>>().join("; ");
+
+    // Due for a refresh: 10 requests at once with the same (old) cookies, against a slow IdP.
+    // One refresh; every request goes through, and the answers rewrite the cookies.
+    s.idp.set_token_delay(Duration::from_millis(400)).await.expect("token delay");
+    sleep_until(logged_in, Duration::from_millis(3200)).await;
+    let client = http_client();
+    let mut requests = tokio::task::JoinSet::new();
+    for i in 0..10 {
+        let (client, cookie, url) = (client.clone(), cookie_header.clone(), s.url(&format!("/app/api/{i}")));
+        requests.spawn(async move {
+            let response = client.get(&url).header("cookie", cookie).send().await.expect("request");
+            let set_cookies: Vec<String> = response
+                .headers()
+                .get_all("set-cookie")
+                .iter()
+                .map(|v| v.to_str().unwrap_or_default().to_string())
+                .collect();
+            (response.status().as_u16(), set_cookies, response.text().await.unwrap_or_default())
+        });
+    }
+    while let Some(done) = requests.join_next().await {
+        let (status, set_cookies, body) = done.expect("request task");
+        assert_eq!(status, 200, "{body}\n{}", s.logs());
+        assert!(set_cookies.iter().any(|c| c.starts_with(&format!("{SESSION_COOKIE}="))), "{set_cookies:?}");
+        let seen: Value = serde_json::from_str(&body).expect("echo JSON");
+        assert_ne!(seen["headers"]["x-access-token"], first_token, "the old access token went upstream");
+    }
+    assert_eq!(s.idp.token_calls().await.expect("stats").refresh_token(), 1, "{}", s.logs());
+
+    // The browser's own request gets the refreshed session too, and keeps it.
+    let nav = page.goto(&s.url("/app/home")).await.expect("navigation");
+    assert_eq!(nav.status, Some(200), "{:?}", nav.chain());
+    assert_eq!(fetch_status(&s, &page, "/app/api").await, 200);
+
+    // A flipped byte: 401, and the cookies are cleared.
+    let (status, _) = get_with_session(&client, &s.url("/app/api"), &flip(&session[0].value, 20)).await;
+    assert_eq!(status, 401);
+
+    // Logout clears the cookies; the next call has no session.
+    let mut logout = FetchInit::post("");
+    logout.redirect = RedirectMode::Manual;
+    page.fetch(&s.url("/app/logout"), logout).await.expect("logout");
+    let left = context.cookies(&[&s.gateways[0]]).await.expect("cookies");
+    assert!(!left.iter().any(|c| c.name.starts_with(SESSION_COOKIE)), "{left:?}");
+    assert_eq!(fetch_status(&s, &page, "/app/api").await, 401);
+}
