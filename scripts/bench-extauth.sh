@@ -3,7 +3,8 @@
 #
 #  1. Check over gRPC with h2load and a pre-encoded CheckRequest, for a no-op tonic
 #     Authorization server (the ceiling), an API key policy, a JWT (RS256) policy and a
-#     browser-login session in Redis (`oidc_login`, its cookie in the request): req/s,
+#     browser-login session in Redis (`oidc_login`, its cookie in the request; with the
+#     in-process session cache, and without it): req/s,
 #     latency at full load, at half of the measured maximum, and at 16 in flight.
 #  2. Through Envoy with wrk: ext_authz (gRPC) to gatehouse-extauth against Envoy's own
 #     jwt_authn filter on the same token, both answering with a direct_response (no upstream);
@@ -101,6 +102,21 @@ policies:
       headers:
         x-user-id: { from: sub }
         x-user-email: { from: claims.email }
+  # The same sessions without the in-process cache: every Check reads Redis.
+  - name: app-nocache
+    identity:
+      any_of:
+        - name: browser
+          oidc_login:
+            issuer: $issuer
+            client_id: gatehouse-bench
+            redirect_uri: http://localhost/app/callback
+            cookie_secret_file: cookie.key
+            session: { cache_ttl: 0s }
+    response:
+      headers:
+        x-user-id: { from: sub }
+        x-user-email: { from: claims.email }
 YAML
 "$bin" check-config "$work/extauth/policies.yaml" >/dev/null
 
@@ -108,6 +124,7 @@ YAML
 "$examples/encode_check" "$work/jwt.bin" jwt "authorization=Bearer $token" 2>/dev/null
 "$examples/encode_check" "$work/jwt-missing.bin" jwt 2>/dev/null
 "$examples/encode_check" "$work/session.bin" app "cookie=theme=dark; __Host-gatehouse-session=$session" 2>/dev/null
+"$examples/encode_check" "$work/session-nocache.bin" app-nocache "cookie=theme=dark; __Host-gatehouse-session=$session" 2>/dev/null
 
 # start_extauth: gatehouse-extauth on free ports; sets extauth_pid, grpc_port, http_port.
 start_extauth() {
@@ -215,6 +232,7 @@ check_once "$work/session.bin"
 h2_bench api-key "$grpc_port" "$work/keys.bin" keys
 h2_bench jwt "$grpc_port" "$work/jwt.bin" jwt
 h2_bench session "$grpc_port" "$work/session.bin" app
+h2_bench session-nocache "$grpc_port" "$work/session-nocache.bin" app-nocache
 kill "$extauth_pid"
 fi
 [[ $PARTS == *envoy* ]] || exit 0
