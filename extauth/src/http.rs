@@ -177,6 +177,12 @@ async fn decide(
                     out.insert(name, value);
                 }
             }
+            // Forward-auth cannot remove a header from the upstream request, only set one: an
+            // empty Cookie keeps the browser login's cookies from the upstream when no other
+            // cookie is left.
+            if allow.remove_headers.iter().any(|h| h == "cookie") {
+                out.insert(header::COOKIE, HeaderValue::from_static(""));
+            }
             // Client headers may repeat (Set-Cookie).
             for (name, value) in &allow.client_headers {
                 if let Some((name, value)) = header_pair(name, value) {

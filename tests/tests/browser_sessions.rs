@@ -863,3 +863,40 @@ async fn the_cookie_store_keeps_the_session_in_the_browser() {
     assert!(!left.iter().any(|c| c.name.starts_with(SESSION_COOKIE)), "{left:?}");
     assert_eq!(fetch_status(&s, &page, "/app/api").await, 401);
 }
+
+// HTTP forward-auth -----------------------------------------------------------------------
+
+/// The same policy through forward-auth, as NGINX and Traefik call it: Envoy's ext_authz in
+/// HTTP mode on `/app-http/` (envoy/gateway.yaml) asks `/forward-auth/app/<path>`. A script
+/// gets the 401 with `login_url`, a navigation the redirect with its login cookie, and after
+/// the login the upstream gets the identity and no Gatehouse cookie. `/oidc/start` with a
+/// path `rd` (what NGINX's `error_page 401` sends the browser to) logs in and lands on `rd`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forward_auth_logs_in_through_envoys_http_mode() {
+    let s = LoginStack::start().await;
+    let browser = browser().await;
+    let (context, page) = browser.new_page().await.expect("page");
+    page.goto(&s.url("/nothing-here")).await.expect("navigation");
+    let app = s.url("/app-http/orders?id=7");
+    let r = page.fetch(&app, FetchInit::get()).await.expect("fetch");
+    assert_eq!(r.status, 401, "{r:?}");
+    let body: Value = serde_json::from_str(&r.body).expect("JSON body");
+    assert_eq!(body["login_url"], app.as_str(), "{body}");
+
+    // Theirs is the navigation's first redirect: a 302 with the login cookie, through Envoy's
+    // HTTP mode.
+    let landed = s.log_in(&page, &app, "ann").await;
+    assert_eq!(landed.status, Some(200));
+    let seen = upstream_saw(&page).await;
+    assert_eq!(seen["headers"]["x-user-id"], "ann", "{seen}");
+    assert!(!seen["headers"]["cookie"].as_str().unwrap_or("").contains("__Host-gatehouse"), "{seen}");
+    assert!(s.session_cookie(&context).await.is_some());
+
+    // The start endpoint, in a browser without a session.
+    let (_fresh, fresh) = browser.new_page().await.expect("page");
+    let nav = fresh.goto(&s.url("/oidc/start/app?rd=/app-http/next")).await.expect("navigation");
+    assert!(nav.url.starts_with(&s.idp.issuer()), "not at the IdP: {:?}", nav.chain());
+    let landed = fresh.fill_login("bob", "any-password").await.expect("login");
+    assert_eq!(landed.url, s.url("/app-http/next"), "{:?}", landed.chain());
+    assert_eq!(upstream_saw(&fresh).await["headers"]["x-user-id"], "bob");
+}
