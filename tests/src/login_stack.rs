@@ -24,7 +24,7 @@ use crate::browser::{Context, Cookie, Navigation, Page};
 use crate::echo::Echo;
 use crate::envoy::{Envoy, default_vars};
 use crate::free_port;
-use crate::oidc::{CodeClientUris, OidcOptions, OidcProvider, WEB_CLIENT_ID, WEB_CLIENT_SECRET};
+use crate::oidc::{CodeClientUris, OidcOptions, OidcProvider, PUBLIC_CLIENT_ID, WEB_CLIENT_ID, WEB_CLIENT_SECRET};
 use crate::redis::RedisServer;
 use crate::service::{Kind, Service};
 
@@ -44,6 +44,8 @@ pub struct LoginStackOptions {
     pub oidc_login: Vec<String>,
     /// gatehouse-extauth replicas (each behind its own Envoy); 0 counts as 1.
     pub replicas: usize,
+    /// Log in as the IdP's public client (PKCE only, no secret) instead of the confidential one.
+    pub public_client: bool,
 }
 
 impl LoginStackOptions {
@@ -60,6 +62,11 @@ impl LoginStackOptions {
 
     pub fn replicas(mut self, replicas: usize) -> LoginStackOptions {
         self.replicas = replicas;
+        self
+    }
+
+    pub fn public_client(mut self) -> LoginStackOptions {
+        self.public_client = true;
         self
     }
 }
@@ -107,9 +114,7 @@ policies:
         - name: browser
           oidc_login:
             issuer: "{issuer}"
-            client_id: {WEB_CLIENT_ID}
-            client_secret_file: web.secret
-            redirect_uri: "{gateway}/app/callback"
+{client}            redirect_uri: "{gateway}/app/callback"
             cookie_secret_file: cookie.key
             scopes: [email, profile]
             logout_path: /app/logout
@@ -119,7 +124,12 @@ policies:
         x-user-id: {{ from: sub }}
         x-user-email: {{ from: claims.email }}
 "#,
-                issuer = idp.issuer()
+                issuer = idp.issuer(),
+                client = if options.public_client {
+                    format!("            client_id: {PUBLIC_CLIENT_ID}\n")
+                } else {
+                    format!("            client_id: {WEB_CLIENT_ID}\n            client_secret_file: web.secret\n")
+                },
             ),
         )
         .expect("write policies");

@@ -267,6 +267,25 @@ async fn scripts_images_and_grpc_web_get_401_while_navigations_get_302() {
 
 // Tabs ---------------------------------------------------------------------------------------
 
+/// A public client (PKCE, no secret) logs in like the confidential one; and however many tabs
+/// start a login, at most `max_login_attempts` login cookies live (the oldest go).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_public_client_logs_in_and_login_cookies_are_capped() {
+    let s =
+        LoginStack::start_with(LoginStackOptions::default().public_client().oidc_login("max_login_attempts: 2")).await;
+    let browser = browser().await;
+    let (context, first) = browser.new_page().await.expect("page");
+    first.goto(&s.url("/app/one")).await.expect("navigation");
+    let second = context.new_page().await.expect("page");
+    second.goto(&s.url("/app/two")).await.expect("navigation");
+    let third = context.new_page().await.expect("page");
+    third.goto(&s.url("/app/three")).await.expect("navigation");
+    assert_eq!(s.login_cookies(&context).await.len(), 2, "{}", s.logs());
+    let landed = third.fill_login("ann", "any-password").await.expect("login");
+    assert_eq!((landed.url.as_str(), landed.status), (s.url("/app/three").as_str(), Some(200)), "{}", s.logs());
+    assert_eq!(upstream_saw(&third).await["headers"]["x-user-id"], "ann");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_tabs_logging_in_at_once_each_land_on_their_own_url() {
     let s = LoginStack::start().await;
