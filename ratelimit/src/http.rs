@@ -21,30 +21,41 @@ use gatehouse_common::metrics::Metrics;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use parking_lot::Mutex;
+
 use crate::health::Health;
 use crate::service::RateLimiter;
+use crate::xds::XdsStatus;
 
 #[derive(Clone)]
 struct AppState {
     limiter: Arc<RateLimiter>,
     health: Health,
+    /// With CONFIG_TYPE=GRPC_XDS_SOTW: the control plane's state, for /config-status.
+    xds: Option<Arc<Mutex<XdsStatus>>>,
 }
 
 /// The PORT listener's routes.
 pub fn api_router(limiter: Arc<RateLimiter>, health: Health) -> Router {
-    Router::new()
-        .route("/healthcheck", any(healthcheck))
-        .route("/json", any(json_endpoint))
-        .with_state(AppState { limiter, health })
+    Router::new().route("/healthcheck", any(healthcheck)).route("/json", any(json_endpoint)).with_state(AppState {
+        limiter,
+        health,
+        xds: None,
+    })
 }
 
 /// The DEBUG_PORT listener's routes.
-pub fn debug_router(limiter: Arc<RateLimiter>, health: Health, metrics: &Metrics) -> Router {
+pub fn debug_router(
+    limiter: Arc<RateLimiter>,
+    health: Health,
+    metrics: &Metrics,
+    xds: Option<Arc<Mutex<XdsStatus>>>,
+) -> Router {
     Router::new()
         .route("/", get(index))
         .route("/rlconfig", get(rlconfig))
         .route("/config-status", get(config_status))
-        .with_state(AppState { limiter, health })
+        .with_state(AppState { limiter, health, xds })
         .merge(metrics.router("/metrics"))
 }
 
@@ -62,8 +73,14 @@ async fn healthcheck(State(state): State<AppState>) -> Response {
     }
 }
 
+/// envoyproxy/ratelimit's format, one line per rule; rules from xDS start with a `#` line
+/// naming their version.
 async fn rlconfig(State(state): State<AppState>) -> String {
-    state.limiter.rules().load().dump()
+    let rules = state.limiter.rules().load();
+    match &rules.xds_version {
+        Some(version) => format!("# xds version: {version}\n{}", rules.dump()),
+        None => rules.dump(),
+    }
 }
 
 async fn config_status(State(state): State<AppState>) -> Response {
@@ -72,6 +89,9 @@ async fn config_status(State(state): State<AppState>) -> Response {
     let mut body = status.to_json();
     body["files"] = json!(rules.files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>());
     body["backend"] = json!(state.limiter.store_name());
+    if let Some(xds) = &state.xds {
+        body["xds"] = json!(*xds.lock());
+    }
     ([(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
 }
 

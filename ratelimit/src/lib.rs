@@ -13,6 +13,7 @@ pub mod service;
 pub mod settings;
 pub mod stats;
 pub mod storage;
+pub mod xds;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -28,12 +29,13 @@ use tokio::net::TcpListener;
 use crate::clock::Clock;
 use crate::rules::RuleSet;
 use crate::service::{Options, RateLimiter};
-use crate::settings::{Backend, Settings};
+use crate::settings::{Backend, ConfigSource, Settings};
 use crate::stats::Stats;
 use crate::storage::local_cache::OverLimitCache;
 use crate::storage::memory::MemoryStore;
 use crate::storage::redis::RedisStore;
 use crate::storage::{CounterStore, Mode};
+use crate::xds::XdsClient;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -93,7 +95,13 @@ impl App {
     pub async fn build(settings: Settings, clock: Clock) -> Result<App, StartError> {
         let metrics = Metrics::new();
         let stats = Stats::new(&metrics);
-        let initial = load_rules(&settings.config_dir, settings.ignore_dotfiles, settings.merge_domain_config, &stats)?;
+        let initial = match &settings.config_source {
+            ConfigSource::File => {
+                load_rules(&settings.config_dir, settings.ignore_dotfiles, settings.merge_domain_config, &stats)?
+            }
+            // Rules arrive from the control plane once serving starts.
+            ConfigSource::Xds(_) => RuleSet::default(),
+        };
         let rules = Reloader::new(initial, &metrics, "ratelimit_service_config_load");
         let mut memory = None;
         let store: Arc<dyn CounterStore> = match &settings.backend {
@@ -131,16 +139,41 @@ impl App {
             memory.spawn_sweeper(Duration::from_secs(1));
         }
 
-        // Hot reload of the rule files.
+        // The rules: the files, hot-reloaded, or the control plane's.
         let stats = limiter.stats().clone();
-        let dir = settings.config_dir.clone();
-        let (ignore_dotfiles, merge) = (settings.ignore_dotfiles, settings.merge_domain_config);
-        let mut spec = WatchSpec::new(vec![settings.config_dir.clone()]);
-        spec.watch_root = settings.watch_root.clone();
-        let watcher = limiter.rules().watch(spec, move || load_rules(&dir, ignore_dotfiles, merge, &stats), {
-            let shutdown = shutdown.clone();
-            async move { shutdown.wait().await }
-        });
+        let merge = settings.merge_domain_config;
+        let mut xds_status = None;
+        let config_task = match &settings.config_source {
+            ConfigSource::File => {
+                let dir = settings.config_dir.clone();
+                let ignore_dotfiles = settings.ignore_dotfiles;
+                let mut spec = WatchSpec::new(vec![settings.config_dir.clone()]);
+                spec.watch_root = settings.watch_root.clone();
+                limiter.rules().watch(spec, move || load_rules(&dir, ignore_dotfiles, merge, &stats), {
+                    let shutdown = shutdown.clone();
+                    async move { shutdown.wait().await }
+                })
+            }
+            ConfigSource::Xds(xds) => {
+                let client = XdsClient::new((**xds).clone(), limiter.rules().clone(), merge, stats);
+                xds_status = Some(client.status());
+                let first_config = client.first_config();
+                let task = tokio::spawn(client.run(shutdown.clone()));
+                if !xds.force_start {
+                    // As envoyproxy/ratelimit: nothing is served before the first config
+                    // (FORCE_START_WITHOUT_INITIAL_CONFIG=true serves at once, with no rules).
+                    tracing::info!(server = %xds.server_url, "waiting for the first rate limit config over xDS");
+                    tokio::select! {
+                        _ = first_config => {}
+                        _ = shutdown.wait() => {
+                            task.abort();
+                            return Ok(());
+                        }
+                    }
+                }
+                task
+            }
+        };
 
         let health =
             health::Health::new(shutdown.clone(), limiter.rules().clone(), settings.healthy_with_at_least_one_config);
@@ -161,7 +194,7 @@ impl App {
             tasks.spawn(server::serve_http(l, router, settings.drain, shutdown.clone()));
         }
         if let Some(l) = listeners.debug {
-            let router = http::debug_router(limiter.clone(), health.clone(), &metrics);
+            let router = http::debug_router(limiter.clone(), health.clone(), &metrics, xds_status.clone());
             tasks.spawn(server::serve_http(l, router, settings.drain, shutdown.clone()));
         }
         if let (Some(l), Some((_, path))) = (listeners.prometheus, &settings.prometheus) {
@@ -182,7 +215,7 @@ impl App {
                 Ok(Ok(())) => {}
             }
         }
-        watcher.abort();
+        config_task.abort();
         result
     }
 }

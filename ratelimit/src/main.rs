@@ -9,7 +9,7 @@ use gatehouse_common::config::Env;
 use gatehouse_common::server;
 use gatehouse_common::telemetry;
 use gatehouse_ratelimit::clock::Clock;
-use gatehouse_ratelimit::settings::Settings;
+use gatehouse_ratelimit::settings::{ConfigSource, Settings};
 use gatehouse_ratelimit::stats::Stats;
 use gatehouse_ratelimit::{App, Listeners, load_rules, rules};
 
@@ -96,7 +96,10 @@ fn serve() -> anyhow::Result<()> {
             grpc = %settings.grpc_addr,
             http = %settings.http_addr,
             debug = %settings.debug_addr,
-            config = %settings.config_dir.display(),
+            config = %match &settings.config_source {
+                ConfigSource::File => settings.config_dir.display().to_string(),
+                ConfigSource::Xds(xds) => format!("xds {}", xds.server_url),
+            },
             "starting gatehouse-ratelimit"
         );
         let app = App::build(settings, Clock::System).await?;

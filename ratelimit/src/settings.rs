@@ -10,6 +10,15 @@ use gatehouse_common::redis::RedisSettings;
 use gatehouse_common::server::TlsFiles;
 use gatehouse_common::telemetry::{LogFilter, LogFormat};
 
+/// Where the rules come from (CONFIG_TYPE).
+#[derive(Clone, Debug)]
+pub enum ConfigSource {
+    /// `FILE` (the default): the YAML files in the config directory, hot-reloaded.
+    File,
+    /// `GRPC_XDS_SOTW`: `RateLimitConfig` resources from an xDS control plane.
+    Xds(Box<crate::xds::XdsSettings>),
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Backend {
     Memory { max_keys: usize },
@@ -54,6 +63,7 @@ pub struct Settings {
     pub grpc_max_connection_age: Option<Duration>,
     pub drain: Duration,
 
+    pub config_source: ConfigSource,
     /// The directory holding `*.yaml` rule files.
     pub config_dir: PathBuf,
     /// Where symlink swaps are watched from (RUNTIME_WATCH_ROOT).
@@ -162,12 +172,11 @@ impl Settings {
         };
 
         // Settings that would leave the service without its config or listener are refused.
-        if let Some(kind) = env.get("CONFIG_TYPE").filter(|k| !k.eq_ignore_ascii_case("FILE")) {
-            return Err(env.error(
-                "CONFIG_TYPE",
-                format!("{kind} is not supported; rules are read from files (CONFIG_TYPE=FILE)"),
-            ));
-        }
+        let config_source = match env.string("CONFIG_TYPE", "FILE").to_ascii_uppercase().as_str() {
+            "FILE" => ConfigSource::File,
+            "GRPC_XDS_SOTW" => ConfigSource::Xds(Box::new(crate::xds::XdsSettings::from_env(env)?)),
+            other => return Err(env.error("CONFIG_TYPE", format!("{other}: expected FILE or GRPC_XDS_SOTW"))),
+        };
         if env.get("GRPC_UDS").is_some() {
             return Err(env.error("GRPC_UDS", "unix sockets are not supported; use GRPC_HOST and GRPC_PORT"));
         }
@@ -191,6 +200,7 @@ impl Settings {
             grpc_max_connection_age: Some(env.duration("GRPC_MAX_CONNECTION_AGE", Duration::from_secs(24 * 3600))?)
                 .filter(|d| !d.is_zero()),
             drain: env.duration("SHUTDOWN_DRAIN", Duration::from_secs(0))?,
+            config_source,
             config_dir,
             watch_root,
             ignore_dotfiles: env.bool("RUNTIME_IGNOREDOTFILES", false)?,
@@ -276,7 +286,7 @@ mod tests {
         let s = Settings::from_env(&env).unwrap();
         assert_eq!(s.ignored.len(), 2, "{:?}", s.ignored);
         assert!(s.ignored[0].starts_with("REDIS_PERSECOND is not supported: per-second limits use REDIS_URL"));
-        for (name, value) in [("CONFIG_TYPE", "GRPC_XDS_SOTW"), ("GRPC_UDS", "/tmp/rl.sock")] {
+        for (name, value) in [("CONFIG_TYPE", "GRPC_XDS_DELTA"), ("GRPC_UDS", "/tmp/rl.sock")] {
             let err = Settings::from_env(&Env::from_pairs([(name, value)])).unwrap_err();
             assert!(err.to_string().contains(name), "{err}");
         }

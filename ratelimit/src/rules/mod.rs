@@ -289,13 +289,20 @@ impl Matched<'_> {
 #[derive(Debug, Default)]
 pub struct RuleSet {
     domains: HashMap<String, Domain>,
-    /// Files in the order they were loaded, for /rlconfig and check-config.
+    /// Files in the order they were loaded, for /rlconfig and check-config; with xDS, one
+    /// `xds:<resource name>` per resource.
     pub files: Vec<PathBuf>,
+    /// With CONFIG_TYPE=GRPC_XDS_SOTW: the `version_info` these rules came with.
+    pub xds_version: Option<String>,
 }
 
 impl RuleSet {
     pub fn domain(&self, name: &str) -> Option<&Domain> {
         self.domains.get(name)
+    }
+
+    pub fn domain_count(&self) -> usize {
+        self.domains.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -320,10 +327,26 @@ impl RuleSet {
 
     /// Parses one YAML document; for tests and check-config of inline text.
     pub fn from_yaml(name: &str, text: &str, stats: &Stats) -> Result<RuleSet, ConfigErrors> {
-        let file = PathBuf::from(name);
-        let config = gatehouse_common::config::parse_yaml::<FileConfig>(&file, text)?;
-        let mut builder = Builder { set: RuleSet::default(), errors: Vec::new(), merge_domains: false, stats, file };
-        builder.add_file(config);
+        RuleSet::from_documents(&[(name.to_string(), text.to_string())], false, stats)
+    }
+
+    /// Loads named documents (xDS resources rendered as YAML) as if each were a file of that
+    /// name: errors name the document, line and field.
+    pub fn from_documents(
+        documents: &[(String, String)],
+        merge_domains: bool,
+        stats: &Stats,
+    ) -> Result<RuleSet, ConfigErrors> {
+        let mut builder =
+            Builder { set: RuleSet::default(), errors: Vec::new(), merge_domains, stats, file: PathBuf::new() };
+        for (name, text) in documents {
+            builder.file = PathBuf::from(name);
+            match gatehouse_common::config::parse_yaml::<FileConfig>(&builder.file, text) {
+                Ok(config) => builder.add_file(config),
+                Err(e) => builder.errors.push(e),
+            }
+            builder.set.files.push(builder.file.clone());
+        }
         if builder.errors.is_empty() { Ok(builder.set) } else { Err(ConfigErrors(builder.errors)) }
     }
 
