@@ -21,6 +21,7 @@ pub mod oidc;
 pub mod redis;
 pub mod service;
 pub mod tls;
+pub mod xds;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
