@@ -12,6 +12,7 @@ pub mod rules;
 pub mod service;
 pub mod settings;
 pub mod stats;
+pub mod statsd;
 pub mod storage;
 pub mod xds;
 
@@ -199,6 +200,14 @@ impl App {
         }
         if let (Some(l), Some((_, path))) = (listeners.prometheus, &settings.prometheus) {
             tasks.spawn(server::serve_http(l, metrics.router(path), settings.drain, shutdown.clone()));
+        }
+        if let Some(statsd) = settings.statsd.clone() {
+            let exporter = statsd::Exporter::new(statsd, metrics.clone());
+            let (shutdown, drain) = (shutdown.clone(), settings.drain);
+            tasks.spawn(async move {
+                exporter.run(shutdown, drain).await;
+                Ok(())
+            });
         }
         let mut result = Ok(());
         while let Some(joined) = tasks.join_next().await {

@@ -10,6 +10,8 @@ use gatehouse_common::redis::RedisSettings;
 use gatehouse_common::server::TlsFiles;
 use gatehouse_common::telemetry::{LogFilter, LogFormat};
 
+use crate::statsd::StatsdSettings;
+
 /// Where the rules come from (CONFIG_TYPE).
 #[derive(Clone, Debug)]
 pub enum ConfigSource {
@@ -59,6 +61,8 @@ pub struct Settings {
     pub debug_addr: SocketAddr,
     /// Serve /metrics on its own address (USE_PROMETHEUS); it is on the debug port too.
     pub prometheus: Option<(SocketAddr, String)>,
+    /// Push counters to statsd or DogStatsD (USE_STATSD, USE_DOG_STATSD).
+    pub statsd: Option<StatsdSettings>,
     pub grpc_tls: Option<TlsFiles>,
     pub grpc_max_connection_age: Option<Duration>,
     pub drain: Duration,
@@ -108,8 +112,6 @@ const UNSUPPORTED: &[(&str, &str, &str)] = &[
     ),
     ("GRPC_CLIENT_TLS_SAN", "", "any client certificate signed by GRPC_CLIENT_TLS_CACERT is accepted"),
     ("GRPC_MAX_CONNECTION_AGE_GRACE", "", "connections are drained on shutdown instead"),
-    ("USE_STATSD", "false", "metrics are Prometheus only (/metrics on DEBUG_PORT)"),
-    ("USE_DOG_STATSD", "false", "metrics are Prometheus only (/metrics on DEBUG_PORT)"),
     ("PROMETHEUS_MAPPER_YAML", "", "metric names are fixed (docs/ratelimit.md)"),
     ("TRACING_ENABLED", "false", "no tracing export"),
     ("LOCAL_CACHE_SIZE_IN_BYTES", "0", "the local over-limit cache only applies to the Redis backend"),
@@ -155,7 +157,10 @@ impl Settings {
 
         let grpc_tls = TlsFiles::from_env(env)?;
 
-        let prometheus = if env.bool("USE_PROMETHEUS", false)? {
+        // DISABLE_STATS turns off every sink, as envoyproxy/ratelimit; /metrics on the debug port
+        // stays, since nothing is spent on it unless it is scraped.
+        let statsd = StatsdSettings::from_env(env)?;
+        let prometheus = if env.bool("USE_PROMETHEUS", false)? && !env.bool("DISABLE_STATS", false)? {
             let addr_text = env.string("PROMETHEUS_ADDR", ":9090");
             let addr_text = if addr_text.starts_with(':') { format!("0.0.0.0{addr_text}") } else { addr_text };
             let addr =
@@ -180,22 +185,19 @@ impl Settings {
         if env.get("GRPC_UDS").is_some() {
             return Err(env.error("GRPC_UDS", "unix sockets are not supported; use GRPC_HOST and GRPC_PORT"));
         }
-        let mut ignored: Vec<String> = UNSUPPORTED
+        let ignored: Vec<String> = UNSUPPORTED
             .iter()
             .filter(|(name, default, _)| env.get(name).is_some_and(|v| !v.eq_ignore_ascii_case(default)))
             .filter(|(name, ..)| *name != "LOCAL_CACHE_SIZE_IN_BYTES" || backend != Backend::Redis)
             .map(|(name, _, instead)| format!("{name} is not supported: {instead}"))
             .collect();
-        if env.get("USE_STATSD").is_none() && env.bool("USE_PROMETHEUS", false)? {
-            // envoyproxy/ratelimit needs USE_STATSD=false next to USE_PROMETHEUS; we do not.
-            ignored.retain(|w| !w.starts_with("USE_STATSD"));
-        }
 
         Ok(Settings {
             grpc_addr: env.socket_addr("GRPC_HOST", "GRPC_PORT", 8081)?,
             http_addr: env.socket_addr("HOST", "PORT", 8080)?,
             debug_addr: env.socket_addr("DEBUG_HOST", "DEBUG_PORT", 6070)?,
             prometheus,
+            statsd,
             grpc_tls,
             grpc_max_connection_age: Some(env.duration("GRPC_MAX_CONNECTION_AGE", Duration::from_secs(24 * 3600))?)
                 .filter(|d| !d.is_zero()),
@@ -282,7 +284,8 @@ mod tests {
 
     #[test]
     fn unsupported_variables_are_reported_or_refused() {
-        let env = Env::from_pairs([("REDIS_PERSECOND", "true"), ("USE_STATSD", "true"), ("TRACING_ENABLED", "false")]);
+        let env =
+            Env::from_pairs([("REDIS_PERSECOND", "true"), ("TRACING_ENABLED", "true"), ("PROMETHEUS_MAPPER_YAML", "")]);
         let s = Settings::from_env(&env).unwrap();
         assert_eq!(s.ignored.len(), 2, "{:?}", s.ignored);
         assert!(s.ignored[0].starts_with("REDIS_PERSECOND is not supported: per-second limits use REDIS_URL"));

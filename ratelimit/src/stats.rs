@@ -104,7 +104,7 @@ impl Stats {
 
     /// The counters for a rule's stats key, e.g. `("mongo_cps", "database_users")`.
     pub fn rule(&self, domain: &str, key: &str) -> RuleStats {
-        let labels = RuleLabels { domain: domain.to_string(), key: sanitize(key) };
+        let labels = RuleLabels { domain: domain.to_string(), key: sanitize_stat_name(key) };
         RuleStats {
             total_hits: self.total_hits.get_or_create(&labels).clone(),
             over_limit: self.over_limit.get_or_create(&labels).clone(),
@@ -122,7 +122,34 @@ impl Stats {
     }
 }
 
-/// envoyproxy/ratelimit replaces `:` and `|`, which statsd reserves; we keep its stat keys.
-fn sanitize(key: &str) -> String {
-    key.replace([':', '|'], "_")
+/// envoyproxy/ratelimit's stat keys: `:` and `|`, which statsd reserves, become `_`, and so do
+/// the dots of IPv4 addresses (`remote_address_10_0_0_1`), which would split a statsd name.
+pub(crate) fn sanitize_stat_name(key: &str) -> String {
+    static IPV4: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        // A literal pattern, checked by the tests below.
+        regex::Regex::new(r"\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}").expect("valid pattern")
+    });
+    let key = key.replace([':', '|'], "_");
+    if IPV4.is_match(&key) {
+        IPV4.replace_all(&key, |ip: &regex::Captures<'_>| ip[0].replace('.', "_")).into_owned()
+    } else {
+        key
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_names_as_envoyproxy_ratelimit_sanitizes_them() {
+        for (key, expected) in [
+            ("database_users", "database_users"),
+            ("remote_address_10.0.0.1.path", "remote_address_10_0_0_1.path"),
+            ("a:b|c", "a_b_c"),
+            ("v1.2.3", "v1.2.3"),
+        ] {
+            assert_eq!(sanitize_stat_name(key), expected, "{key}");
+        }
+    }
 }
