@@ -61,6 +61,8 @@ pub struct RedisSettings {
     pub urls: Vec<String>,
     /// `password` or `user:password`.
     pub auth: Option<String>,
+    /// The sentinels' own password (`password` or `user:password`); `auth` is the master's.
+    pub sentinel_auth: Option<String>,
     pub tls: Option<RedisTls>,
     /// Multiplexed connections per node; each one has its own writer task.
     pub pool_size: usize,
@@ -70,7 +72,8 @@ pub struct RedisSettings {
 
 impl RedisSettings {
     /// The REDIS_* variables of envoyproxy/ratelimit, shared by every Gatehouse service:
-    /// REDIS_TYPE, REDIS_SOCKET_TYPE, REDIS_AUTH, REDIS_TLS*, REDIS_POOL_SIZE and REDIS_TIMEOUT.
+    /// REDIS_TYPE, REDIS_SOCKET_TYPE, REDIS_AUTH, REDIS_SENTINEL_AUTH, REDIS_TLS*,
+    /// REDIS_POOL_SIZE and REDIS_TIMEOUT.
     /// `url` is REDIS_URL's value: comma-separated `host:port`s or `redis://` URLs.
     pub fn from_env(env: &Env, url: &str) -> Result<RedisSettings, ConfigError> {
         let topology: Topology = env.parse("REDIS_TYPE", Topology::Single)?;
@@ -96,6 +99,7 @@ impl RedisSettings {
             topology,
             urls,
             auth: env.get("REDIS_AUTH").map(str::to_string),
+            sentinel_auth: env.get("REDIS_SENTINEL_AUTH").map(str::to_string),
             tls,
             pool_size: env.parse("REDIS_POOL_SIZE", 10usize)?.clamp(1, 256),
             timeout: env.duration("REDIS_TIMEOUT", Duration::from_secs(10))?,
@@ -107,6 +111,7 @@ impl RedisSettings {
             topology: Topology::Single,
             urls: vec![url.into()],
             auth: None,
+            sentinel_auth: None,
             tls: None,
             pool_size: 1,
             timeout: Duration::from_secs(1),
@@ -350,9 +355,9 @@ impl SentinelPool {
         let sentinel_infos = sentinels
             .iter()
             .map(|u| {
-                // Sentinels take the same TLS but not the data password.
-                let plain = RedisSettings { auth: None, ..settings.clone() };
-                connection_info(u, &plain)
+                // Sentinels take the same TLS, and their own password.
+                let sentinel = RedisSettings { auth: settings.sentinel_auth.clone(), ..settings.clone() };
+                connection_info(u, &sentinel)
             })
             .collect::<Result<Vec<_>, _>>()?;
         let mut redis_info = redis::RedisConnectionInfo::default();

@@ -104,7 +104,6 @@ pub struct Settings {
 const UNSUPPORTED: &[(&str, &str, &str)] = &[
     ("REDIS_PERSECOND", "false", "per-second limits use REDIS_URL like every other limit"),
     ("REDIS_PERSECOND_URL", "", "per-second limits use REDIS_URL like every other limit"),
-    ("REDIS_SENTINEL_AUTH", "", "sentinels are contacted without a password"),
     (
         "REDIS_HEALTH_CHECK_ACTIVE_CONNECTION",
         "false",

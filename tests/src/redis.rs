@@ -296,16 +296,29 @@ pub struct RedisSentinel {
 
 impl RedisSentinel {
     pub fn start() -> RedisSentinel {
+        RedisSentinel::start_with(None)
+    }
+
+    /// A sentinel that needs `password` (its `requirepass`), as REDIS_SENTINEL_AUTH gives it.
+    pub fn start_with_password(password: &str) -> RedisSentinel {
+        RedisSentinel::start_with(Some(password))
+    }
+
+    fn start_with(password: Option<&str>) -> RedisSentinel {
         let master = RedisServer::start();
         let dir = tempfile::tempdir().expect("temp dir for sentinel");
+        let auth: Vec<&str> = password.map(|p| vec!["--no-auth-warning", "-a", p]).unwrap_or_default();
         for _ in 0..5 {
             let port = free_port();
             let conf = dir.path().join(format!("sentinel-{port}.conf"));
-            let text = format!(
+            let mut text = format!(
                 "port {port}\nbind 127.0.0.1\ndir {}\nsentinel monitor mymaster 127.0.0.1 {} 1\nsentinel down-after-milliseconds mymaster 1000\n",
                 dir.path().display(),
                 master.port
             );
+            if let Some(password) = password {
+                text.push_str(&format!("requirepass {password}\n"));
+            }
             std::fs::write(&conf, text).expect("write sentinel.conf");
             let mut cmd = Command::new(redis_server());
             cmd.arg(&conf).arg("--sentinel").stdout(Stdio::null()).stderr(Stdio::null());
@@ -314,7 +327,8 @@ impl RedisSentinel {
             };
             let deadline = Instant::now() + Duration::from_secs(10);
             while Instant::now() < deadline && !process.exited() {
-                let addr = cli(port, &["SENTINEL", "get-master-addr-by-name", "mymaster"]);
+                let args = [&auth[..], &["SENTINEL", "get-master-addr-by-name", "mymaster"]].concat();
+                let addr = cli(port, &args);
                 if addr.is_some_and(|a| a.contains(&master.port.to_string())) {
                     return RedisSentinel { master, sentinel_port: port, _sentinel: process, _dir: dir };
                 }
