@@ -81,15 +81,33 @@ impl ControlPlane {
 
     /// A control plane on `port` serving `snapshot` from the start (a restarted one).
     pub async fn start_on(port: u16, snapshot: Option<Snapshot>) -> ControlPlane {
+        ControlPlane::start_with(port, snapshot, None).await
+    }
+
+    /// Over TLS with `pki`'s server certificate, requiring a client certificate signed by its
+    /// CA, as Envoy Gateway's control plane does.
+    pub async fn start_mtls(pki: &crate::tls::Pki) -> ControlPlane {
+        ControlPlane::start_with(crate::free_port(), None, Some(pki)).await
+    }
+
+    async fn start_with(port: u16, snapshot: Option<Snapshot>, tls: Option<&crate::tls::Pki>) -> ControlPlane {
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let (sender, receiver) = watch::channel(snapshot);
         let shared = Arc::new(Shared::default());
         let service = Service { snapshot: receiver, shared: shared.clone(), nonce: Arc::new(Mutex::new(0)) };
         let listener = bind(addr).await;
         let (stop, stopped) = oneshot::channel::<()>();
+        let mut server = tonic::transport::Server::builder();
+        if let Some(pki) = tls {
+            let read = |p: &std::path::Path| std::fs::read(p).expect("PKI file");
+            let config = tonic::transport::ServerTlsConfig::new()
+                .identity(tonic::transport::Identity::from_pem(read(&pki.server_cert), read(&pki.server_key)))
+                .client_ca_root(tonic::transport::Certificate::from_pem(read(&pki.ca_cert)));
+            server = server.tls_config(config).expect("TLS config");
+        }
         tokio::spawn(async move {
             let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-            let _ = tonic::transport::Server::builder()
+            let _ = server
                 .add_service(AggregatedDiscoveryServiceServer::new(service))
                 .serve_with_incoming_shutdown(incoming, async {
                     let _ = stopped.await;

@@ -156,3 +156,56 @@ async fn force_start_serves_at_once_and_health_follows_the_first_config() {
     plane.wait_for("ACKs of version 1 from both", |r| r.is_ack_of("1")).await;
     assert!(debug(&service, "/rlconfig").await.contains("gateway.generic_key_generic"));
 }
+
+/// The container as Envoy Gateway runs it: its exact environment (mTLS to the control plane
+/// with one certificate for both directions, TLS on the gRPC port, FORCE_START, statsd off),
+/// and the resource Envoy Gateway generates for a `BackendTrafficPolicy` rule with `shared:
+/// true` and a `Distinct` header selector (docs/integrations/envoy-gateway.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_gateways_environment_over_mtls() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = gatehouse_testkit::tls::Pki::generate(dir.path());
+    let plane = ControlPlane::start_mtls(&pki).await;
+    let path = |p: &std::path::Path| p.display().to_string();
+    let env = vec![
+        ("REDIS_SOCKET_TYPE", "tcp".to_string()),
+        ("BACKEND_TYPE", "memory".into()),
+        ("RUNTIME_ROOT", "/data".into()),
+        ("RUNTIME_SUBDIRECTORY", "ratelimit".into()),
+        ("RUNTIME_IGNOREDOTFILES", "true".into()),
+        ("RUNTIME_WATCH_ROOT", "false".into()),
+        ("LOG_LEVEL", "info".into()),
+        ("USE_STATSD", "false".into()),
+        ("CONFIG_TYPE", "GRPC_XDS_SOTW".into()),
+        ("CONFIG_GRPC_XDS_SERVER_URL", format!("localhost:{}", plane.addr.port())),
+        ("CONFIG_GRPC_XDS_NODE_ID", "envoy-ratelimit".into()),
+        ("GRPC_SERVER_USE_TLS", "true".into()),
+        ("GRPC_SERVER_TLS_CERT", path(&pki.server_cert)),
+        ("GRPC_SERVER_TLS_KEY", path(&pki.server_key)),
+        ("GRPC_SERVER_TLS_CA_CERT", path(&pki.ca_cert)),
+        ("CONFIG_GRPC_XDS_SERVER_USE_TLS", "true".into()),
+        ("CONFIG_GRPC_XDS_CLIENT_TLS_CERT", path(&pki.client_cert)),
+        ("CONFIG_GRPC_XDS_CLIENT_TLS_KEY", path(&pki.client_key)),
+        ("CONFIG_GRPC_XDS_SERVER_TLS_CACERT", path(&pki.ca_cert)),
+        ("FORCE_START_WITHOUT_INITIAL_CONFIG", "true".into()),
+        ("XDS_CLIENT_BACKOFF_INITIAL_INTERVAL", "100ms".into()),
+    ];
+    let service = Service::start(Kind::Ratelimit, &env, dir.path()).await;
+    let rule = "gatehouse-demo/orders-ratelimit/rule/0";
+    let mut first = limit(rule, rule, RateLimitUnit::Minute, 5);
+    first.rate_limit = None;
+    first.descriptors = vec![limit("rule-0-match-0", "", RateLimitUnit::Minute, 5)];
+    plane.push(Snapshot {
+        version: "eg-1".into(),
+        resources: vec![config("gatehouse-demo/orders-ratelimit", "gatehouse-demo/orders-ratelimit", vec![first])],
+    });
+    let ack = plane.wait_for("the ACK over mTLS", |r| r.is_ack_of("eg-1")).await;
+    assert_eq!(ack.node_id.as_deref(), Some("envoy-ratelimit"));
+    let rules = debug(&service, "/rlconfig").await;
+    assert!(
+        rules.contains(
+            "gatehouse-demo/orders-ratelimit.gatehouse-demo/orders-ratelimit/rule/0_gatehouse-demo/orders-ratelimit/rule/0.rule-0-match-0: unit=MINUTE requests_per_unit=5"
+        ),
+        "{rules}"
+    );
+}
