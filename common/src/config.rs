@@ -15,7 +15,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
-pub use serde_saphyr::Spanned;
+pub use serde_saphyr::{Location, Spanned};
 
 /// A position inside a config file (1-based).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -76,8 +76,17 @@ impl RedisSettings {
     /// REDIS_POOL_SIZE and REDIS_TIMEOUT.
     /// `url` is REDIS_URL's value: comma-separated `host:port`s or `redis://` URLs.
     pub fn from_env(env: &Env, url: &str) -> Result<RedisSettings, ConfigError> {
-        let topology: Topology = env.parse("REDIS_TYPE", Topology::Single)?;
-        let unix_socket = env.string("REDIS_SOCKET_TYPE", "tcp").eq_ignore_ascii_case("unix")
+        RedisSettings::from_env_with_prefix(env, "REDIS", url)
+    }
+
+    /// The same variables under another prefix, as envoyproxy/ratelimit reads its second Redis
+    /// (`REDIS_PERSECOND`: REDIS_PERSECOND_TYPE, REDIS_PERSECOND_AUTH, REDIS_PERSECOND_TLS, …).
+    /// The TLS files are REDIS_TLS_CACERT, REDIS_TLS_CLIENT_CERT and REDIS_TLS_CLIENT_KEY
+    /// whatever the prefix, as there.
+    pub fn from_env_with_prefix(env: &Env, prefix: &str, url: &str) -> Result<RedisSettings, ConfigError> {
+        let var = |name: &str| format!("{prefix}_{name}");
+        let topology: Topology = env.parse(&var("TYPE"), Topology::Single)?;
+        let unix_socket = env.string(&var("SOCKET_TYPE"), "tcp").eq_ignore_ascii_case("unix")
             && topology == Topology::Single
             && url.starts_with('/');
         let urls = if unix_socket {
@@ -85,7 +94,7 @@ impl RedisSettings {
         } else {
             url.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()
         };
-        let tls = if env.bool("REDIS_TLS", false)? {
+        let tls = if env.bool(&var("TLS"), false)? {
             Some(RedisTls {
                 ca_cert: env.get("REDIS_TLS_CACERT").map(PathBuf::from),
                 client_cert: env.get("REDIS_TLS_CLIENT_CERT").map(PathBuf::from),
@@ -98,11 +107,11 @@ impl RedisSettings {
         Ok(RedisSettings {
             topology,
             urls,
-            auth: env.get("REDIS_AUTH").map(str::to_string),
-            sentinel_auth: env.get("REDIS_SENTINEL_AUTH").map(str::to_string),
+            auth: env.get(&var("AUTH")).map(str::to_string),
+            sentinel_auth: env.get(&var("SENTINEL_AUTH")).map(str::to_string),
             tls,
-            pool_size: env.parse("REDIS_POOL_SIZE", 10usize)?.clamp(1, 256),
-            timeout: env.duration("REDIS_TIMEOUT", Duration::from_secs(10))?,
+            pool_size: env.parse(&var("POOL_SIZE"), 10usize)?.clamp(1, 256),
+            timeout: env.duration(&var("TIMEOUT"), Duration::from_secs(10))?,
         })
     }
 
@@ -451,5 +460,29 @@ mod tests {
         assert!(connection_info("redis://:notaport", &s).is_err());
         assert_eq!("CLUSTER".parse::<Topology>().unwrap(), Topology::Cluster);
         assert!("ring".parse::<Topology>().is_err());
+    }
+
+    #[test]
+    fn a_second_redis_under_its_own_prefix() {
+        let env = Env::from_pairs([
+            ("REDIS_AUTH", "main"),
+            ("REDIS_PERSECOND_TYPE", "sentinel"),
+            ("REDIS_PERSECOND_AUTH", "fast"),
+            ("REDIS_PERSECOND_SENTINEL_AUTH", "watch"),
+            ("REDIS_PERSECOND_TLS", "true"),
+            ("REDIS_TLS_CACERT", "/ca.pem"),
+            ("REDIS_PERSECOND_POOL_SIZE", "3"),
+            ("REDIS_PERSECOND_TIMEOUT", "50ms"),
+        ]);
+        let s = RedisSettings::from_env_with_prefix(&env, "REDIS_PERSECOND", "m, 10.0.0.1:26379").unwrap();
+        assert_eq!(
+            (s.topology, s.urls.as_slice()),
+            (Topology::Sentinel, &["m".to_string(), "10.0.0.1:26379".into()][..])
+        );
+        assert_eq!((s.auth.as_deref(), s.sentinel_auth.as_deref()), (Some("fast"), Some("watch")));
+        assert_eq!(s.tls.and_then(|t| t.ca_cert), Some(PathBuf::from("/ca.pem")));
+        assert_eq!((s.pool_size, s.timeout), (3, Duration::from_millis(50)));
+        let main = RedisSettings::from_env(&env, "r:6379").unwrap();
+        assert_eq!((main.topology, main.auth.as_deref(), main.tls.is_none()), (Topology::Single, Some("main"), true));
     }
 }

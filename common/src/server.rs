@@ -6,7 +6,9 @@
 //! 2. health flips to NOT_SERVING at once;
 //! 3. after `drain` the listeners stop accepting, and in-flight calls finish.
 
-use std::path::PathBuf;
+mod tls;
+
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
@@ -14,13 +16,14 @@ use std::time::Duration;
 use axum::body::Bytes;
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UnixListener};
 
 use crate::config::{ConfigError, Env};
+use crate::metrics::Metrics;
 use tokio::sync::watch;
+use tokio_stream::wrappers::UnixListenerStream;
 use tonic::service::Routes;
 use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tonic_health::server::HealthReporter;
 
 /// A cloneable, level-triggered shutdown signal.
@@ -91,18 +94,25 @@ async fn wait_for_signal() {
     }
 }
 
-/// TLS for a listener; with `client_ca` set, clients must present a certificate it signed.
+/// TLS for a listener; with `client_ca` set, clients must present a certificate it signed,
+/// and with `client_san` too, one valid for that name.
+///
+/// The files are watched: a changed certificate, key or CA applies to the next connections
+/// without closing the listener (see `server/tls.rs`).
 #[derive(Clone, Debug)]
 pub struct TlsFiles {
     pub cert: PathBuf,
     pub key: PathBuf,
     pub client_ca: Option<PathBuf>,
+    /// A DNS name or IP address the client certificate must be valid for.
+    pub client_san: Option<String>,
 }
 
 impl TlsFiles {
     /// envoyproxy/ratelimit's gRPC listener TLS variables, used by every Gatehouse service:
     /// GRPC_SERVER_USE_TLS, GRPC_SERVER_TLS_CERT, GRPC_SERVER_TLS_KEY and, for mTLS,
-    /// GRPC_CLIENT_TLS_CACERT.
+    /// GRPC_CLIENT_TLS_CACERT and GRPC_CLIENT_TLS_SAN (which, as there, applies only with
+    /// GRPC_CLIENT_TLS_CACERT).
     pub fn from_env(env: &Env) -> Result<Option<TlsFiles>, ConfigError> {
         if !env.bool("GRPC_SERVER_USE_TLS", false)? {
             return Ok(None);
@@ -110,33 +120,70 @@ impl TlsFiles {
         let required = |name: &str| {
             env.get(name).map(PathBuf::from).ok_or_else(|| env.error(name, "required when GRPC_SERVER_USE_TLS=true"))
         };
+        let client_san = env.get("GRPC_CLIENT_TLS_SAN").map(str::to_string);
+        if let Some(san) = &client_san {
+            tls::client_san(san).map_err(|e| env.error("GRPC_CLIENT_TLS_SAN", e))?;
+        }
         Ok(Some(TlsFiles {
             cert: required("GRPC_SERVER_TLS_CERT")?,
             key: required("GRPC_SERVER_TLS_KEY")?,
             client_ca: env.get("GRPC_CLIENT_TLS_CACERT").map(PathBuf::from),
+            client_san,
         }))
     }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    #[error("reading TLS file {path}: {source}")]
-    TlsFile { path: PathBuf, source: std::io::Error },
+    #[error("gRPC TLS: {0}")]
+    Tls(#[from] ConfigError),
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
     #[error("HTTP server: {0}")]
     Io(#[from] std::io::Error),
 }
 
-impl TlsFiles {
-    fn server_config(&self) -> Result<ServerTlsConfig, ServeError> {
-        let read =
-            |path: &PathBuf| std::fs::read(path).map_err(|source| ServeError::TlsFile { path: path.clone(), source });
-        let mut config = ServerTlsConfig::new().identity(Identity::from_pem(read(&self.cert)?, read(&self.key)?));
-        if let Some(ca) = &self.client_ca {
-            config = config.client_ca_root(Certificate::from_pem(read(ca)?));
+/// Where a gRPC server listens: a TCP port, or a Unix socket (GRPC_UDS).
+#[derive(Debug)]
+pub enum GrpcListener {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
+impl From<TcpListener> for GrpcListener {
+    fn from(listener: TcpListener) -> Self {
+        GrpcListener::Tcp(listener)
+    }
+}
+
+impl From<UnixListener> for GrpcListener {
+    fn from(listener: UnixListener) -> Self {
+        GrpcListener::Unix(listener)
+    }
+}
+
+impl GrpcListener {
+    /// Listens on the Unix socket `path`. A socket left there by an earlier run is replaced;
+    /// any other file is an error.
+    pub fn bind_unix(path: &Path) -> std::io::Result<GrpcListener> {
+        use std::os::unix::fs::FileTypeExt;
+        if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
+            std::fs::remove_file(path)?;
         }
-        Ok(config)
+        UnixListener::bind(path)
+            .map(GrpcListener::Unix)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))
+    }
+
+    /// `127.0.0.1:8081` or `unix:/path/to/socket`, for logs.
+    pub fn describe(&self) -> String {
+        match self {
+            GrpcListener::Tcp(l) => l.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string()),
+            GrpcListener::Unix(l) => match l.local_addr().ok().and_then(|a| a.as_pathname().map(Path::to_path_buf)) {
+                Some(path) => format!("unix:{}", path.display()),
+                None => "unix socket".into(),
+            },
+        }
     }
 }
 
@@ -148,11 +195,13 @@ pub struct GrpcOptions {
     pub drain: Duration,
     /// Close connections after this age so clients rebalance across replicas.
     pub max_connection_age: Option<Duration>,
+    /// Where TLS reloads are counted (`grpc_server_tls_load_{success,error}_total`).
+    pub metrics: Metrics,
 }
 
 /// Serves `routes` plus `grpc.health.v1` on `listener` until `shutdown`, then drains.
 pub async fn serve_grpc(
-    listener: TcpListener,
+    listener: impl Into<GrpcListener>,
     routes: Routes,
     health: HealthReporter,
     options: GrpcOptions,
@@ -162,9 +211,13 @@ pub async fn serve_grpc(
     if let Some(age) = options.max_connection_age {
         builder = builder.max_connection_age(age);
     }
-    if let Some(tls) = &options.tls {
-        builder = builder.tls_config(tls.server_config()?)?;
-    }
+    let tls = match &options.tls {
+        Some(files) => Some(tls::TlsConfigs::watch(files, &options.metrics, {
+            let shutdown = shutdown.clone();
+            async move { shutdown.wait().await }
+        })?),
+        None => None,
+    };
     let not_serving = {
         let shutdown = shutdown.clone();
         let health = health.clone();
@@ -174,10 +227,28 @@ pub async fn serve_grpc(
             tokio::time::sleep(options.drain).await;
         }
     };
-    // The builder's `tcp_nodelay` only applies to listeners it binds itself; on ours, Nagle's
-    // algorithm against the client's delayed ACK would stall small responses for 40 ms.
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    builder.add_routes(routes).serve_with_incoming_shutdown(incoming, not_serving).await?;
+    let stop_accepting = {
+        let shutdown = shutdown.clone();
+        async move { shutdown.drained(options.drain).await }
+    };
+    let router = builder.add_routes(routes);
+    match (listener.into(), tls) {
+        // The builder's `tcp_nodelay` only applies to listeners it binds itself; on ours,
+        // Nagle's algorithm against the client's delayed ACK would stall small responses.
+        (GrpcListener::Tcp(l), None) => {
+            let incoming = TcpIncoming::from(l).with_nodelay(Some(true));
+            router.serve_with_incoming_shutdown(incoming, not_serving).await?
+        }
+        (GrpcListener::Unix(l), None) => {
+            router.serve_with_incoming_shutdown(UnixListenerStream::new(l), not_serving).await?
+        }
+        (GrpcListener::Tcp(l), Some(tls)) => {
+            router.serve_with_incoming_shutdown(tls.incoming(l, stop_accepting), not_serving).await?
+        }
+        (GrpcListener::Unix(l), Some(tls)) => {
+            router.serve_with_incoming_shutdown(tls.incoming(l, stop_accepting), not_serving).await?
+        }
+    }
     Ok(())
 }
 
@@ -211,7 +282,7 @@ impl ServiceSettings {
     }
 
     pub fn grpc_options(&self) -> GrpcOptions {
-        GrpcOptions { tls: self.grpc_tls.clone(), drain: self.drain, max_connection_age: None }
+        GrpcOptions { tls: self.grpc_tls.clone(), drain: self.drain, ..GrpcOptions::default() }
     }
 }
 

@@ -52,6 +52,7 @@ fuzz_target!(|data: &[u8]| {
         near_limit_ratio: 0.8,
         mode: if bit(1) { Mode::AllOrNothing } else { Mode::Independent },
         shadow_mode,
+        quota_mode: false,
         headers: ResponseHeaders {
             enabled: bit(3),
             format: if bit(4) { HeaderFormat::Ietf } else { HeaderFormat::Split },

@@ -27,6 +27,15 @@ fn config() -> String {
         ));
     }
     yaml.push_str("  - key: path\n    value: \"/static/*\"\n    rate_limit: { unit: second, requests_per_unit: 5 }\n");
+    // Wildcards inside values: tried in file order after the exact values miss.
+    for i in 0..20 {
+        yaml.push_str(&format!(
+            "  - key: route\n    value: \"/api/v{i}/*/action\"\n    rate_limit: {{ unit: second, requests_per_unit: 5 }}\n"
+        ));
+    }
+    yaml.push_str(
+        "  - key: route\n    value: \"/svc/*/res/*/op*\"\n    rate_limit: { unit: second, requests_per_unit: 5 }\n",
+    );
     yaml.push_str("  - key: remote_address\n    rate_limit: { unit: second, requests_per_unit: 5 }\n");
     yaml
 }
@@ -42,11 +51,19 @@ fn matching(c: &mut Criterion) {
     let nested = entries(&[("api", "service-150"), ("user", "alice")]);
     let wildcard = entries(&[("path", "/static/app.js")]);
     let key_only = entries(&[("remote_address", "10.1.2.3")]);
+    // The 20th of 21 wildcards of its key, and the 21st with three `*`.
+    let middle = entries(&[("route", "/api/v19/users-42/action")]);
+    let multi = entries(&[("route", "/svc/billing/res/invoice-7/op-read")]);
+    for matching in [&nested, &wildcard, &key_only, &middle, &multi] {
+        assert!(domain.find(matching).is_some(), "bench descriptor must match: {matching:?}");
+    }
 
     let mut group = c.benchmark_group("match");
     group.bench_function("nested_exact", |b| b.iter(|| domain.find(black_box(&nested)).is_some()));
     group.bench_function("wildcard", |b| b.iter(|| domain.find(black_box(&wildcard)).is_some()));
     group.bench_function("key_only", |b| b.iter(|| domain.find(black_box(&key_only)).is_some()));
+    group.bench_function("wildcard_middle_20th", |b| b.iter(|| domain.find(black_box(&middle)).is_some()));
+    group.bench_function("wildcard_multi_21st", |b| b.iter(|| domain.find(black_box(&multi)).is_some()));
     group.finish();
 
     let matched = domain.find(&nested).expect("match");
@@ -74,6 +91,7 @@ fn should_rate_limit(c: &mut Criterion) {
             near_limit_ratio: 0.8,
             mode: Mode::Independent,
             shadow_mode: false,
+            quota_mode: false,
             headers: ResponseHeaders {
                 enabled: true,
                 format: HeaderFormat::Split,

@@ -24,7 +24,7 @@ use gatehouse_common::config::ConfigErrors;
 use gatehouse_common::metrics::Metrics;
 use gatehouse_common::redis::{RedisConn, RedisSetupError};
 use gatehouse_common::reload::{Reloader, WatchSpec};
-use gatehouse_common::server::{self, GrpcOptions, ServeError, Shutdown};
+use gatehouse_common::server::{self, GrpcListener, GrpcOptions, ServeError, Shutdown};
 use tokio::net::TcpListener;
 
 use crate::clock::Clock;
@@ -34,6 +34,7 @@ use crate::settings::{Backend, ConfigSource, Settings};
 use crate::stats::Stats;
 use crate::storage::local_cache::OverLimitCache;
 use crate::storage::memory::MemoryStore;
+use crate::storage::per_second::PerSecondSplit;
 use crate::storage::redis::RedisStore;
 use crate::storage::{CounterStore, Mode};
 use crate::xds::XdsClient;
@@ -59,10 +60,19 @@ pub fn load_rules(
     RuleSet::load(&files, merge_domains, stats)
 }
 
+/// LOCAL_CACHE_SIZE_IN_BYTES: the over-limit cache in front of `store`, unless 0.
+fn with_local_cache(store: impl CounterStore, size_bytes: usize) -> Arc<dyn CounterStore> {
+    match size_bytes {
+        0 => Arc::new(store),
+        bytes => Arc::new(OverLimitCache::new(store, bytes)),
+    }
+}
+
 /// The listeners a service instance serves on. Tests bind `127.0.0.1:0` and pass them in.
 #[derive(Debug)]
 pub struct Listeners {
-    pub grpc: TcpListener,
+    /// A TCP port, or GRPC_UDS's Unix socket.
+    pub grpc: GrpcListener,
     pub http: Option<TcpListener>,
     pub debug: Option<TcpListener>,
     pub prometheus: Option<TcpListener>,
@@ -76,7 +86,10 @@ impl Listeners {
             _ => None,
         };
         Ok(Listeners {
-            grpc: TcpListener::bind(settings.grpc_addr).await?,
+            grpc: match &settings.grpc_uds {
+                Some(path) => GrpcListener::bind_unix(path)?,
+                None => TcpListener::bind(settings.grpc_addr).await?.into(),
+            },
             http: Some(TcpListener::bind(settings.http_addr).await?),
             debug: Some(TcpListener::bind(settings.debug_addr).await?),
             prometheus,
@@ -112,11 +125,16 @@ impl App {
                 store
             }
             Backend::Redis => {
+                let jitter = settings.expiration_jitter_max_secs;
                 let conn = RedisConn::connect(&settings.redis).await?;
-                let store = RedisStore::new(conn, settings.redis.timeout, settings.expiration_jitter_max_secs);
-                match settings.local_cache_size_bytes {
-                    0 => Arc::new(store),
-                    bytes => Arc::new(OverLimitCache::new(store, bytes)),
+                let store = RedisStore::new(conn, settings.redis.timeout, jitter);
+                match &settings.redis_per_second {
+                    None => with_local_cache(store, settings.local_cache_size_bytes),
+                    Some(per_second) => {
+                        let conn = RedisConn::connect(per_second).await?;
+                        let per_second = RedisStore::new(conn, per_second.timeout, jitter);
+                        with_local_cache(PerSecondSplit::new(per_second, store), settings.local_cache_size_bytes)
+                    }
                 }
             }
         };
@@ -125,6 +143,7 @@ impl App {
             near_limit_ratio: settings.near_limit_ratio,
             mode: if settings.stop_increment_when_over_limit { Mode::AllOrNothing } else { Mode::Independent },
             shadow_mode: settings.shadow_mode,
+            quota_mode: settings.quota_mode,
             headers: settings.headers.clone(),
             dynamic_metadata: settings.dynamic_metadata,
             failure_mode: settings.failure_mode,
@@ -187,6 +206,7 @@ impl App {
             tls: settings.grpc_tls.clone(),
             drain: settings.drain,
             max_connection_age: settings.grpc_max_connection_age,
+            metrics: metrics.clone(),
         };
         let mut tasks = tokio::task::JoinSet::new();
         tasks.spawn(server::serve_grpc(listeners.grpc, routes, reporter, options, shutdown.clone()));
@@ -225,6 +245,10 @@ impl App {
             }
         }
         config_task.abort();
+        if let Some(path) = &settings.grpc_uds {
+            // As Go's listeners do, so the next start finds the path free.
+            let _ = std::fs::remove_file(path);
+        }
         result
     }
 }

@@ -93,7 +93,7 @@ fn serve() -> anyhow::Result<()> {
     server::run_until_signalled(|shutdown| async move {
         let listeners = Listeners::bind(&settings).await.context("binding listeners")?;
         tracing::info!(
-            grpc = %settings.grpc_addr,
+            grpc = %listeners.grpc.describe(),
             http = %settings.http_addr,
             debug = %settings.debug_addr,
             config = %match &settings.config_source {

@@ -4,6 +4,10 @@
 //! Per request: resolve each descriptor to a rule (or the request's own `limit` override),
 //! drop rules another matched rule `replaces`, update every counter in one storage call,
 //! then build per-descriptor statuses, the overall code, headers and metadata.
+//!
+//! The overall code is OVER_LIMIT when a descriptor not in quota mode is over its limit, or
+//! when every quota-mode descriptor is (envoyproxy/ratelimit's `quota_mode`: a request passes
+//! while any one of its quotas has room).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -53,6 +57,8 @@ pub struct Options {
     pub near_limit_ratio: f64,
     pub mode: Mode,
     pub shadow_mode: bool,
+    /// QUOTA_MODE: every descriptor is in quota mode, matched or not.
+    pub quota_mode: bool,
     pub headers: ResponseHeaders,
     pub dynamic_metadata: bool,
     pub failure_mode: FailureMode,
@@ -79,6 +85,10 @@ struct Check<'r> {
     limits: LimitsRef<'r>,
     name: Option<&'r str>,
     shadow_mode: bool,
+    /// QUOTA_MODE or the rule's `quota_mode`.
+    quota_mode: bool,
+    /// The rule's `metadata`, for the response while the descriptor is within its limit.
+    metadata: Option<&'r protobuf::Struct>,
     stats: StatsRef<'r>,
     /// Index of this descriptor's first counter in the batch.
     first_counter: usize,
@@ -146,6 +156,19 @@ impl RateLimiter {
         self.store.name()
     }
 
+    /// For the admin API: the store, the clock and the keys' prefix it counts with.
+    pub(crate) fn store(&self) -> &dyn CounterStore {
+        &*self.store
+    }
+
+    pub(crate) fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    pub(crate) fn cache_key_prefix(&self) -> &str {
+        &self.options.cache_key_prefix
+    }
+
     pub async fn should_rate_limit(&self, request: &RateLimitRequest) -> Result<RateLimitResponse, Error> {
         self.stats.total_requests.inc();
         if request.domain.is_empty() {
@@ -196,6 +219,8 @@ impl RateLimiter {
                     limits: LimitsRef::Rule(&rule.limits),
                     name: rule.name.as_deref(),
                     shadow_mode: rule.shadow_mode,
+                    quota_mode: rule.quota_mode || self.options.quota_mode,
+                    metadata: rule.metadata.as_ref(),
                     stats: match stats_key {
                         Some(key) => StatsRef::Owned(self.stats.rule_for_full_key(key)),
                         None => StatsRef::Rule(&rule.stats),
@@ -209,6 +234,8 @@ impl RateLimiter {
                         limits: LimitsRef::Override(limit.clone()),
                         name: None,
                         shadow_mode: false,
+                        quota_mode: self.options.quota_mode,
+                        metadata: None,
                         stats: StatsRef::Owned(self.stats.rule_for_full_key(&stats_key)),
                         first_counter,
                     })
@@ -243,22 +270,34 @@ impl RateLimiter {
         };
 
         let mut response = RateLimitResponse { overall_code: Code::Ok as i32, ..Default::default() };
-        // The descriptor that drives the response headers: the last one over its limit, or
-        // else the one with the least remaining (envoyproxy/ratelimit's choice).
+        // The descriptor that drives the response headers: the last one over a limit outside
+        // quota mode, or else the one with the least remaining (envoyproxy/ratelimit's choice).
         let mut header_source: Option<(usize, Duration)> = None;
-        let mut over_limit = false;
+        // A descriptor outside quota mode is over its limit.
+        let mut rate_limited = false;
+        let (mut quotas, mut quotas_over) = (0usize, 0usize);
+        // The `metadata` of the descriptors within their limits, merged in request order.
+        let mut passed_metadata = protobuf::Struct::default();
         for (i, check) in checks.iter().enumerate() {
             let status = match check {
                 None if unlimited[i] => {
                     DescriptorStatus { code: Code::Ok as i32, limit_remaining: u32::MAX, ..Default::default() }
                 }
-                None => DescriptorStatus { code: Code::Ok as i32, ..Default::default() },
+                // No rule, or a replaced one: within, and a quota under QUOTA_MODE.
+                None => {
+                    quotas += usize::from(self.options.quota_mode);
+                    DescriptorStatus { code: Code::Ok as i32, ..Default::default() }
+                }
                 Some(check) => {
                     let (status, over, reset) = self.descriptor_status(check, &states, hits[i]);
-                    if over {
-                        over_limit = true;
+                    if check.quota_mode {
+                        quotas += 1;
+                        quotas_over += usize::from(over);
+                    }
+                    if over && !check.quota_mode {
+                        rate_limited = true;
                         header_source = Some((i, reset));
-                    } else if !over_limit {
+                    } else if !rate_limited {
                         let remaining = status.limit_remaining;
                         let better = header_source.is_none_or(|(j, _)| {
                             let current: &DescriptorStatus = &response.statuses[j];
@@ -268,12 +307,18 @@ impl RateLimiter {
                             header_source = Some((i, reset));
                         }
                     }
+                    if !over
+                        && self.options.dynamic_metadata
+                        && let Some(metadata) = check.metadata
+                    {
+                        merge_metadata(&mut passed_metadata, metadata);
+                    }
                     status
                 }
             };
             response.statuses.push(status);
         }
-        if over_limit {
+        if rate_limited || (quotas > 0 && quotas == quotas_over) {
             if self.options.shadow_mode {
                 self.stats.global_shadow_mode.inc();
             } else {
@@ -287,7 +332,11 @@ impl RateLimiter {
             response.response_headers_to_add = headers(&self.options.headers, &response.statuses[i], reset, name);
         }
         if self.options.dynamic_metadata {
-            response.dynamic_metadata = Some(request_metadata(request));
+            let mut metadata = request_metadata(request);
+            if !passed_metadata.fields.is_empty() {
+                metadata.fields.insert("metadata".to_string(), struct_value(passed_metadata));
+            }
+            response.dynamic_metadata = Some(metadata);
         }
         Ok(response)
     }
@@ -394,7 +443,7 @@ impl RateLimiter {
     }
 }
 
-fn push_counters(batch: &mut Batch, cache_key: &str, limits: &[Limit], hits: u64) -> usize {
+pub(crate) fn push_counters(batch: &mut Batch, cache_key: &str, limits: &[Limit], hits: u64) -> usize {
     let first = batch.counters.len();
     for limit in limits {
         let mut key = String::with_capacity(cache_key.len() + limit.key_suffix.len());
@@ -499,6 +548,30 @@ fn headers(
                 header("RateLimit-Policy", format!("\"{policy}\";q={};w={window}", limit.requests_per_unit)),
                 header("RateLimit", format!("\"{policy}\";r={};t={reset_secs}", status.limit_remaining)),
             ]
+        }
+    }
+}
+
+fn struct_value(s: protobuf::Struct) -> protobuf::Value {
+    protobuf::Value { kind: Some(protobuf::value::Kind::StructValue(s)) }
+}
+
+/// Adds the fields of `src` that `into` lacks, and merges those that are structs on both
+/// sides the same way: the first descriptor's value wins (envoyproxy/ratelimit's
+/// `mergeMetadata`).
+fn merge_metadata(into: &mut protobuf::Struct, src: &protobuf::Struct) {
+    use protobuf::value::Kind;
+    for (key, value) in &src.fields {
+        match into.fields.get_mut(key) {
+            None => {
+                into.fields.insert(key.clone(), value.clone());
+            }
+            Some(protobuf::Value { kind: Some(Kind::StructValue(existing)) }) => {
+                if let Some(Kind::StructValue(more)) = &value.kind {
+                    merge_metadata(existing, more);
+                }
+            }
+            Some(_) => {}
         }
     }
 }

@@ -57,6 +57,8 @@ pub struct ResponseHeaders {
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub grpc_addr: SocketAddr,
+    /// GRPC_UDS: serve gRPC on this Unix socket instead of `grpc_addr`.
+    pub grpc_uds: Option<PathBuf>,
     pub http_addr: SocketAddr,
     pub debug_addr: SocketAddr,
     /// Serve /metrics on its own address (USE_PROMETHEUS); it is on the debug port too.
@@ -78,6 +80,8 @@ pub struct Settings {
 
     pub backend: Backend,
     pub redis: RedisSettings,
+    /// REDIS_PERSECOND: a second Redis for the counters of limits whose unit is SECOND.
+    pub redis_per_second: Option<RedisSettings>,
     pub failure_mode: FailureMode,
     pub local_cache_size_bytes: usize,
     pub near_limit_ratio: f64,
@@ -85,6 +89,8 @@ pub struct Settings {
     pub stop_increment_when_over_limit: bool,
     pub expiration_jitter_max_secs: u64,
     pub shadow_mode: bool,
+    /// QUOTA_MODE: every descriptor in quota mode (a request is refused only when all are over).
+    pub quota_mode: bool,
     pub headers: ResponseHeaders,
     pub dynamic_metadata: bool,
 
@@ -102,14 +108,11 @@ pub struct Settings {
 /// envoyproxy/ratelimit variables Gatehouse does not support: (name, applies when set to a
 /// value other than this default, what happens instead).
 const UNSUPPORTED: &[(&str, &str, &str)] = &[
-    ("REDIS_PERSECOND", "false", "per-second limits use REDIS_URL like every other limit"),
-    ("REDIS_PERSECOND_URL", "", "per-second limits use REDIS_URL like every other limit"),
     (
         "REDIS_HEALTH_CHECK_ACTIVE_CONNECTION",
         "false",
         "health does not follow Redis connections; see BACKEND_FAILURE_MODE",
     ),
-    ("GRPC_CLIENT_TLS_SAN", "", "any client certificate signed by GRPC_CLIENT_TLS_CACERT is accepted"),
     ("GRPC_MAX_CONNECTION_AGE_GRACE", "", "connections are drained on shutdown instead"),
     ("PROMETHEUS_MAPPER_YAML", "", "metric names are fixed (docs/ratelimit.md)"),
     ("TRACING_ENABLED", "false", "no tracing export"),
@@ -142,6 +145,13 @@ impl Settings {
         }
 
         let redis = RedisSettings::from_env(env, redis_url.as_deref().unwrap_or_default())?;
+        let redis_per_second = match (env.bool("REDIS_PERSECOND", false)?, env.get("REDIS_PERSECOND_URL")) {
+            (false, _) => None,
+            (true, None) => {
+                return Err(env.error("REDIS_PERSECOND_URL", "REDIS_PERSECOND=true needs REDIS_PERSECOND_URL"));
+            }
+            (true, Some(url)) => Some(RedisSettings::from_env_with_prefix(env, "REDIS_PERSECOND", url)?),
+        };
 
         let failure_mode = match env.string("BACKEND_FAILURE_MODE", "closed").to_ascii_lowercase().as_str() {
             "open" | "allow" => FailureMode::Open,
@@ -181,18 +191,23 @@ impl Settings {
             "GRPC_XDS_SOTW" => ConfigSource::Xds(Box::new(crate::xds::XdsSettings::from_env(env)?)),
             other => return Err(env.error("CONFIG_TYPE", format!("{other}: expected FILE or GRPC_XDS_SOTW"))),
         };
-        if env.get("GRPC_UDS").is_some() {
-            return Err(env.error("GRPC_UDS", "unix sockets are not supported; use GRPC_HOST and GRPC_PORT"));
-        }
-        let ignored: Vec<String> = UNSUPPORTED
+        let mut ignored: Vec<String> = UNSUPPORTED
             .iter()
             .filter(|(name, default, _)| env.get(name).is_some_and(|v| !v.eq_ignore_ascii_case(default)))
             .filter(|(name, ..)| *name != "LOCAL_CACHE_SIZE_IN_BYTES" || backend != Backend::Redis)
             .map(|(name, _, instead)| format!("{name} is not supported: {instead}"))
             .collect();
+        if grpc_tls.as_ref().is_some_and(|t| t.client_san.is_some() && t.client_ca.is_none()) {
+            ignored.push("GRPC_CLIENT_TLS_SAN applies to mTLS: set GRPC_CLIENT_TLS_CACERT too".into());
+        }
+        if redis_per_second.is_some() && backend != Backend::Redis {
+            ignored
+                .push("REDIS_PERSECOND applies to BACKEND_TYPE=redis: per-second limits are counted in memory".into());
+        }
 
         Ok(Settings {
             grpc_addr: env.socket_addr("GRPC_HOST", "GRPC_PORT", 8081)?,
+            grpc_uds: env.get("GRPC_UDS").map(PathBuf::from),
             http_addr: env.socket_addr("HOST", "PORT", 8080)?,
             debug_addr: env.socket_addr("DEBUG_HOST", "DEBUG_PORT", 6070)?,
             prometheus,
@@ -209,6 +224,7 @@ impl Settings {
             healthy_with_at_least_one_config: env.bool("HEALTHY_WITH_AT_LEAST_ONE_CONFIG_LOADED", false)?,
             backend,
             redis,
+            redis_per_second,
             failure_mode,
             local_cache_size_bytes: env.parse("LOCAL_CACHE_SIZE_IN_BYTES", 0usize)?,
             near_limit_ratio,
@@ -216,6 +232,7 @@ impl Settings {
             stop_increment_when_over_limit: env.bool("STOP_CACHE_KEY_INCREMENT_WHEN_OVERLIMIT", false)?,
             expiration_jitter_max_secs: env.parse("EXPIRATION_JITTER_MAX_SECONDS", 300u64)?,
             shadow_mode: env.bool("SHADOW_MODE", false)?,
+            quota_mode: env.bool("QUOTA_MODE", false)?,
             headers: ResponseHeaders {
                 enabled: env.bool("LIMIT_RESPONSE_HEADERS_ENABLED", false)?,
                 format,
@@ -261,9 +278,33 @@ mod tests {
         let s = Settings::from_env(&env).unwrap();
         assert_eq!(s.backend, Backend::Redis);
         assert_eq!(s.redis.urls, vec!["redis.default:6379"]);
+        assert!(s.redis_per_second.is_none());
         assert_eq!(s.redis.timeout, Duration::from_millis(250));
         assert_eq!(s.config_dir, PathBuf::from("/data/ratelimit/config"));
         assert_eq!(s.watch_root, Some(PathBuf::from("/")));
+    }
+
+    #[test]
+    fn a_second_redis_for_per_second_limits() {
+        let redis = [("REDIS_URL", "redis:6379"), ("REDIS_PERSECOND", "true")];
+        let env = Env::from_pairs(redis.into_iter().chain([
+            ("REDIS_PERSECOND_URL", "redis-fast:6379"),
+            ("REDIS_PERSECOND_AUTH", "s3cret"),
+            ("REDIS_PERSECOND_POOL_SIZE", "2"),
+        ]));
+        let s = Settings::from_env(&env).unwrap();
+        let per_second = s.redis_per_second.unwrap();
+        assert_eq!(
+            (per_second.urls, per_second.auth, per_second.pool_size),
+            (vec!["redis-fast:6379".into()], Some("s3cret".into()), 2)
+        );
+        assert_eq!(s.redis.pool_size, 10);
+
+        let err = Settings::from_env(&Env::from_pairs(redis)).unwrap_err();
+        assert!(err.to_string().contains("REDIS_PERSECOND=true needs REDIS_PERSECOND_URL"), "{err}");
+        let s = Settings::from_env(&Env::from_pairs([("REDIS_PERSECOND", "true"), ("REDIS_PERSECOND_URL", "r:1")]))
+            .unwrap();
+        assert!(s.ignored[0].starts_with("REDIS_PERSECOND applies to BACKEND_TYPE=redis"), "{:?}", s.ignored);
     }
 
     #[test]
@@ -283,15 +324,44 @@ mod tests {
 
     #[test]
     fn unsupported_variables_are_reported_or_refused() {
-        let env =
-            Env::from_pairs([("REDIS_PERSECOND", "true"), ("TRACING_ENABLED", "true"), ("PROMETHEUS_MAPPER_YAML", "")]);
+        let env = Env::from_pairs([
+            ("REDIS_HEALTH_CHECK_ACTIVE_CONNECTION", "true"),
+            ("TRACING_ENABLED", "true"),
+            ("PROMETHEUS_MAPPER_YAML", ""),
+        ]);
         let s = Settings::from_env(&env).unwrap();
         assert_eq!(s.ignored.len(), 2, "{:?}", s.ignored);
-        assert!(s.ignored[0].starts_with("REDIS_PERSECOND is not supported: per-second limits use REDIS_URL"));
-        for (name, value) in [("CONFIG_TYPE", "GRPC_XDS_DELTA"), ("GRPC_UDS", "/tmp/rl.sock")] {
-            let err = Settings::from_env(&Env::from_pairs([(name, value)])).unwrap_err();
-            assert!(err.to_string().contains(name), "{err}");
-        }
+        assert!(s.ignored[0].starts_with("REDIS_HEALTH_CHECK_ACTIVE_CONNECTION is not supported: health does not"));
+        let err = Settings::from_env(&Env::from_pairs([("CONFIG_TYPE", "GRPC_XDS_DELTA")])).unwrap_err();
+        assert!(err.to_string().contains("CONFIG_TYPE"), "{err}");
+    }
+
+    #[test]
+    fn grpc_listener_settings() {
+        let s = Settings::from_env(&Env::from_pairs([("GRPC_UDS", "/run/rl/grpc.sock")])).unwrap();
+        assert_eq!(s.grpc_uds, Some(PathBuf::from("/run/rl/grpc.sock")));
+        let tls = [
+            ("GRPC_SERVER_USE_TLS", "true"),
+            ("GRPC_SERVER_TLS_CERT", "/certs/tls.crt"),
+            ("GRPC_SERVER_TLS_KEY", "/certs/tls.key"),
+        ];
+        let with = |extra: &[(&'static str, &'static str)]| Env::from_pairs(tls.iter().chain(extra).copied());
+        let s = Settings::from_env(&with(&[
+            ("GRPC_CLIENT_TLS_CACERT", "/certs/ca.crt"),
+            ("GRPC_CLIENT_TLS_SAN", "envoy.gateway"),
+        ]))
+        .unwrap();
+        assert_eq!(s.grpc_tls.unwrap().client_san.as_deref(), Some("envoy.gateway"));
+        assert!(s.ignored.is_empty(), "{:?}", s.ignored);
+        // As in envoyproxy/ratelimit, the SAN is checked only with mTLS.
+        let s = Settings::from_env(&with(&[("GRPC_CLIENT_TLS_SAN", "10.0.0.7")])).unwrap();
+        assert_eq!(s.ignored, ["GRPC_CLIENT_TLS_SAN applies to mTLS: set GRPC_CLIENT_TLS_CACERT too"]);
+        let err = Settings::from_env(&with(&[("GRPC_CLIENT_TLS_SAN", "spiffe://cluster.local/ns/x")])).unwrap_err();
+        assert!(
+            err.to_string().contains("GRPC_CLIENT_TLS_SAN")
+                && err.to_string().contains("not a DNS name or an IP address"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -26,7 +26,10 @@ fn check_config_prints_rules_or_the_exact_error() {
     .unwrap();
     let (ok, stdout, stderr) = check_config(&good);
     assert!(ok, "{stderr}");
-    assert_eq!(stdout, "d.k: unit=SECOND requests_per_unit=5 + unit=DAY requests_per_unit=100, shadow_mode: false\n");
+    assert_eq!(
+        stdout,
+        "d.k: unit=SECOND requests_per_unit=5 + unit=DAY requests_per_unit=100, shadow_mode: false, quota_mode: false\n"
+    );
     assert!(stderr.contains("OK: 1 file(s)"), "{stderr}");
 
     let bad = dir.path().join("bad.yaml");
@@ -92,7 +95,7 @@ fn serves_from_environment_and_stops_on_sigterm() {
     let rlconfig = runtime
         .block_on(async { client.get(format!("http://127.0.0.1:{debug}/rlconfig")).send().await?.text().await })
         .unwrap();
-    assert_eq!(rlconfig, "d.k: unit=MINUTE requests_per_unit=1, shadow_mode: false\n");
+    assert_eq!(rlconfig, "d.k: unit=MINUTE requests_per_unit=1, shadow_mode: false, quota_mode: false\n");
 
     let status = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
     assert!(status.success());

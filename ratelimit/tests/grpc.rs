@@ -9,6 +9,7 @@ use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
 use envoy_types::pb::google::protobuf::UInt64Value;
+use envoy_types::pb::google::protobuf::value::Kind;
 use gatehouse_common::config::Env;
 use gatehouse_common::server::Shutdown;
 use gatehouse_ratelimit::clock::Clock;
@@ -43,6 +44,16 @@ descriptors:
       replaces: [{ name: k_limited }]
   - key: bucket
     rate_limit: { unit: second, requests_per_unit: 1, algorithm: token_bucket, burst: 3, name: tb }
+  - key: service
+    value: s1
+    quota_mode: true
+    rate_limit: { unit: minute, requests_per_unit: 1 }
+    metadata: { route_to: { cluster: s1 }, weight: 1 }
+  - key: service
+    value: s2
+    quota_mode: true
+    rate_limit: { unit: minute, requests_per_unit: 2 }
+    metadata: { route_to: { cluster: s2, zone: b }, weight: 2 }
 "#;
 
 struct Server {
@@ -68,7 +79,7 @@ impl Server {
         let ports = (grpc.local_addr().unwrap().port(), http.local_addr().unwrap().port());
         let app = App::build(settings, Clock::System).await.unwrap();
         let shutdown = Shutdown::new();
-        let listeners = Listeners { grpc, http: Some(http), debug: None, prometheus: None };
+        let listeners = Listeners { grpc: grpc.into(), http: Some(http), debug: None, prometheus: None };
         tokio::spawn(app.serve(listeners, shutdown.clone()));
         Server { grpc: ports.0, http: ports.1, shutdown, _rules: rules }
     }
@@ -218,6 +229,73 @@ async fn ietf_headers_metadata_and_token_bucket() {
     assert_eq!(refused.overall_code, Code::OverLimit as i32);
     let wait = refused.statuses[0].duration_until_reset.as_ref().unwrap();
     assert!(wait.seconds == 0 || (wait.seconds == 1 && wait.nanos == 0), "{wait:?}");
+}
+
+/// The `metadata` field of the response's dynamic metadata, as JSON.
+fn passed_metadata(resp: &RateLimitResponse) -> Option<serde_json::Value> {
+    let field = resp.dynamic_metadata.as_ref()?.fields.get("metadata")?;
+    let Some(Kind::StructValue(s)) = &field.kind else { return None };
+    Some(serde_json::Value::Object(gatehouse_common::pbjson::from_struct(s)))
+}
+
+/// Quota descriptors refuse only together; while any has room, the request passes and the
+/// metadata of those within their limits comes back, the first descriptor's value winning.
+#[tokio::test]
+async fn quota_mode_and_descriptor_metadata() {
+    let server =
+        Server::start(&[("RESPONSE_DYNAMIC_METADATA", "true"), ("LIMIT_RESPONSE_HEADERS_ENABLED", "true")]).await;
+    let mut client = server.client().await;
+    let both = || request(vec![descriptor(&[("service", "s1")]), descriptor(&[("service", "s2")])]);
+
+    // A descriptor outside quota mode over its limit refuses whatever the quotas say (s2 is
+    // only checked here: 0 hits).
+    let mut exhausted = request(vec![descriptor(&[("k", "limited")])]);
+    exhausted.hits_addend = 3;
+    assert_eq!(call(&mut client, exhausted).await.overall_code, Code::OverLimit as i32);
+    let mut s2_check = descriptor(&[("service", "s2")]);
+    s2_check.hits_addend = Some(UInt64Value { value: 0 });
+    let resp = call(&mut client, request(vec![descriptor(&[("k", "limited")]), s2_check])).await;
+    assert_eq!(resp.overall_code, Code::OverLimit as i32);
+
+    let resp = call(&mut client, both()).await;
+    assert_eq!(resp.overall_code, Code::Ok as i32);
+    let first_wins = serde_json::json!({ "route_to": { "cluster": "s1", "zone": "b" }, "weight": 1.0 });
+    assert_eq!(passed_metadata(&resp), Some(first_wins));
+
+    // s1 is over its quota, s2 is not: OK, s1's status says OVER_LIMIT, and only s2's metadata.
+    let resp = call(&mut client, both()).await;
+    assert_eq!(resp.overall_code, Code::Ok as i32);
+    let codes: Vec<i32> = resp.statuses.iter().map(|s| s.code).collect();
+    assert_eq!(codes, [Code::OverLimit as i32, Code::Ok as i32]);
+    let s2 = serde_json::json!({ "route_to": { "cluster": "s2", "zone": "b" }, "weight": 2.0 });
+    assert_eq!(passed_metadata(&resp), Some(s2));
+    // Headers: an exhausted quota is not a refusal, so the least remaining decides (the first
+    // of equals).
+    assert_eq!(
+        (header(&resp, "RateLimit-Limit").as_deref(), header(&resp, "RateLimit-Remaining").as_deref()),
+        (Some("1"), Some("0"))
+    );
+
+    // Both over: refused, no metadata passed.
+    let resp = call(&mut client, both()).await;
+    assert_eq!(resp.overall_code, Code::OverLimit as i32);
+    assert_eq!(passed_metadata(&resp), None);
+    assert!(resp.dynamic_metadata.unwrap().fields.contains_key("domain"));
+}
+
+/// QUOTA_MODE puts every descriptor in quota mode, matched or not: a request is refused only
+/// when all of them are over.
+#[tokio::test]
+async fn global_quota_mode() {
+    let server = Server::start(&[("QUOTA_MODE", "true")]).await;
+    let mut client = server.client().await;
+    let mut over = request(vec![descriptor(&[("k", "limited")])]);
+    over.hits_addend = 3;
+    assert_eq!(call(&mut client, over).await.overall_code, Code::OverLimit as i32);
+    // With a descriptor no rule matches (within, so to speak), the request passes.
+    let resp = call(&mut client, request(vec![descriptor(&[("k", "limited")]), descriptor(&[("nope", "x")])])).await;
+    assert_eq!(resp.overall_code, Code::Ok as i32);
+    assert_eq!(resp.statuses[0].code, Code::OverLimit as i32);
 }
 
 #[tokio::test]

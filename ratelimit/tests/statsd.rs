@@ -68,7 +68,7 @@ async fn serve(statsd: &UdpSocket, env: &[(&str, &str)]) -> Served {
     let addr = grpc.local_addr().unwrap();
     let app = App::build(settings, Clock::System).await.unwrap();
     let shutdown = Shutdown::new();
-    let listeners = Listeners { grpc, http: None, debug: None, prometheus: None };
+    let listeners = Listeners { grpc: grpc.into(), http: None, debug: None, prometheus: None };
     let serving = tokio::spawn(app.serve(listeners, shutdown.clone()));
     let stopped = tokio::spawn(async move {
         serving.await.unwrap().unwrap();

@@ -7,6 +7,7 @@ use std::process::{Command, Stdio};
 #[derive(Debug)]
 pub struct Pki {
     pub ca_cert: PathBuf,
+    pub ca_key: PathBuf,
     pub server_cert: PathBuf,
     pub server_key: PathBuf,
     pub client_cert: PathBuf,
@@ -37,41 +38,55 @@ impl Pki {
         ca.extend(key("ca"));
         ca.extend(["-out", "ca.crt", "-days", "2", "-subj", "/CN=gatehouse-test-ca"].map(String::from));
         openssl(dir, &ca);
-        for (name, ext) in [
-            ("server", "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth"),
-            ("client", "subjectAltName=URI:spiffe://gatehouse.test/envoy\nextendedKeyUsage=clientAuth"),
-        ] {
-            std::fs::write(dir.join(format!("{name}.ext")), ext).expect("write extensions");
-            let mut csr = vec!["req".to_string()];
-            csr.extend(key(name));
-            csr.extend(["-out".into(), format!("{name}.csr"), "-subj".into(), format!("/CN={name}")]);
-            openssl(dir, &csr);
-            let sign = [
-                "x509",
-                "-req",
-                "-in",
-                &format!("{name}.csr"),
-                "-CA",
-                "ca.crt",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-out",
-                &format!("{name}.crt"),
-                "-days",
-                "2",
-                "-extfile",
-                &format!("{name}.ext"),
-            ]
-            .map(String::from);
-            openssl(dir, &sign);
-        }
-        Pki {
+        let pki = Pki {
             ca_cert: dir.join("ca.crt"),
+            ca_key: dir.join("ca.key"),
             server_cert: dir.join("server.crt"),
             server_key: dir.join("server.key"),
             client_cert: dir.join("client.crt"),
             client_key: dir.join("client.key"),
-        }
+        };
+        pki.issue("server", "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth");
+        pki.issue("client", "subjectAltName=URI:spiffe://gatehouse.test/envoy\nextendedKeyUsage=clientAuth");
+        pki
+    }
+
+    /// A new certificate and key signed by this CA, subject `CN=name`, with `extensions` as
+    /// openssl's `-extfile` takes them (e.g. `subjectAltName=DNS:envoy.test`): written next to
+    /// the CA as `name.crt` and `name.key`, whose paths are returned.
+    pub fn issue(&self, name: &str, extensions: &str) -> (PathBuf, PathBuf) {
+        let dir = self.ca_cert.parent().expect("the CA is in a directory");
+        std::fs::write(dir.join(format!("{name}.ext")), extensions).expect("write extensions");
+        let mut csr = ["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout"]
+            .map(String::from)
+            .to_vec();
+        csr.extend([
+            format!("{name}.key"),
+            "-out".into(),
+            format!("{name}.csr"),
+            "-subj".into(),
+            format!("/CN={name}"),
+        ]);
+        openssl(dir, &csr);
+        let sign = [
+            "x509",
+            "-req",
+            "-in",
+            &format!("{name}.csr"),
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &format!("{name}.crt"),
+            "-days",
+            "2",
+            "-extfile",
+            &format!("{name}.ext"),
+        ]
+        .map(String::from);
+        openssl(dir, &sign);
+        (dir.join(format!("{name}.crt")), dir.join(format!("{name}.key")))
     }
 }

@@ -33,7 +33,7 @@ impl Replica {
         let debug_port = debug.local_addr().unwrap().port();
         let app = App::build(settings, Clock::System).await.expect("build app");
         let shutdown = Shutdown::new();
-        let listeners = Listeners { grpc, http: Some(http), debug: Some(debug), prometheus: None };
+        let listeners = Listeners { grpc: grpc.into(), http: Some(http), debug: Some(debug), prometheus: None };
         tokio::spawn(app.serve(listeners, shutdown.clone()));
         Replica { grpc_port, debug_port, shutdown }
     }

@@ -2,16 +2,20 @@
 //! descriptor to the rule that governs it.
 //!
 //! Matching follows envoyproxy/ratelimit: at each level an exact `key`/`value` pair wins, then
-//! the first wildcard (`value: "prefix*"`, in file order), then the key-only default. A rule
-//! applies only when the request descriptor has exactly as many entries as the rule is deep.
+//! the first wildcard of that key in file order (`*` anywhere in `value`, any number of times),
+//! then the key-only default. A level that matches is not retried with a lesser match when a
+//! deeper level fails. A rule applies only when the request descriptor has exactly as many
+//! entries as the rule is deep.
 
-mod file;
+pub(crate) mod file;
+mod inspect;
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use envoy_types::pb::google::protobuf::Struct;
 use gatehouse_common::config::{ConfigError, ConfigErrors, Position, Spanned, load_yaml};
 
 use crate::stats::{RuleStats, Stats};
@@ -133,22 +137,76 @@ pub struct Rule {
     pub limits: Vec<Limit>,
     pub unlimited: bool,
     pub shadow_mode: bool,
+    /// Over its limit, the descriptor refuses the request only if every quota descriptor of
+    /// the request is over too.
+    pub quota_mode: bool,
     pub replaces: Vec<String>,
     pub detailed_metric: bool,
+    /// Merged into the response's dynamic metadata while the descriptor is within its limit.
+    pub metadata: Option<Struct>,
     pub stats: RuleStats,
+    /// The file it was loaded from, or `xds:<resource name>`.
+    pub source: PathBuf,
 }
 
-/// How one level of a descriptor was matched.
+/// How a node matches a request value.
 #[derive(Debug)]
 enum NodeKind {
     Exact,
-    /// The value prefix before `*`, and whether matching values share one counter.
+    /// A value with `*` in it, and whether the values it matches share one counter.
     Wildcard {
-        prefix: String,
+        pattern: Wildcard,
         share_threshold: bool,
     },
     /// Key-only: any value, one counter per value.
     Default,
+}
+
+/// A `value` with one or more `*`, each matching any run of characters, the empty one
+/// included (envoyproxy/ratelimit's `wildcardMatch`): `/api/*/action`, `a*b*c`, `foo*`. Split
+/// at load so that matching allocates nothing: the value must start with `prefix`, end with
+/// `suffix`, and hold the `middles` in order between them, without overlaps.
+#[derive(Debug)]
+struct Wildcard {
+    prefix: Box<str>,
+    /// The non-empty literals between two `*`.
+    middles: Box<[Box<str>]>,
+    suffix: Box<str>,
+    /// The length of all literals together: no shorter value can match.
+    min_len: usize,
+}
+
+impl Wildcard {
+    /// The pattern of `value`, or None when it has no `*`.
+    fn parse(value: &str) -> Option<Wildcard> {
+        let (prefix, rest) = value.split_once('*')?;
+        let (middle, suffix) = rest.rsplit_once('*').unwrap_or(("", rest));
+        let middles: Box<[Box<str>]> = middle.split('*').filter(|m| !m.is_empty()).map(Box::from).collect();
+        let min_len = prefix.len() + suffix.len() + middles.iter().map(|m| m.len()).sum::<usize>();
+        Some(Wildcard { prefix: prefix.into(), middles, suffix: suffix.into(), min_len })
+    }
+
+    fn matches(&self, value: &str) -> bool {
+        // Empty ends are skipped, not compared: comparing the empty suffix of `foo*` still
+        // calls `memcmp`, and that call measured 5× the rest of the match (benches/descriptors.rs).
+        if value.len() < self.min_len
+            || (!self.prefix.is_empty() && !value.starts_with(&*self.prefix))
+            || (!self.suffix.is_empty() && !value.ends_with(&*self.suffix))
+        {
+            return false;
+        }
+        // Both ends are char boundaries (`value` starts with `prefix` and ends with `suffix`),
+        // and `min_len` keeps them from crossing.
+        let mut rest = &value[self.prefix.len()..value.len() - self.suffix.len()];
+        for middle in &self.middles {
+            // The leftmost occurrence leaves the most room for the ones after it.
+            match rest.find(&**middle) {
+                Some(at) => rest = &rest[at + middle.len()..],
+                None => return false,
+            }
+        }
+        true
+    }
 }
 
 #[derive(Debug)]
@@ -158,37 +216,70 @@ pub struct Node {
     kind: NodeKind,
     value_to_metric: bool,
     rule: Option<Arc<Rule>>,
-    children: HashMap<String, KeyGroup>,
+    children: Children,
 }
+
+/// The hash maps of the request path: fast hashing, randomly seeded. Their keys come from the
+/// config; requests only look up.
+type FastMap<V> = HashMap<String, V, foldhash::fast::RandomState>;
+
+/// The descriptors one level down, by key.
+type Children = FastMap<KeyGroup>;
 
 /// The nodes at one level that share a key.
 #[derive(Debug, Default)]
 struct KeyGroup {
-    exact: HashMap<String, Node>,
-    wildcards: Vec<Node>,
-    default: Option<Node>,
+    nodes: Vec<Node>,
+    /// Every node with a value, wildcards included, by that value: a request value equal to
+    /// a wildcard as written finds that wildcard first, as envoyproxy/ratelimit's map does.
+    by_value: FastMap<usize>,
+    /// The wildcard nodes in file order (merged files: in load order).
+    wildcards: Vec<usize>,
+    default: Option<usize>,
 }
 
 impl KeyGroup {
+    /// Exact value, then the first matching wildcard, then the key-only default.
     fn find(&self, value: &str) -> Option<&Node> {
-        if let Some(node) = self.exact.get(value) {
-            return Some(node);
+        if let Some(&i) = self.by_value.get(value) {
+            return Some(&self.nodes[i]);
         }
-        for node in &self.wildcards {
-            if let NodeKind::Wildcard { prefix, .. } = &node.kind
-                && value.starts_with(prefix.as_str())
+        for &i in &self.wildcards {
+            let node = &self.nodes[i];
+            if let NodeKind::Wildcard { pattern, .. } = &node.kind
+                && pattern.matches(value)
             {
                 return Some(node);
             }
         }
-        self.default.as_ref()
+        self.default.map(|i| &self.nodes[i])
+    }
+
+    /// Whether a node for `value` (empty: the default) already exists.
+    fn contains(&self, value: &str) -> bool {
+        if value.is_empty() { self.default.is_some() } else { self.by_value.contains_key(value) }
+    }
+
+    fn insert(&mut self, node: Node) {
+        let i = self.nodes.len();
+        match node.kind {
+            NodeKind::Default => self.default = Some(i),
+            NodeKind::Wildcard { .. } => {
+                self.wildcards.push(i);
+                self.by_value.insert(node.value.clone(), i);
+            }
+            NodeKind::Exact => {
+                self.by_value.insert(node.value.clone(), i);
+            }
+        }
+        self.nodes.push(node);
     }
 }
 
 #[derive(Debug)]
 pub struct Domain {
     pub name: String,
-    children: HashMap<String, KeyGroup>,
+    children: Children,
 }
 
 /// A request descriptor entry, whatever type carries it.
@@ -258,25 +349,30 @@ impl Matched<'_> {
     }
 
     /// The stats key: the rule's `full_key`, unless `detailed_metric` or `value_to_metric`
-    /// ask for request values in it.
+    /// ask for request values in it. As envoyproxy/ratelimit's `GetLimit` builds it: a level
+    /// matched by a `share_threshold` wildcard always shows the wildcard; otherwise
+    /// `detailed_metric` shows every request value and `value_to_metric` that level's; a
+    /// wildcard without either shows itself. With `detailed_metric`, an empty value still
+    /// gets its `_` unless some level shares a threshold.
     pub fn stats_key<E: EntryRef>(&self, domain: &str, entries: &[E]) -> Option<String> {
-        let dynamic = self.rule.detailed_metric || self.path.iter().any(|n| n.value_to_metric);
-        if !dynamic {
+        let detailed = self.rule.detailed_metric;
+        if !detailed && !self.path.iter().any(|n| n.value_to_metric) {
             return None;
         }
+        let shares = |n: &Node| matches!(n.kind, NodeKind::Wildcard { share_threshold: true, .. });
+        let keep_empty = detailed && !self.path.iter().any(|n| shares(n));
         let mut key = String::from(domain);
         for (entry, node) in entries.iter().zip(&self.path) {
             key.push('.');
             key.push_str(entry.key());
-            let shared = matches!(node.kind, NodeKind::Wildcard { share_threshold: true, .. });
-            let value = if shared {
+            let value = if shares(node) {
                 node.value.as_str()
-            } else if self.rule.detailed_metric || node.value_to_metric {
+            } else if detailed || node.value_to_metric {
                 entry.value()
             } else {
                 node.value.as_str()
             };
-            if !value.is_empty() || self.rule.detailed_metric {
+            if !value.is_empty() || keep_empty {
                 key.push('_');
                 key.push_str(value);
             }
@@ -330,6 +426,24 @@ impl RuleSet {
         RuleSet::from_documents(&[(name.to_string(), text.to_string())], false, stats)
     }
 
+    /// Loads documents already in the file format's shape (decoded xDS resources): the fast
+    /// path, without positions in its errors; on an error, load their rendered YAML with
+    /// [`RuleSet::from_documents`] to report where it is.
+    pub(crate) fn from_parsed(
+        documents: Vec<(String, FileConfig)>,
+        merge_domains: bool,
+        stats: &Stats,
+    ) -> Result<RuleSet, ConfigErrors> {
+        let mut builder =
+            Builder { set: RuleSet::default(), errors: Vec::new(), merge_domains, stats, file: PathBuf::new() };
+        for (name, config) in documents {
+            builder.file = PathBuf::from(name);
+            builder.add_file(config);
+            builder.set.files.push(builder.file.clone());
+        }
+        if builder.errors.is_empty() { Ok(builder.set) } else { Err(ConfigErrors(builder.errors)) }
+    }
+
     /// Loads named documents (xDS resources rendered as YAML) as if each were a file of that
     /// name: errors name the document, line and field.
     pub fn from_documents(
@@ -350,7 +464,7 @@ impl RuleSet {
         if builder.errors.is_empty() { Ok(builder.set) } else { Err(ConfigErrors(builder.errors)) }
     }
 
-    /// One line per rule, sorted: `domain.key_value: unit=MINUTE requests_per_unit=10, shadow_mode: false`,
+    /// One line per rule, sorted: `domain.key_value: unit=MINUTE requests_per_unit=10, shadow_mode: false, quota_mode: false`,
     /// the format of envoyproxy/ratelimit's /rlconfig, with Gatehouse's extra limits appended.
     pub fn dump(&self) -> String {
         let mut lines = Vec::new();
@@ -372,7 +486,7 @@ impl RuleSet {
                         let _ = write!(line, " burst={}", limit.burst);
                     }
                 }
-                let _ = write!(line, ", shadow_mode: {}", rule.shadow_mode);
+                let _ = write!(line, ", shadow_mode: {}, quota_mode: {}", rule.shadow_mode, rule.quota_mode);
                 if let Some(name) = &rule.name {
                     let _ = write!(line, ", name: {name}");
                 }
@@ -391,10 +505,9 @@ impl RuleSet {
     }
 }
 
-fn collect_rules(children: &HashMap<String, KeyGroup>, f: &mut impl FnMut(&Rule)) {
+fn collect_rules(children: &Children, f: &mut impl FnMut(&Rule)) {
     for group in children.values() {
-        let nodes = group.exact.values().chain(&group.wildcards).chain(&group.default);
-        for node in nodes {
+        for node in &group.nodes {
             if let Some(rule) = &node.rule {
                 f(rule);
             }
@@ -435,18 +548,13 @@ impl Builder<'_> {
                 );
                 return;
             }
-            None => HashMap::new(),
+            None => Children::default(),
         };
         self.add_descriptors(&mut children, &name, &config.descriptors);
         self.set.domains.insert(name.clone(), Domain { name, children });
     }
 
-    fn add_descriptors(
-        &mut self,
-        level: &mut HashMap<String, KeyGroup>,
-        parent_key: &str,
-        descriptors: &[DescriptorYaml],
-    ) {
+    fn add_descriptors(&mut self, level: &mut Children, parent_key: &str, descriptors: &[DescriptorYaml]) {
         for d in descriptors {
             let key = d.key.value.clone();
             let pos = Position::of(&d.key);
@@ -457,13 +565,11 @@ impl Builder<'_> {
             let value = d.value.clone().unwrap_or_default();
             let composite = if value.is_empty() { key.clone() } else { format!("{key}_{value}") };
             let full_key = format!("{parent_key}.{composite}");
+            let share_threshold = d.share_threshold.as_ref().is_some_and(|s| s.value);
             let kind = if value.is_empty() {
                 NodeKind::Default
-            } else if let Some(prefix) = value.strip_suffix('*') {
-                NodeKind::Wildcard {
-                    prefix: prefix.to_string(),
-                    share_threshold: d.share_threshold.as_ref().is_some_and(|s| s.value),
-                }
+            } else if let Some(pattern) = Wildcard::parse(&value) {
+                NodeKind::Wildcard { pattern, share_threshold }
             } else {
                 NodeKind::Exact
             };
@@ -473,31 +579,20 @@ impl Builder<'_> {
             {
                 self.error(
                     Position::of(share),
-                    format!("share_threshold can only be used with wildcard values (ending with '*'), but found key '{composite}'"),
+                    format!("share_threshold can only be used with wildcard values (containing '*'), but found key '{composite}'"),
                 );
             }
             let rule = self.build_rule(d, &full_key);
             let mut node =
-                Node { value: value.clone(), kind, value_to_metric: d.value_to_metric, rule, children: HashMap::new() };
+                Node { value, kind, value_to_metric: d.value_to_metric, rule, children: Children::default() };
             self.add_descriptors(&mut node.children, &full_key, &d.descriptors);
 
             let group = level.entry(key).or_default();
-            let duplicate = match &node.kind {
-                NodeKind::Exact => group.exact.contains_key(&value),
-                NodeKind::Wildcard { .. } => group.wildcards.iter().any(|w| w.value == value),
-                NodeKind::Default => group.default.is_some(),
-            };
-            if duplicate {
+            if group.contains(&node.value) {
                 self.error(pos, format!("duplicate descriptor composite key '{full_key}'"));
                 continue;
             }
-            match node.kind {
-                NodeKind::Exact => {
-                    group.exact.insert(value, node);
-                }
-                NodeKind::Wildcard { .. } => group.wildcards.push(node),
-                NodeKind::Default => group.default = Some(node),
-            }
+            group.insert(node);
         }
     }
 
@@ -522,12 +617,12 @@ impl Builder<'_> {
                 name = rl.name.clone().filter(|n| !n.is_empty());
             }
             for r in &rl.replaces {
-                if r.value.name.is_empty() {
-                    self.error(Position::of(r), "should not have an empty replaces entry");
-                } else if rl.name.as_deref() == Some(r.value.name.as_str()) {
-                    self.error(Position::of(r), "replaces should not contain name of same descriptor");
-                } else {
-                    replaces.push(r.value.name.clone());
+                match r.value.name.as_deref().unwrap_or_default() {
+                    "" => self.error(Position::of(r), "should not have an empty replaces entry"),
+                    same if rl.name.as_deref() == Some(same) => {
+                        self.error(Position::of(r), "replaces should not contain name of same descriptor")
+                    }
+                    other => replaces.push(other.to_string()),
                 }
             }
             let unit = rl.unit.as_ref().map(|u| (u, Unit::parse(&u.value)));
@@ -620,9 +715,12 @@ impl Builder<'_> {
             limits,
             unlimited,
             shadow_mode: d.shadow_mode,
+            quota_mode: d.quota_mode,
             replaces,
             detailed_metric: d.detailed_metric,
+            metadata: d.metadata.as_ref().filter(|m| !m.is_empty()).map(gatehouse_common::pbjson::to_struct),
             stats: self.stats.rule(domain, key),
+            source: self.file.clone(),
         }))
     }
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use futures::future::BoxFuture;
 use moka::sync::Cache;
 
-use super::{Batch, CounterState, CounterStore, CounterUpdate, Mode, StorageError, Window};
+use super::{Batch, CounterState, CounterStore, CounterUpdate, KeyPage, Mode, StorageError, Window};
 use crate::rules::Algorithm;
 
 /// Bytes an entry costs besides its key, for the size bound.
@@ -124,5 +124,29 @@ impl<S: CounterStore> CounterStore for OverLimitCache<S> {
 
     fn name(&self) -> &'static str {
         self.inner.name()
+    }
+
+    fn peek<'a>(&'a self, batch: &'a Batch, now_ms: u64) -> BoxFuture<'a, Result<Vec<CounterState>, StorageError>> {
+        self.inner.peek(batch, now_ms)
+    }
+
+    fn scan<'a>(
+        &'a self,
+        prefix: &'a str,
+        cursor: &'a str,
+        count: usize,
+    ) -> BoxFuture<'a, Result<KeyPage, StorageError>> {
+        self.inner.scan(prefix, cursor, count)
+    }
+
+    /// Forgets the counters here too: this replica admits them again at once. Other replicas
+    /// keep refusing until their own entries expire, at the end of the window.
+    fn reset<'a>(&'a self, counters: &'a [CounterUpdate], now_ms: u64) -> BoxFuture<'a, Result<u64, StorageError>> {
+        for c in counters {
+            if let Some(key) = Self::cache_key(c, &Window::of(now_ms, c.period_secs)) {
+                self.cache.invalidate(&key);
+            }
+        }
+        self.inner.reset(counters, now_ms)
     }
 }

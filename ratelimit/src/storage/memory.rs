@@ -9,7 +9,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use parking_lot::{Mutex, MutexGuard};
 
-use super::{Batch, CounterState, CounterStore, CounterUpdate, Mode, StorageError, Window, token_cost_us};
+use super::{Batch, CounterState, CounterStore, CounterUpdate, KeyPage, Mode, StorageError, Window, token_cost_us};
 use crate::clock::Clock;
 use crate::rules::Algorithm;
 
@@ -136,6 +136,64 @@ impl CounterStore for MemoryStore {
 
     fn name(&self) -> &'static str {
         "memory"
+    }
+
+    fn scan<'a>(
+        &'a self,
+        prefix: &'a str,
+        cursor: &'a str,
+        count: usize,
+    ) -> BoxFuture<'a, Result<KeyPage, StorageError>> {
+        Box::pin(std::future::ready(self.scan_page(prefix, cursor, count)))
+    }
+
+    fn reset<'a>(&'a self, counters: &'a [CounterUpdate], now_ms: u64) -> BoxFuture<'a, Result<u64, StorageError>> {
+        let keys = counters.iter().map(|c| Plan::new(c, now_ms)).flat_map(|p| [Some(p.key), p.prev_key]).flatten();
+        let deleted = keys.filter(|key| self.shards[self.shard_of(key)].lock().remove(key.as_str()).is_some()).count();
+        Box::pin(std::future::ready(Ok(deleted as u64)))
+    }
+}
+
+impl MemoryStore {
+    /// A page of live keys starting with `prefix`: at most `count`, in shard order and, within
+    /// a shard, in key order, so that a cursor (`shard:last key`) misses nothing that lives
+    /// throughout the scan. Each page looks at whole shards, so it costs O(keys / 64) or more.
+    fn scan_page(&self, prefix: &str, cursor: &str, count: usize) -> Result<KeyPage, StorageError> {
+        let bad_cursor = || StorageError::BadCursor(cursor.to_string());
+        let (mut shard, mut after) = match cursor.split_once(':') {
+            None if cursor.is_empty() => (0, String::new()),
+            None => return Err(bad_cursor()),
+            Some((shard, after)) => (shard.parse::<usize>().map_err(|_| bad_cursor())?, after.to_string()),
+        };
+        if shard >= SHARDS {
+            return Err(bad_cursor());
+        }
+        let count = count.max(1);
+        let now = self.clock.now_ms();
+        let mut keys = Vec::new();
+        while shard < SHARDS {
+            let mut found: Vec<String> = self.shards[shard]
+                .lock()
+                .iter()
+                .filter(|(key, slot)| slot.expires_at_ms > now && key.starts_with(prefix) && ***key > *after)
+                .map(|(key, _)| key.to_string())
+                .collect();
+            found.sort_unstable();
+            let room = count - keys.len();
+            if found.len() > room {
+                found.truncate(room);
+                let next = format!("{shard}:{}", found.last().map_or("", String::as_str));
+                keys.extend(found);
+                return Ok(KeyPage { keys, next: Some(next) });
+            }
+            keys.extend(found);
+            shard += 1;
+            after.clear();
+            if keys.len() == count && shard < SHARDS {
+                return Ok(KeyPage { keys, next: Some(format!("{shard}:")) });
+            }
+        }
+        Ok(KeyPage { keys, next: None })
     }
 }
 

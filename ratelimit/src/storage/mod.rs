@@ -18,6 +18,7 @@
 
 pub mod local_cache;
 pub mod memory;
+pub mod per_second;
 pub mod redis;
 
 use std::time::Duration;
@@ -83,6 +84,11 @@ pub enum StorageError {
     Unavailable(String),
     #[error("counter store returned an unexpected reply: {0}")]
     Protocol(String),
+    /// A scan cursor this store did not hand out.
+    #[error("invalid page token {0:?}")]
+    BadCursor(String),
+    #[error("not supported by this counter store: {0}")]
+    Unsupported(&'static str),
 }
 
 impl StorageError {
@@ -99,6 +105,42 @@ pub trait CounterStore: Send + Sync + 'static {
 
     /// A short name for logs and /rlconfig: `memory`, `redis`, `redis-cluster`.
     fn name(&self) -> &'static str;
+
+    /// `batch` evaluated as it stands, without counting (every `hits` is 0): what the admin
+    /// API shows. A cache in front of a store asks the store.
+    fn peek<'a>(&'a self, batch: &'a Batch, now_ms: u64) -> BoxFuture<'a, Result<Vec<CounterState>, StorageError>> {
+        self.update(batch, now_ms)
+    }
+
+    /// The keys that start with `prefix`, one page at a time, for the admin API: `cursor` is
+    /// empty or a page's `next`; about `count` keys are looked at per page (Redis: `SCAN`
+    /// with `MATCH` and `COUNT`). A key may come twice; one created during the scan may not
+    /// come at all.
+    fn scan<'a>(
+        &'a self,
+        _prefix: &'a str,
+        _cursor: &'a str,
+        _count: usize,
+    ) -> BoxFuture<'a, Result<KeyPage, StorageError>> {
+        Box::pin(std::future::ready(Err(StorageError::Unsupported("listing counters"))))
+    }
+
+    /// Deletes what `counters` count in at `now_ms` (the window, and a sliding window's
+    /// previous one; the bucket), so that their next hit starts from zero. Returns how many
+    /// stored keys were deleted.
+    fn reset<'a>(&'a self, _counters: &'a [CounterUpdate], _now_ms: u64) -> BoxFuture<'a, Result<u64, StorageError>> {
+        Box::pin(std::future::ready(Err(StorageError::Unsupported("resetting counters"))))
+    }
+}
+
+/// One page of [`CounterStore::scan`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KeyPage {
+    /// Counter keys as the service writes them: [`CounterUpdate::key`], then the window's
+    /// start (Unix seconds) for fixed and sliding windows; never with Redis Cluster's hash tags.
+    pub keys: Vec<String>,
+    /// The cursor of the next page; None when every key has been looked at.
+    pub next: Option<String>,
 }
 
 /// Window bookkeeping shared by the stores.

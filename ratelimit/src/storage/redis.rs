@@ -20,7 +20,7 @@ use futures::future::BoxFuture;
 use gatehouse_common::redis::{RedisConn, Topology};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Batch, CounterState, CounterStore, CounterUpdate, Mode, StorageError, Window};
+use super::{Batch, CounterState, CounterStore, CounterUpdate, KeyPage, Mode, StorageError, Window};
 use crate::rules::Algorithm;
 
 const SCRIPT: &str = include_str!("counters.lua");
@@ -131,13 +131,22 @@ impl RedisStore {
     }
 
     /// Single node and Sentinel: the whole batch is one request to the coalescer.
-    async fn update_single(&self, batch: &Batch, now_ms: u64) -> Result<Vec<CounterState>, StorageError> {
+    async fn update_single(
+        &self,
+        batch: &Batch,
+        mode: ScriptMode,
+        now_ms: u64,
+    ) -> Result<Vec<CounterState>, StorageError> {
         let all: Vec<&CounterUpdate> = batch.counters.iter().collect();
-        self.run(self.prepare(&all, ScriptMode::from(batch.mode), now_ms, false)).await
+        self.run(self.prepare(&all, mode, now_ms, false)).await
     }
 
-    async fn update_cluster(&self, batch: &Batch, now_ms: u64) -> Result<Vec<CounterState>, StorageError> {
-        let mode = ScriptMode::from(batch.mode);
+    async fn update_cluster(
+        &self,
+        batch: &Batch,
+        mode: ScriptMode,
+        now_ms: u64,
+    ) -> Result<Vec<CounterState>, StorageError> {
         // Cluster: one call per descriptor (one hash slot), concurrently.
         let mut groups: Vec<(&str, Vec<&CounterUpdate>, Vec<usize>)> = Vec::new();
         for (i, c) in batch.counters.iter().enumerate() {
@@ -259,18 +268,57 @@ impl From<Mode> for ScriptMode {
     }
 }
 
-impl CounterStore for RedisStore {
-    fn update<'a>(&'a self, batch: &'a Batch, now_ms: u64) -> BoxFuture<'a, Result<Vec<CounterState>, StorageError>> {
+impl RedisStore {
+    /// `batch` evaluated without writing anything: what [`CounterStore::update`] would answer.
+    /// For [`Mode::AllOrNothing`] over counters in more than one store (checked everywhere,
+    /// then updated).
+    pub(crate) fn check<'a>(
+        &'a self,
+        batch: &'a Batch,
+        now_ms: u64,
+    ) -> BoxFuture<'a, Result<Vec<CounterState>, StorageError>> {
+        self.evaluate(batch, ScriptMode::DryRun, now_ms)
+    }
+
+    fn evaluate<'a>(
+        &'a self,
+        batch: &'a Batch,
+        mode: ScriptMode,
+        now_ms: u64,
+    ) -> BoxFuture<'a, Result<Vec<CounterState>, StorageError>> {
         // Two futures rather than one with a branch: the Cluster path's state is large, and
         // every single-node request would otherwise allocate and move it.
         if batch.counters.is_empty() {
             return Box::pin(std::future::ready(Ok(Vec::new())));
         }
         if self.shared.conn.topology() == Topology::Cluster {
-            Box::pin(with_timeout(self.timeout, self.update_cluster(batch, now_ms)))
+            Box::pin(with_timeout(self.timeout, self.update_cluster(batch, mode, now_ms)))
         } else {
-            Box::pin(with_timeout(self.timeout, self.update_single(batch, now_ms)))
+            Box::pin(with_timeout(self.timeout, self.update_single(batch, mode, now_ms)))
         }
+    }
+}
+
+impl CounterStore for RedisStore {
+    fn update<'a>(&'a self, batch: &'a Batch, now_ms: u64) -> BoxFuture<'a, Result<Vec<CounterState>, StorageError>> {
+        self.evaluate(batch, ScriptMode::from(batch.mode), now_ms)
+    }
+
+    fn peek<'a>(&'a self, batch: &'a Batch, now_ms: u64) -> BoxFuture<'a, Result<Vec<CounterState>, StorageError>> {
+        self.check(batch, now_ms)
+    }
+
+    fn scan<'a>(
+        &'a self,
+        prefix: &'a str,
+        cursor: &'a str,
+        count: usize,
+    ) -> BoxFuture<'a, Result<KeyPage, StorageError>> {
+        Box::pin(with_timeout(self.timeout, self.scan_page(prefix, cursor, count)))
+    }
+
+    fn reset<'a>(&'a self, counters: &'a [CounterUpdate], now_ms: u64) -> BoxFuture<'a, Result<u64, StorageError>> {
+        Box::pin(with_timeout(self.timeout, self.delete(counters, now_ms)))
     }
 
     fn name(&self) -> &'static str {
@@ -280,6 +328,75 @@ impl CounterStore for RedisStore {
             Topology::Single => "redis",
         }
     }
+}
+
+/// The admin API's operations: `SCAN` (never `KEYS`, which blocks Redis for the whole
+/// keyspace) and `DEL`.
+impl RedisStore {
+    async fn scan_page(&self, prefix: &str, cursor: &str, count: usize) -> Result<KeyPage, StorageError> {
+        if self.shared.conn.topology() == Topology::Cluster {
+            // SCAN walks one node; a cluster-wide scan is one cursor per master.
+            return Err(StorageError::Unsupported("listing counters on Redis Cluster"));
+        }
+        let position: u64 = match cursor {
+            "" => 0,
+            _ => cursor.parse().map_err(|_| StorageError::BadCursor(cursor.to_string()))?,
+        };
+        let mut conn = self.shared.conn.next();
+        let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
+            .arg(position)
+            .arg("MATCH")
+            .arg(format!("{}*", glob_escape(prefix)))
+            .arg("COUNT")
+            .arg(count.max(1))
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| StorageError::Unavailable(e.to_string()))?;
+        // Counter keys are UTF-8 (descriptor entries are strings); anything else is not ours.
+        let keys = keys.into_iter().filter_map(|k| String::from_utf8(k).ok()).collect();
+        Ok(KeyPage { keys, next: (next != 0).then(|| next.to_string()) })
+    }
+
+    /// One `DEL` per counter (its keys share a Cluster slot), concurrently.
+    async fn delete(&self, counters: &[CounterUpdate], now_ms: u64) -> Result<u64, StorageError> {
+        let hash_tags = self.shared.conn.topology() == Topology::Cluster;
+        let deletes = counters.iter().map(|c| {
+            let mut conn = self.shared.conn.next();
+            let keys = stored_keys(c, now_ms, hash_tags);
+            async move { redis::cmd("DEL").arg(keys).query_async::<u64>(&mut conn).await }
+        });
+        let mut deleted = 0;
+        for result in futures::future::join_all(deletes).await {
+            deleted += result.map_err(|e| StorageError::Unavailable(e.to_string()))?;
+        }
+        Ok(deleted)
+    }
+}
+
+/// The keys `c` counts in at `now_ms`, as [`RedisStore::prepare`] names them.
+fn stored_keys(c: &CounterUpdate, now_ms: u64, hash_tags: bool) -> Vec<String> {
+    let window = Window::of(now_ms, c.period_secs);
+    let base = if hash_tags { format!("{{{}}}{}", &c.key[..c.tag_len], &c.key[c.tag_len..]) } else { c.key.clone() };
+    match c.algorithm {
+        Algorithm::FixedWindow => vec![format!("{base}{}", window.start_secs)],
+        Algorithm::SlidingWindow => {
+            let (current, previous) = window.keys(&base);
+            vec![current, previous]
+        }
+        Algorithm::TokenBucket => vec![base],
+    }
+}
+
+/// `s` as a literal in a `SCAN ... MATCH` pattern.
+fn glob_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 async fn with_timeout<T>(

@@ -29,7 +29,7 @@ use envoy_types::pb::google::protobuf::value::Kind;
 use envoy_types::pb::google::protobuf::{Any, Struct, Value as PbValue};
 use envoy_types::pb::google::rpc::Status;
 use envoy_types::pb::ratelimit::config::ratelimit::v3::{RateLimitConfig, RateLimitDescriptor, RateLimitUnit};
-use gatehouse_common::config::ConfigErrors;
+use gatehouse_common::config::{ConfigErrors, Location, Spanned};
 use gatehouse_common::reload::Reloader;
 use gatehouse_common::server::Shutdown;
 use parking_lot::Mutex;
@@ -41,6 +41,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 
 pub use self::settings::{Backoff, XdsSettings, XdsTls};
 use crate::rules::RuleSet;
+use crate::rules::file::{DescriptorYaml, FileConfig, RateLimitYaml, Replace};
 use crate::stats::Stats;
 
 /// The only resource type this client asks for.
@@ -287,7 +288,7 @@ pub fn rules_from_resources(resources: &[Any], merge_domains: bool, stats: &Stat
         match decoded {
             Ok(config) => {
                 let name = if config.name.is_empty() { format!("resource {i}") } else { config.name.clone() };
-                documents.push((format!("xds:{name}"), render(&config)));
+                documents.push((format!("xds:{name}"), config));
             }
             Err(message) => {
                 let file = std::path::PathBuf::from(format!("xds:resource {i}"));
@@ -298,13 +299,69 @@ pub fn rules_from_resources(resources: &[Any], merge_domains: bool, stats: &Stat
     if !errors.is_empty() {
         return Err(ConfigErrors(errors));
     }
-    RuleSet::from_documents(&documents, merge_domains, stats)
+    // Valid updates, the usual case, are built straight from the decoded resources; only an
+    // invalid one pays for rendering and parsing its YAML, so that its errors name lines.
+    let parsed = documents.iter().map(|(name, config)| (name.clone(), file_config(config))).collect();
+    if let Ok(rules) = RuleSet::from_parsed(parsed, merge_domains, stats) {
+        return Ok(rules);
+    }
+    let rendered: Vec<(String, String)> = documents
+        .iter()
+        .map(|(name, config)| (name.clone(), serde_json::to_string_pretty(&render(config)).expect("JSON serializes")))
+        .collect();
+    RuleSet::from_documents(&rendered, merge_domains, stats)
 }
 
-/// One resource as the YAML (JSON, a subset of YAML, one field per line) of a rule file.
-fn render(config: &RateLimitConfig) -> String {
-    let root = json!({ "domain": config.domain, "descriptors": descriptors(&config.descriptors) });
-    serde_json::to_string_pretty(&root).expect("JSON values serialize")
+/// A resource in the shape of a rule file, field for field (`ConfigXdsProtoToYaml`).
+fn file_config(config: &RateLimitConfig) -> FileConfig {
+    FileConfig {
+        domain: Some(unplaced(config.domain.clone())),
+        descriptors: config.descriptors.iter().map(file_descriptor).collect(),
+    }
+}
+
+fn file_descriptor(d: &RateLimitDescriptor) -> DescriptorYaml {
+    DescriptorYaml {
+        key: unplaced(d.key.clone()),
+        value: (!d.value.is_empty()).then(|| d.value.clone()),
+        rate_limit: d.rate_limit.as_ref().map(|policy| {
+            unplaced(RateLimitYaml {
+                unit: Some(unplaced(unit_name(policy.unit).to_string())),
+                requests_per_unit: Some(policy.requests_per_unit),
+                unlimited: policy.unlimited,
+                name: (!policy.name.is_empty()).then(|| policy.name.clone()),
+                replaces: policy.replaces.iter().map(|r| unplaced(Replace { name: Some(r.name.clone()) })).collect(),
+                algorithm: None,
+                burst: None,
+            })
+        }),
+        rate_limits: Vec::new(),
+        shadow_mode: d.shadow_mode,
+        detailed_metric: d.detailed_metric,
+        value_to_metric: false,
+        share_threshold: None,
+        quota_mode: d.quota_mode,
+        metadata: d.metadata.as_ref().map(|m| match struct_to_json(m) {
+            Value::Object(map) => map,
+            _ => Map::new(),
+        }),
+        descriptors: d.descriptors.iter().map(file_descriptor).collect(),
+    }
+}
+
+/// A value decoded from protobuf: it has no place in a text.
+fn unplaced<T>(value: T) -> Spanned<T> {
+    Spanned::new(value, Location::UNKNOWN, Location::UNKNOWN)
+}
+
+fn unit_name(unit: i32) -> &'static str {
+    RateLimitUnit::try_from(unit).map_or("UNKNOWN", |u| u.as_str_name())
+}
+
+/// One resource as the document of a rule file (JSON; rendered, it is YAML with one field
+/// per line).
+fn render(config: &RateLimitConfig) -> Value {
+    json!({ "domain": config.domain, "descriptors": descriptors(&config.descriptors) })
 }
 
 fn descriptors(list: &[RateLimitDescriptor]) -> Vec<Value> {
@@ -316,9 +373,8 @@ fn descriptors(list: &[RateLimitDescriptor]) -> Vec<Value> {
                 out.insert("value".into(), json!(d.value));
             }
             if let Some(policy) = &d.rate_limit {
-                let unit = RateLimitUnit::try_from(policy.unit).map_or("UNKNOWN", |u| u.as_str_name());
                 let mut limit = Map::new();
-                limit.insert("unit".into(), json!(unit));
+                limit.insert("unit".into(), json!(unit_name(policy.unit)));
                 limit.insert("requests_per_unit".into(), json!(policy.requests_per_unit));
                 if policy.unlimited {
                     limit.insert("unlimited".into(), json!(true));
@@ -382,4 +438,76 @@ fn source_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     out.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use envoy_types::pb::ratelimit::config::ratelimit::v3::RateLimitPolicy;
+    use gatehouse_common::metrics::Metrics;
+
+    use super::*;
+
+    fn any(config: &RateLimitConfig) -> Any {
+        Any { type_url: TYPE_URL.into(), value: config.encode_to_vec() }
+    }
+
+    fn descriptor(key: &str, value: &str, unit: RateLimitUnit, requests: u32) -> RateLimitDescriptor {
+        RateLimitDescriptor {
+            key: key.into(),
+            value: value.into(),
+            rate_limit: Some(RateLimitPolicy { unit: unit as i32, requests_per_unit: requests, ..Default::default() }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn resources_load_as_the_files_they_stand_for() {
+        let stats = Stats::new(&Metrics::new());
+        let mut nested = descriptor("tenant", "blue", RateLimitUnit::Second, 100);
+        nested.descriptors = vec![descriptor("user", "", RateLimitUnit::Minute, 10)];
+        nested.shadow_mode = true;
+        let configs = [
+            RateLimitConfig { name: "a".into(), domain: "gateway".into(), descriptors: vec![nested] },
+            RateLimitConfig {
+                name: "b".into(),
+                domain: "other".into(),
+                descriptors: vec![descriptor("generic_key", "x", RateLimitUnit::Hour, 5)],
+            },
+        ];
+        let rules = rules_from_resources(&configs.iter().map(any).collect::<Vec<_>>(), false, &stats).unwrap();
+        assert_eq!(rules.domain_count(), 2);
+        let dump = rules.dump();
+        assert!(dump.contains("gateway.tenant_blue: unit=SECOND requests_per_unit=100, shadow_mode: true"), "{dump}");
+        assert!(dump.contains("gateway.tenant_blue.user: unit=MINUTE requests_per_unit=10"), "{dump}");
+        assert!(dump.contains("other.generic_key_x: unit=HOUR requests_per_unit=5"), "{dump}");
+        assert_eq!(rules.files, [std::path::PathBuf::from("xds:a"), std::path::PathBuf::from("xds:b")]);
+    }
+
+    #[test]
+    fn bad_resources_are_named_with_line_and_field() {
+        let stats = Stats::new(&Metrics::new());
+        let bad = RateLimitConfig {
+            name: "team-a".into(),
+            domain: "gateway".into(),
+            descriptors: vec![
+                descriptor("generic_key", "ok", RateLimitUnit::Minute, 1),
+                descriptor("generic_key", "bad", RateLimitUnit::Unknown, 1),
+            ],
+        };
+        let err = rules_from_resources(&[any(&bad)], false, &stats).unwrap_err().to_string();
+        assert!(err.starts_with("xds:team-a:") && err.contains("unit"), "{err}");
+        let line: u32 = err.split(':').nth(2).and_then(|l| l.parse().ok()).unwrap_or(0);
+        assert!(line > 1, "the error names a line of the rendered resource: {err}");
+
+        let duplicate = RateLimitConfig { name: "team-b".into(), ..bad.clone() };
+        let ok = RateLimitConfig { name: "team-a".into(), descriptors: vec![bad.descriptors[0].clone()], ..bad };
+        let err = rules_from_resources(&[any(&ok), any(&duplicate)], false, &stats).unwrap_err().to_string();
+        assert!(err.contains("duplicate domain 'gateway'"), "{err}");
+
+        let garbage = Any { type_url: TYPE_URL.into(), value: vec![0xff, 0xff, 0xff] };
+        let wrong_type = Any { type_url: "type.googleapis.com/envoy.config.cluster.v3.Cluster".into(), value: vec![] };
+        let err = rules_from_resources(&[garbage, wrong_type], false, &stats).unwrap_err().to_string();
+        assert!(err.contains("xds:resource 0: not a RateLimitConfig"), "{err}");
+        assert!(err.contains("xds:resource 1: type"), "{err}");
+    }
 }

@@ -50,7 +50,7 @@ pub async fn serve(rules: &str, env: &[(&str, &str)]) -> Served {
     let addr = grpc.local_addr().unwrap();
     let app = App::build(settings, Clock::System).await.unwrap();
     let shutdown = Shutdown::new();
-    let listeners = Listeners { grpc, http: None, debug: None, prometheus: None };
+    let listeners = Listeners { grpc: grpc.into(), http: None, debug: None, prometheus: None };
     let task = tokio::spawn(app.serve(listeners, shutdown.clone()));
     Served { grpc: addr, shutdown, task, _rules: dir }
 }
@@ -63,12 +63,18 @@ impl Served {
 
 /// A request in `domain` with one descriptor of `entries`.
 pub fn request(domain: &str, entries: &[(&str, &str)]) -> RateLimitRequest {
+    request_of(domain, &[entries])
+}
+
+/// A request in `domain` with a descriptor for each list of entries.
+pub fn request_of(domain: &str, descriptors: &[&[(&str, &str)]]) -> RateLimitRequest {
+    let descriptor = |entries: &&[(&str, &str)]| RateLimitDescriptor {
+        entries: entries.iter().map(|(k, v)| Entry { key: k.to_string(), value: v.to_string() }).collect(),
+        ..Default::default()
+    };
     RateLimitRequest {
         domain: domain.into(),
-        descriptors: vec![RateLimitDescriptor {
-            entries: entries.iter().map(|(k, v)| Entry { key: k.to_string(), value: v.to_string() }).collect(),
-            ..Default::default()
-        }],
+        descriptors: descriptors.iter().map(descriptor).collect(),
         hits_addend: 0,
     }
 }

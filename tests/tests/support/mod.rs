@@ -81,7 +81,7 @@ pub async fn start_ratelimit(dir: &Path, rules: &str) -> (u16, Shutdown) {
     let port = grpc.local_addr().unwrap().port();
     let app = gatehouse_ratelimit::App::build(settings, Clock::System).await.expect("ratelimit starts");
     let shutdown = Shutdown::new();
-    let listeners = gatehouse_ratelimit::Listeners { grpc, http: None, debug: None, prometheus: None };
+    let listeners = gatehouse_ratelimit::Listeners { grpc: grpc.into(), http: None, debug: None, prometheus: None };
     tokio::spawn(app.serve(listeners, shutdown.clone()));
     (port, shutdown)
 }
