@@ -2,8 +2,10 @@
 //! replacement for envoyproxy/ratelimit with exact counting on Redis and an in-memory store.
 //!
 //! Layers, top to bottom: [`grpc`]/[`http`] (transport) → [`service`] (ShouldRateLimit
-//! semantics) → [`rules`] (the rule tree) and [`storage`] (atomic counters).
+//! semantics) → [`rules`] (the rule tree) and [`storage`] (atomic counters). [`admin`] reads
+//! the same rules and counters for operators (ADMIN_API_ENABLED).
 
+pub mod admin;
 pub mod clock;
 pub mod grpc;
 pub mod health;
@@ -202,6 +204,15 @@ impl App {
 
         let mut routes = tonic::service::Routes::new(health_service);
         routes = routes.add_service(grpc::GrpcService::new(limiter.clone()));
+        if settings.admin_api_enabled {
+            // On the same listener, so GRPC_SERVER_USE_TLS and GRPC_CLIENT_TLS_CACERT apply.
+            if settings.grpc_tls.as_ref().is_none_or(|tls| tls.client_ca.is_none()) {
+                tracing::warn!(
+                    "ADMIN_API_ENABLED without client certificates (GRPC_CLIENT_TLS_CACERT): whoever reaches the gRPC port can reset counters"
+                );
+            }
+            routes = routes.add_service(admin::AdminService::new(limiter.clone()));
+        }
         let options = GrpcOptions {
             tls: settings.grpc_tls.clone(),
             drain: settings.drain,
@@ -215,7 +226,10 @@ impl App {
             tasks.spawn(server::serve_http(l, router, settings.drain, shutdown.clone()));
         }
         if let Some(l) = listeners.debug {
-            let router = http::debug_router(limiter.clone(), health.clone(), &metrics, xds_status.clone());
+            let mut router = http::debug_router(limiter.clone(), health.clone(), &metrics, xds_status.clone());
+            if settings.admin_api_enabled {
+                router = router.merge(admin::http_router(limiter.clone()));
+            }
             tasks.spawn(server::serve_http(l, router, settings.drain, shutdown.clone()));
         }
         if let (Some(l), Some((_, path))) = (listeners.prometheus, &settings.prometheus) {

@@ -93,6 +93,10 @@ pub struct Settings {
     pub quota_mode: bool,
     pub headers: ResponseHeaders,
     pub dynamic_metadata: bool,
+    /// ADMIN_API_ENABLED: serve `gatehouse.ratelimit.v1.RateLimitAdminService` on the gRPC
+    /// port and `/admin/*` on the debug port. Off by default: it lists descriptor values and
+    /// can lift any limit.
+    pub admin_api_enabled: bool,
 
     /// LOG_LEVEL (default `WARN`, as envoyproxy/ratelimit) for Gatehouse's crates, or
     /// LOG_FILTER in full.
@@ -241,6 +245,7 @@ impl Settings {
                 reset: env.string("LIMIT_RESET_HEADER", "RateLimit-Reset"),
             },
             dynamic_metadata: env.bool("RESPONSE_DYNAMIC_METADATA", false)?,
+            admin_api_enabled: env.bool("ADMIN_API_ENABLED", false)?,
             log_level: LogFilter::from_env(env, "WARN")?,
             log_format: LogFormat::from_env(env)?,
             ignored,
@@ -334,6 +339,15 @@ mod tests {
         assert!(s.ignored[0].starts_with("REDIS_HEALTH_CHECK_ACTIVE_CONNECTION is not supported: health does not"));
         let err = Settings::from_env(&Env::from_pairs([("CONFIG_TYPE", "GRPC_XDS_DELTA")])).unwrap_err();
         assert!(err.to_string().contains("CONFIG_TYPE"), "{err}");
+    }
+
+    #[test]
+    fn admin_api_is_off_unless_enabled() {
+        assert!(!Settings::from_env(&Env::default()).unwrap().admin_api_enabled);
+        let s = Settings::from_env(&Env::from_pairs([("ADMIN_API_ENABLED", "true")])).unwrap();
+        assert!(s.admin_api_enabled);
+        let err = Settings::from_env(&Env::from_pairs([("ADMIN_API_ENABLED", "sometimes")])).unwrap_err();
+        assert!(err.to_string().contains("ADMIN_API_ENABLED"), "{err}");
     }
 
     #[test]

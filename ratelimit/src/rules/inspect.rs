@@ -1,9 +1,9 @@
-//! What the admin API reads from the rule tree: every rule, and a stored counter key read back
-//! into the descriptor that wrote it.
+//! What the admin API reads from the rule tree: every rule, the key prefix a descriptor
+//! prefix writes, and a stored counter key read back into the descriptor that wrote it.
 
 use std::sync::Arc;
 
-use super::{Children, Domain, NodeKind, Rule, RuleSet};
+use super::{Children, Domain, EntryRef, NodeKind, Rule, RuleSet};
 
 /// A descriptor read back from a counter key, and what follows it in the key.
 #[derive(Debug)]
@@ -37,7 +37,60 @@ fn collect<'a>(children: &'a Children, f: &mut impl FnMut(&'a Arc<Rule>)) {
     }
 }
 
+/// The start of the counter keys of every descriptor that begins with some entries: what the
+/// service writes for them, so that a store can list those keys by prefix.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyPrefix {
+    /// `key_value_` per entry, as [`super::Matched::write_cache_key`] writes it (a
+    /// `share_threshold` wildcard writes itself); only `key_` for a last entry without value.
+    pub key: String,
+    /// The entries as written, `None` for "any value".
+    entries: Vec<(String, Option<String>)>,
+}
+
+impl KeyPrefix {
+    /// Whether a descriptor read back from a key under this prefix really starts with its
+    /// entries: a prefix of key text also matches longer keys and values (`user_` is the start
+    /// of `user_id_...`).
+    pub fn matches(&self, descriptor: &[(String, String)]) -> bool {
+        descriptor.len() >= self.entries.len()
+            && self
+                .entries
+                .iter()
+                .zip(descriptor)
+                .all(|((key, value), (k, v))| key == k && value.as_ref().is_none_or(|value| value == v))
+    }
+}
+
 impl Domain {
+    /// The key prefix of the descriptors that start with `entries`, matched as requests are
+    /// (exact value, then wildcards, then the key-only default). The last entry's value may
+    /// be empty: any value of that key. `None` when no rule's descriptor starts this way, so
+    /// no counter can exist.
+    pub fn key_prefix<E: EntryRef>(&self, entries: &[E]) -> Option<KeyPrefix> {
+        let mut prefix = KeyPrefix { key: String::new(), entries: Vec::with_capacity(entries.len()) };
+        let mut level = &self.children;
+        for (i, entry) in entries.iter().enumerate() {
+            let group = level.get(entry.key())?;
+            prefix.key.push_str(entry.key());
+            prefix.key.push('_');
+            if entry.value().is_empty() && i + 1 == entries.len() {
+                prefix.entries.push((entry.key().to_string(), None));
+                break;
+            }
+            let node = group.find(entry.value())?;
+            let written = match node.kind {
+                NodeKind::Wildcard { share_threshold: true, .. } => node.value.as_str(),
+                _ => entry.value(),
+            };
+            prefix.key.push_str(written);
+            prefix.key.push('_');
+            prefix.entries.push((entry.key().to_string(), Some(written.to_string())));
+            level = &node.children;
+        }
+        Some(prefix)
+    }
+
     /// Reads back `key`, a counter key without its `prefix + domain + "_"` (what
     /// [`super::Matched::write_cache_key`] writes, then the limit's suffix and window): the
     /// descriptor and rule of the first reading whose rest `accept` takes. Keys and values
@@ -60,7 +113,15 @@ fn walk<'a, T>(
     entries: &mut Vec<(String, String)>,
     accept: &impl Fn(&Rule, &str) -> Option<T>,
 ) -> Option<(&'a Arc<Rule>, T)> {
-    for (name, group) in level {
+    // Longest key first: `user_id_u1_` is `user_id=u1` before it is `user=id_u1`. Both
+    // descriptors write that one key (and share its counter, as in envoyproxy/ratelimit); the
+    // reading must at least not depend on a hash map's order.
+    let mut groups: Vec<(&String, &super::KeyGroup)> = level
+        .iter()
+        .filter(|(name, _)| key.strip_prefix(name.as_str()).is_some_and(|rest| rest.starts_with('_')))
+        .collect();
+    groups.sort_unstable_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(b.0)));
+    for (name, group) in groups {
         let Some(after) = key.strip_prefix(name.as_str()).and_then(|rest| rest.strip_prefix('_')) else {
             continue;
         };
@@ -127,8 +188,11 @@ descriptors:
         key["shop_".len()..].to_string()
     }
 
+    /// A key read back: the descriptor, the rule's full key, what follows the descriptor.
+    type Reading = (Vec<(String, String)>, String, String);
+
     /// Reads `key` back, the rest being what follows the descriptor.
-    fn read(set: &RuleSet, key: &str) -> Option<(Vec<(String, String)>, String, String)> {
+    fn read(set: &RuleSet, key: &str) -> Option<Reading> {
         let domain = set.domain("shop").unwrap();
         // A limit's suffix, then a window's start (none for a token bucket).
         let accept = |rule: &Rule, rest: &str| {
@@ -168,11 +232,63 @@ descriptors:
     }
 
     #[test]
+    fn a_key_two_descriptors_write_reads_as_the_longer_key() {
+        const TWO: &str = "
+domain: shop
+descriptors:
+  - key: user
+    rate_limit: { unit: minute, requests_per_unit: 1 }
+  - key: user_id
+    rate_limit: { unit: minute, requests_per_unit: 1 }
+";
+        let accept = |_: &Rule, rest: &str| (rest == "1700000000").then_some(());
+        // Every build seeds its hash maps anew.
+        for _ in 0..20 {
+            let stats = Stats::new(&gatehouse_common::metrics::Metrics::new());
+            let set = RuleSet::from_yaml("rules.yaml", TWO, &stats).unwrap();
+            let read = set.domain("shop").unwrap().read_cache_key("user_id_u1_1700000000", accept).unwrap();
+            assert_eq!(read.entries, [("user_id".to_string(), "u1".to_string())]);
+        }
+    }
+
+    #[test]
     fn keys_no_rule_writes_are_not_read() {
         let set = rules();
         for key in ["", "other_x_1700000000", "user_id", "generic_key_c_1700000000", "path_/api_x_1700000000"] {
             assert_eq!(read(&set, key), None, "{key}");
         }
+    }
+
+    #[test]
+    fn descriptor_prefixes_write_what_the_service_writes() {
+        let set = rules();
+        let domain = set.domain("shop").unwrap();
+        let prefix = |entries: &[(&str, &str)]| domain.key_prefix(entries).map(|p| p.key);
+        for (entries, expected) in [
+            (&[][..], Some("")),
+            (&[("generic_key", "a_b")][..], Some("generic_key_a_b_")),
+            (&[("generic_key", "a_b"), ("user_id", "")], Some("generic_key_a_b_user_id_")),
+            (&[("user_id", "")], Some("user_id_")),
+            (&[("user_id", "alice")], Some("user_id_alice_")),
+            // A shared wildcard writes itself; a plain one the request's value.
+            (&[("path", "/api_users")], Some("path_/api_*_")),
+            (&[("path", "/v1_users")], Some("path_/v1_users_")),
+            (&[("other", "")], None),
+            (&[("generic_key", "c")], None),
+            (&[("user_id", "alice"), ("more", "")], None),
+        ] {
+            assert_eq!(prefix(entries).as_deref(), expected, "{entries:?}");
+        }
+        // `user_` is a text prefix of `user_id_...`, not a descriptor prefix.
+        let user = domain.key_prefix(&[("user_id", "")]).unwrap();
+        let read = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        };
+        assert!(user.matches(&read(&[("user_id", "bob")])));
+        assert!(!user.matches(&read(&[("user_idx", "bob")])));
+        let shared = domain.key_prefix(&[("path", "/api_x")]).unwrap();
+        assert!(shared.matches(&read(&[("path", "/api_*")])));
+        assert!(!shared.matches(&read(&[("path", "/api_x")])));
     }
 
     #[test]
