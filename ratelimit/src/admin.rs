@@ -134,8 +134,8 @@ impl Admin {
     /// One page of the live counters of `request.domain` under its descriptor prefix.
     ///
     /// A page looks at about `page_size` stored keys; it may hold fewer counters (keys of
-    /// windows that ended and wait for their expiry, a sliding window's two keys, a token
-    /// bucket already full again) and still have a next page.
+    /// windows that ended and wait for their expiry, a sliding window's two keys, keys under
+    /// the prefix's text that belong to other descriptors) and still have a next page.
     pub async fn get_counters(&self, request: &GetCountersRequest) -> Result<GetCountersResponse, AdminError> {
         let page_size = match request.page_size {
             0 => DEFAULT_PAGE_SIZE,
@@ -156,78 +156,40 @@ impl Admin {
         };
         let base = format!("{}{}_", self.limiter.cache_key_prefix(), request.domain);
         let key_prefix = format!("{base}{}", prefix.key);
-        let store = self.limiter.store();
-        let page = store.scan(&key_prefix, &request.page_token, page_size as usize).await?;
+        let page = self.limiter.store().scan(&key_prefix, &request.page_token, page_size as usize).await?;
         let now_ms = self.limiter.clock().now_ms();
+        let found = read_keys(domain, &prefix, &base, &page.keys, now_ms);
+        let counters = self.evaluate(found, now_ms).await?;
+        Ok(GetCountersResponse { counters, next_page_token: page.next.unwrap_or_default(), backend })
+    }
 
-        // Read every key back into its descriptor and limit; keep the counters that count now.
-        let mut found: Vec<Found<'_>> = Vec::new();
-        // A sliding window's two keys may both be on the page: one counter, under the
-        // current key.
-        let mut seen: HashMap<String, usize> = HashMap::new();
-        for key in &page.keys {
-            let Some(rest) = key.strip_prefix(&base) else { continue };
-            let Some(read) = domain.read_cache_key(rest, tail_of) else { continue };
-            if !prefix.matches(&read.entries) {
-                continue;
-            }
-            let limit = &read.rule.limits[read.tail.limit];
-            let counter_key = &key[..key.len() - read.tail.window_len];
-            let window = Window::of(now_ms, limit.unit.seconds());
-            let previous = match (limit.algorithm, read.tail.window) {
-                (rules::Algorithm::TokenBucket, _) => false,
-                (_, Some(start)) if start == window.start_secs => false,
-                // A sliding window's previous key still weighs in, until it is two periods old.
-                (rules::Algorithm::SlidingWindow, Some(start))
-                    if start.checked_add(limit.unit.seconds()) == Some(window.start_secs) =>
-                {
-                    true
-                }
-                // A window that ended, waiting for its key to expire.
-                _ => continue,
-            };
-            if let Some(&at) = seen.get(counter_key) {
-                found[at].previous &= previous;
-                continue;
-            }
-            seen.insert(counter_key.to_string(), found.len());
-            found.push(Found {
-                entries: read.entries,
-                rule: read.rule,
-                limit: read.tail.limit,
-                counter: CounterUpdate {
-                    key: counter_key.to_string(),
-                    tag_len: counter_key.len() - limit.key_suffix.len(),
-                    algorithm: limit.algorithm,
-                    limit: u64::from(limit.requests_per_unit),
-                    period_secs: limit.unit.seconds(),
-                    burst: u64::from(limit.burst),
-                    hits: 0,
-                },
-                previous,
-            });
+    /// The state of `found`'s counters, evaluated without counting in one store call.
+    ///
+    /// A sliding window seen through its previous key also gets a probe of its current key
+    /// (read as a fixed window of the same key and period): if that key holds hits, the
+    /// counter is listed under it, maybe on another page, and not here, so that it comes once.
+    async fn evaluate(&self, found: Vec<Found<'_>>, now_ms: u64) -> Result<Vec<Counter>, AdminError> {
+        if found.is_empty() {
+            return Ok(Vec::new());
         }
-
-        // Evaluate them without counting, in one store call. A sliding window seen through
-        // its previous key also gets a probe of its current key (read as a fixed window of the
-        // same key and period): if that key holds hits, it is listed under it, maybe on
-        // another page, and not here, so that it comes once.
-        let mut counters: Vec<CounterUpdate> = found.iter().map(|f| f.counter.clone()).collect();
         let probes: Vec<usize> = (0..found.len()).filter(|&i| found[i].previous).collect();
-        counters.extend(
-            probes
-                .iter()
-                .map(|&i| CounterUpdate { algorithm: rules::Algorithm::FixedWindow, ..found[i].counter.clone() }),
-        );
+        let counters = found
+            .iter()
+            .map(|f| f.counter.clone())
+            .chain(
+                probes
+                    .iter()
+                    .map(|&i| CounterUpdate { algorithm: rules::Algorithm::FixedWindow, ..found[i].counter.clone() }),
+            )
+            .collect();
         let batch = Batch { counters, mode: Mode::Independent };
-        let states = if batch.counters.is_empty() { Vec::new() } else { store.peek(&batch, now_ms).await? };
+        let states = self.limiter.store().peek(&batch, now_ms).await?;
         if states.len() != batch.counters.len() {
             return Err(StorageError::Protocol("store returned fewer counters than asked".into()).into());
         }
         let listed_elsewhere: HashSet<usize> =
             probes.iter().zip(&states[found.len()..]).filter(|(_, probe)| probe.used > 0).map(|(&i, _)| i).collect();
-
-        let counters = found
+        Ok(found
             .into_iter()
             .zip(&states)
             .enumerate()
@@ -244,8 +206,7 @@ impl Admin {
                 reset_time: Some(timestamp_proto(now_ms, state.reset_after)),
                 store_key: f.counter.key,
             })
-            .collect();
-        Ok(GetCountersResponse { counters, next_page_token: page.next.unwrap_or_default(), backend })
+            .collect())
     }
 
     /// Deletes the current windows' counters of the rule `request`'s descriptor matches, so
@@ -313,6 +274,63 @@ struct Tail {
     window_len: usize,
 }
 
+/// Reads stored keys back into their descriptors and limits, keeping the counters that count
+/// at `now_ms` under `prefix`. `base` is `CACHE_KEY_PREFIX + domain + "_"`.
+fn read_keys<'r>(
+    domain: &'r rules::Domain,
+    prefix: &rules::KeyPrefix,
+    base: &str,
+    keys: &[String],
+    now_ms: u64,
+) -> Vec<Found<'r>> {
+    let mut found: Vec<Found<'r>> = Vec::new();
+    // A sliding window's two keys may both be on the page: one counter, under the current key.
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for key in keys {
+        let Some(rest) = key.strip_prefix(base) else { continue };
+        let Some(read) = domain.read_cache_key(rest, tail_of) else { continue };
+        if !prefix.matches(&read.entries) {
+            continue;
+        }
+        let limit = &read.rule.limits[read.tail.limit];
+        let counter_key = &key[..key.len() - read.tail.window_len];
+        let window = Window::of(now_ms, limit.unit.seconds());
+        let previous = match (limit.algorithm, read.tail.window) {
+            (rules::Algorithm::TokenBucket, _) => false,
+            (_, Some(start)) if start == window.start_secs => false,
+            // A sliding window's previous key still weighs in, until it is two periods old.
+            (rules::Algorithm::SlidingWindow, Some(start))
+                if start.checked_add(limit.unit.seconds()) == Some(window.start_secs) =>
+            {
+                true
+            }
+            // A window that ended, its key waiting to expire.
+            _ => continue,
+        };
+        if let Some(&at) = seen.get(counter_key) {
+            found[at].previous &= previous;
+            continue;
+        }
+        seen.insert(counter_key, found.len());
+        found.push(Found {
+            entries: read.entries,
+            rule: read.rule,
+            limit: read.tail.limit,
+            counter: CounterUpdate {
+                key: counter_key.to_string(),
+                tag_len: counter_key.len() - limit.key_suffix.len(),
+                algorithm: limit.algorithm,
+                limit: u64::from(limit.requests_per_unit),
+                period_secs: limit.unit.seconds(),
+                burst: u64::from(limit.burst),
+                hits: 0,
+            },
+            previous,
+        });
+    }
+    found
+}
+
 /// Reads a key's tail: a limit's suffix, then a window's start (digits) for the window
 /// algorithms, nothing for a token bucket.
 fn tail_of(rule: &Rule, rest: &str) -> Option<Tail> {
@@ -362,34 +380,22 @@ fn describe(entries: &[Entry]) -> String {
 /// lift any limit, so each reset names who asked.
 fn audit(request: &ResetCountersRequest, caller: &Caller, outcome: &Result<ResetCountersResponse, AdminError>) {
     let peer = caller.peer.map_or_else(|| "unknown".to_string(), |p| p.to_string());
-    let subject = caller.subject.as_deref().unwrap_or("");
-    let sans = caller.sans.join(",");
-    let descriptor = describe(&request.entries);
-    match outcome {
-        Ok(reset) => tracing::warn!(
-            target: "gatehouse::audit",
-            transport = caller.transport,
-            peer = %peer,
-            client_subject = subject,
-            client_sans = %sans,
-            domain = %request.domain,
-            descriptor = %descriptor,
-            full_key = %reset.full_key,
-            deleted = reset.deleted,
-            "rate limit counters reset"
-        ),
-        Err(e) => tracing::warn!(
-            target: "gatehouse::audit",
-            transport = caller.transport,
-            peer = %peer,
-            client_subject = subject,
-            client_sans = %sans,
-            domain = %request.domain,
-            descriptor = %descriptor,
-            error = %e,
-            "rate limit counter reset refused"
-        ),
-    }
+    let reset = outcome.as_ref().ok();
+    // `None` fields are left out of the line: a refused reset has an error, not a count.
+    tracing::warn!(
+        target: "gatehouse::audit",
+        transport = caller.transport,
+        peer = %peer,
+        client_subject = caller.subject.as_deref().unwrap_or(""),
+        client_sans = %caller.sans.join(","),
+        domain = %request.domain,
+        descriptor = %describe(&request.entries),
+        full_key = reset.map(|r| tracing::field::display(&r.full_key)),
+        deleted = reset.map(|r| r.deleted),
+        error = outcome.as_ref().err().map(tracing::field::display),
+        "{}",
+        if reset.is_some() { "rate limit counters reset" } else { "rate limit counter reset refused" }
+    );
 }
 
 fn rule_proto(domain: &str, rule: &Rule) -> proto::Rule {

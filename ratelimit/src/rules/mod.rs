@@ -10,6 +10,8 @@
 pub(crate) mod file;
 mod inspect;
 
+pub use inspect::{KeyPrefix, ReadKey};
+
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
