@@ -105,6 +105,8 @@ pub struct App {
     pub metrics: Metrics,
     settings: Settings,
     memory: Option<Arc<MemoryStore>>,
+    /// The Redis handles health follows (REDIS_HEALTH_CHECK_ACTIVE_CONNECTION); else empty.
+    redis: Vec<RedisConn>,
 }
 
 impl App {
@@ -120,6 +122,8 @@ impl App {
         };
         let rules = Reloader::new(initial, &metrics, "ratelimit_service_config_load");
         let mut memory = None;
+        // The Redis handles, for REDIS_HEALTH_CHECK_ACTIVE_CONNECTION.
+        let mut redis = Vec::new();
         let store: Arc<dyn CounterStore> = match &settings.backend {
             Backend::Memory { max_keys } => {
                 let store = MemoryStore::new(*max_keys, clock.clone());
@@ -129,11 +133,13 @@ impl App {
             Backend::Redis => {
                 let jitter = settings.expiration_jitter_max_secs;
                 let conn = RedisConn::connect(&settings.redis).await?;
+                redis.push(conn.clone());
                 let store = RedisStore::new(conn, settings.redis.timeout, jitter);
                 match &settings.redis_per_second {
                     None => with_local_cache(store, settings.local_cache_size_bytes),
                     Some(per_second) => {
                         let conn = RedisConn::connect(per_second).await?;
+                        redis.push(conn.clone());
                         let per_second = RedisStore::new(conn, per_second.timeout, jitter);
                         with_local_cache(PerSecondSplit::new(per_second, store), settings.local_cache_size_bytes)
                     }
@@ -151,12 +157,13 @@ impl App {
             failure_mode: settings.failure_mode,
         };
         let limiter = Arc::new(RateLimiter::new(rules, store, clock, stats, options));
-        Ok(App { limiter, metrics, settings, memory })
+        let redis = if settings.redis_health_check { redis } else { Vec::new() };
+        Ok(App { limiter, metrics, settings, memory, redis })
     }
 
     /// Serves until `shutdown` fires, then drains and returns.
     pub async fn serve(self, listeners: Listeners, shutdown: Shutdown) -> Result<(), StartError> {
-        let App { limiter, metrics, settings, memory } = self;
+        let App { limiter, metrics, settings, memory, redis } = self;
         if let Some(memory) = &memory {
             memory.spawn_sweeper(Duration::from_secs(1));
         }
@@ -197,8 +204,11 @@ impl App {
             }
         };
 
-        let health =
+        let mut health =
             health::Health::new(shutdown.clone(), limiter.rules().clone(), settings.healthy_with_at_least_one_config);
+        if !redis.is_empty() {
+            health = health.follow_redis(redis);
+        }
         let (reporter, health_service) = tonic_health::server::health_reporter();
         health.spawn_grpc_sync(reporter.clone());
 

@@ -82,6 +82,8 @@ pub struct Settings {
     pub redis: RedisSettings,
     /// REDIS_PERSECOND: a second Redis for the counters of limits whose unit is SECOND.
     pub redis_per_second: Option<RedisSettings>,
+    /// REDIS_HEALTH_CHECK_ACTIVE_CONNECTION: unhealthy while Redis does not answer a PING.
+    pub redis_health_check: bool,
     pub failure_mode: FailureMode,
     pub local_cache_size_bytes: usize,
     pub near_limit_ratio: f64,
@@ -113,11 +115,10 @@ pub struct Settings {
 /// value other than this default, what happens instead).
 const UNSUPPORTED: &[(&str, &str, &str)] = &[
     (
-        "REDIS_HEALTH_CHECK_ACTIVE_CONNECTION",
-        "false",
-        "health does not follow Redis connections; see BACKEND_FAILURE_MODE",
+        "GRPC_MAX_CONNECTION_AGE_GRACE",
+        "",
+        "a connection past GRPC_MAX_CONNECTION_AGE gets a GOAWAY and its calls finish, as with the 24h default",
     ),
-    ("GRPC_MAX_CONNECTION_AGE_GRACE", "", "connections are drained on shutdown instead"),
     ("PROMETHEUS_MAPPER_YAML", "", "metric names are fixed (docs/ratelimit.md)"),
     ("TRACING_ENABLED", "false", "no tracing export"),
     ("LOCAL_CACHE_SIZE_IN_BYTES", "0", "the local over-limit cache only applies to the Redis backend"),
@@ -229,6 +230,7 @@ impl Settings {
             backend,
             redis,
             redis_per_second,
+            redis_health_check: env.bool("REDIS_HEALTH_CHECK_ACTIVE_CONNECTION", false)?,
             failure_mode,
             local_cache_size_bytes: env.parse("LOCAL_CACHE_SIZE_IN_BYTES", 0usize)?,
             near_limit_ratio,
@@ -330,13 +332,15 @@ mod tests {
     #[test]
     fn unsupported_variables_are_reported_or_refused() {
         let env = Env::from_pairs([
-            ("REDIS_HEALTH_CHECK_ACTIVE_CONNECTION", "true"),
+            ("GRPC_MAX_CONNECTION_AGE_GRACE", "1h"),
             ("TRACING_ENABLED", "true"),
             ("PROMETHEUS_MAPPER_YAML", ""),
+            ("REDIS_HEALTH_CHECK_ACTIVE_CONNECTION", "true"),
         ]);
         let s = Settings::from_env(&env).unwrap();
         assert_eq!(s.ignored.len(), 2, "{:?}", s.ignored);
-        assert!(s.ignored[0].starts_with("REDIS_HEALTH_CHECK_ACTIVE_CONNECTION is not supported: health does not"));
+        assert!(s.ignored[0].starts_with("GRPC_MAX_CONNECTION_AGE_GRACE is not supported: a connection past"));
+        assert!(s.redis_health_check);
         let err = Settings::from_env(&Env::from_pairs([("CONFIG_TYPE", "GRPC_XDS_DELTA")])).unwrap_err();
         assert!(err.to_string().contains("CONFIG_TYPE"), "{err}");
     }

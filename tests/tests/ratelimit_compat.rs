@@ -285,3 +285,42 @@ descriptors:
     // multi_a has 1, multi_b 2: the second request passes on multi_b's quota alone.
     assert_eq!(statuses(&envoy, "/rl/multi", &[], 3).await, [200, 200, 429]);
 }
+
+/// REDIS_HEALTH_CHECK_ACTIVE_CONNECTION: while Redis does not answer, the service reports
+/// itself unhealthy on `/healthcheck` and to Envoy's gRPC health checks, and healthy again
+/// once Redis is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_follows_redis_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let echo = Echo::start().await;
+    let mut redis = RedisServer::start();
+    let root = rules(
+        dir.path(),
+        "domain: gateway\ndescriptors:\n  - key: generic_key\n    value: generic\n    rate_limit: { unit: minute, requests_per_unit: 100 }\n",
+    );
+    let env =
+        [("RUNTIME_ROOT", root), ("REDIS_URL", redis.addr()), ("REDIS_HEALTH_CHECK_ACTIVE_CONNECTION", "true".into())];
+    let service = Service::start(Kind::Ratelimit, &env, dir.path()).await;
+    let envoy = Envoy::start(&vars(&echo, service.grpc_port)).await;
+    let health = format!("http://127.0.0.1:{}/healthcheck", service.http_port);
+    let follows = |status: u16, envoy_healthy: u64| {
+        let (health, envoy) = (health.clone(), &envoy);
+        async move {
+            eventually(Duration::from_secs(10), || async {
+                let answer = reqwest::get(&health).await.ok()?.status().as_u16();
+                let healthy = envoy.stat("cluster.gatehouse_ratelimit.membership_healthy").await?;
+                (answer == status && healthy == envoy_healthy).then_some(())
+            })
+            .await
+            .is_some()
+        }
+    };
+
+    assert!(follows(200, 1).await, "healthy while Redis answers");
+    assert_eq!(statuses(&envoy, "/rl/generic", &[], 1).await, [200]);
+    redis.stop();
+    assert!(follows(500, 0).await, "unhealthy, for /healthcheck and Envoy, while Redis is down");
+    redis.restart();
+    assert!(follows(200, 1).await, "healthy again once Redis is back");
+    assert_eq!(statuses(&envoy, "/rl/generic", &[], 1).await, [200]);
+}
