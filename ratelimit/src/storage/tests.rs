@@ -141,6 +141,63 @@ async fn concurrent_callers_never_exceed_the_limit(ctx: Ctx) {
     assert_eq!(admitted, 1000, "1600 calls at limit 1000");
 }
 
+/// What the admin API asks of a store: keys by prefix a page at a time, a peek that counts
+/// nothing, and a reset of the current windows. Redis Cluster cannot list (SCAN walks one
+/// node) and says so; it resets like the others.
+async fn scan_peek_and_reset(ctx: Ctx) {
+    let fixed: Vec<CounterUpdate> =
+        (0..10).map(|i| ctx.counter(&format!("scan_{i}"), Algorithm::FixedWindow, 5, 60, 1)).collect();
+    let sliding = ctx.counter("scan_sw", Algorithm::SlidingWindow, 5, 60, 1);
+    let bucket = ctx.counter("scan_tb", Algorithm::TokenBucket, 5, 60, 1);
+    let outside = ctx.counter("other", Algorithm::FixedWindow, 5, 60, 1);
+    for c in fixed.iter().chain([&sliding, &bucket, &outside]) {
+        ctx.one(c).await;
+    }
+    let now = ctx.clock.now_ms();
+    let window = Window::of(now, 60).start_secs;
+
+    let prefix = format!("{}_scan_", ctx.prefix);
+    let (mut keys, mut cursor, mut pages) = (Vec::new(), String::new(), 0);
+    let listed = loop {
+        match ctx.store.scan(&prefix, &cursor, 3).await {
+            Ok(page) => {
+                keys.extend(page.keys);
+                pages += 1;
+                match page.next {
+                    Some(next) => cursor = next,
+                    None => break true,
+                }
+            }
+            Err(StorageError::Unsupported(_)) => break false,
+            Err(e) => panic!("scan: {e}"),
+        }
+        assert!(pages < 1_000, "the scan never ends");
+    };
+    if listed {
+        // A key may come twice (Redis, while it rehashes); every key comes.
+        keys.sort();
+        keys.dedup();
+        let mut expected: Vec<String> = fixed.iter().map(|c| format!("{}{window}", c.key)).collect();
+        expected.extend([format!("{}{window}", sliding.key), bucket.key.clone()]);
+        expected.sort();
+        assert_eq!(keys, expected);
+        assert!(pages > 1, "12 keys in pages of 3 took {pages} page(s)");
+        assert!(matches!(ctx.store.scan(&prefix, "garbage", 3).await, Err(StorageError::BadCursor(_))));
+    }
+
+    let peek = Batch { counters: vec![CounterUpdate { hits: 0, ..fixed[0].clone() }], mode: Mode::Independent };
+    for _ in 0..2 {
+        assert_eq!(ctx.store.peek(&peek, now).await.expect("peek")[0].used, 1, "a peek counts nothing");
+    }
+
+    let reset = [fixed[0].clone(), sliding.clone(), bucket.clone()];
+    assert_eq!(ctx.store.reset(&reset, now).await.expect("reset"), 3);
+    assert_eq!(ctx.store.reset(&reset, now).await.expect("reset"), 0, "nothing left to delete");
+    assert_eq!(ctx.one(&fixed[0]).await.remaining, 4, "the next hit starts from zero");
+    assert_eq!(ctx.one(&sliding).await.remaining, 4);
+    assert_eq!(ctx.one(&fixed[1]).await.remaining, 3, "other counters are untouched");
+}
+
 type Case = fn(Ctx) -> futures::future::BoxFuture<'static, ()>;
 
 fn cases() -> Vec<(&'static str, Case)> {
@@ -151,6 +208,7 @@ fn cases() -> Vec<(&'static str, Case)> {
         ("sliding_window", |c| Box::pin(sliding_window_weighs_the_previous_window(c))),
         ("token_bucket", |c| Box::pin(token_bucket_refills_continuously(c))),
         ("concurrent_exact", |c| Box::pin(concurrent_callers_never_exceed_the_limit(c))),
+        ("scan_peek_and_reset", |c| Box::pin(scan_peek_and_reset(c))),
     ]
 }
 
