@@ -167,21 +167,19 @@ pub(super) trait Accept: Send + 'static {
 impl Accept for tokio::net::TcpListener {
     type Io = tokio::net::TcpStream;
 
-    fn accept_io(&mut self) -> impl Future<Output = std::io::Result<Self::Io>> + Send {
-        async move {
-            let (tcp, _) = self.accept().await?;
-            // Nagle's algorithm against the client's delayed ACK would stall small responses.
-            let _ = tcp.set_nodelay(true);
-            Ok(tcp)
-        }
+    async fn accept_io(&mut self) -> std::io::Result<Self::Io> {
+        let (tcp, _) = self.accept().await?;
+        // Nagle's algorithm against the client's delayed ACK would stall small responses.
+        let _ = tcp.set_nodelay(true);
+        Ok(tcp)
     }
 }
 
 impl Accept for tokio::net::UnixListener {
     type Io = tokio::net::UnixStream;
 
-    fn accept_io(&mut self) -> impl Future<Output = std::io::Result<Self::Io>> + Send {
-        async move { self.accept().await.map(|(stream, _)| stream) }
+    async fn accept_io(&mut self) -> std::io::Result<Self::Io> {
+        self.accept().await.map(|(stream, _)| stream)
     }
 }
 
