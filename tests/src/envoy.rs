@@ -4,7 +4,7 @@
 //! 0 and Envoy picks them, and the fixture reads the bound ports back from the admin API.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -188,6 +188,36 @@ impl Envoy {
         let text = reqwest::get(url).await.ok()?.text().await.ok()?;
         text.lines().find_map(|l| l.strip_prefix(&format!("{name}: "))).and_then(|v| v.trim().parse().ok())
     }
+}
+
+/// An edit for [`Envoy::start_edited`]: mTLS from Envoy to gatehouse-ratelimit. Envoy presents
+/// `client` (certificate, key) and accepts a server certificate signed by `ca`, and, with
+/// `server_san`, only one valid for that DNS name.
+pub fn ratelimit_mtls(client: (&Path, &Path), ca: &Path, server_san: Option<&str>) -> impl FnOnce(String) -> String {
+    let san = server_san.map_or(String::new(), |san| {
+        format!("\n            match_typed_subject_alt_names:\n            - san_type: DNS\n              matcher: {{ exact: {san} }}")
+    });
+    let socket = format!(
+        r#"    transport_socket:
+      name: envoy.transport_sockets.tls
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+        sni: localhost
+        common_tls_context:
+          alpn_protocols: [h2]
+          tls_certificates:
+          - certificate_chain: {{ filename: {} }}
+            private_key: {{ filename: {} }}
+          validation_context:
+            trusted_ca: {{ filename: {} }}{san}
+    load_assignment:
+      cluster_name: gatehouse_ratelimit
+"#,
+        client.0.display(),
+        client.1.display(),
+        ca.display(),
+    );
+    move |config: String| config.replacen("    load_assignment:\n      cluster_name: gatehouse_ratelimit\n", &socket, 1)
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use std::time::Duration;
 use gatehouse_ratelimit::admin::proto::rate_limit_admin_service_client::RateLimitAdminServiceClient;
 use gatehouse_ratelimit::admin::proto::{Entry, GetCountersRequest, ResetCountersRequest};
 use gatehouse_testkit::echo::Echo;
-use gatehouse_testkit::envoy::{Envoy, default_vars};
+use gatehouse_testkit::envoy::{Envoy, default_vars, ratelimit_mtls};
 use gatehouse_testkit::eventually;
 use gatehouse_testkit::redis::RedisServer;
 use gatehouse_testkit::service::{Kind, Service};
@@ -31,33 +31,6 @@ async fn statuses(envoy: &Envoy, path: &str, n: usize) -> Vec<u16> {
         out.push(client.get(envoy.url(path)).send().await.expect("request through envoy").status().as_u16());
     }
     out
-}
-
-/// The reference config with an mTLS upstream context for the ratelimit cluster: the PKI's
-/// client certificate, and the service's `localhost` certificate checked against the CA.
-fn with_mtls(pki: &Pki) -> impl FnOnce(String) -> String {
-    let path = |p: &Path| p.display().to_string();
-    let socket = format!(
-        r#"    transport_socket:
-      name: envoy.transport_sockets.tls
-      typed_config:
-        "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
-        sni: localhost
-        common_tls_context:
-          alpn_protocols: [h2]
-          tls_certificates:
-          - certificate_chain: {{ filename: {} }}
-            private_key: {{ filename: {} }}
-          validation_context:
-            trusted_ca: {{ filename: {} }}
-    load_assignment:
-      cluster_name: gatehouse_ratelimit
-"#,
-        path(&pki.client_cert),
-        path(&pki.client_key),
-        path(&pki.ca_cert),
-    );
-    move |config: String| config.replacen("    load_assignment:\n      cluster_name: gatehouse_ratelimit\n", &socket, 1)
 }
 
 /// An admin client over TLS to `port`, presenting the PKI's client certificate or none.
@@ -107,7 +80,8 @@ async fn an_operator_sees_a_client_over_its_limit_and_resets_it() {
     vars.insert("RATELIMIT_PORT".into(), service.grpc_port.to_string());
     // A service Envoy cannot reach answers 500, not a silent 200.
     vars.insert("RATELIMIT_FAILURE_MODE_DENY".into(), "true".into());
-    let envoy = Envoy::start_edited(&vars, with_mtls(&pki)).await;
+    let envoy =
+        Envoy::start_edited(&vars, ratelimit_mtls((&pki.client_cert, &pki.client_key), &pki.ca_cert, None)).await;
 
     assert_eq!(statuses(&envoy, "/rl/generic", 3).await, [200, 200, 429]);
 

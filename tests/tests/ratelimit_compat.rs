@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use gatehouse_testkit::echo::Echo;
-use gatehouse_testkit::envoy::{Envoy, default_vars};
+use gatehouse_testkit::envoy::{Envoy, default_vars, ratelimit_mtls};
 use gatehouse_testkit::eventually;
 use gatehouse_testkit::redis::RedisServer;
 use gatehouse_testkit::service::{Kind, Service};
@@ -135,38 +135,14 @@ async fn mtls_with_a_client_san_and_a_certificate_rotated_in_place() {
     ];
     let service = Service::start(Kind::Ratelimit, &env, dir.path()).await;
 
-    // An upstream TLS context for the ratelimit cluster: this client certificate, and a server
-    // certificate from the CA that names `server_san`.
-    let tls = |client: (&Path, &Path), server_san: &str| {
-        let socket = format!(
-            r#"    transport_socket:
-      name: envoy.transport_sockets.tls
-      typed_config:
-        "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
-        common_tls_context:
-          alpn_protocols: [h2]
-          tls_certificates:
-          - certificate_chain: {{ filename: {} }}
-            private_key: {{ filename: {} }}
-          validation_context:
-            trusted_ca: {{ filename: {} }}
-            match_typed_subject_alt_names:
-            - san_type: DNS
-              matcher: {{ exact: {server_san} }}
-    load_assignment:
-      cluster_name: gatehouse_ratelimit
-"#,
-            path(client.0),
-            path(client.1),
-            path(&pki.ca_cert),
-        );
-        move |config: String| {
-            config.replacen("    load_assignment:\n      cluster_name: gatehouse_ratelimit\n", &socket, 1)
-        }
-    };
     let vars = vars(&echo, service.grpc_port);
-    let named = Envoy::start_edited(&vars, tls((&envoy_cert, &envoy_key), "ratelimit.gatehouse.test")).await;
-    let unnamed = Envoy::start_edited(&vars, tls((&pki.client_cert, &pki.client_key), "localhost")).await;
+    let named = Envoy::start_edited(
+        &vars,
+        ratelimit_mtls((&envoy_cert, &envoy_key), &pki.ca_cert, Some("ratelimit.gatehouse.test")),
+    )
+    .await;
+    let unnamed =
+        Envoy::start_edited(&vars, ratelimit_mtls((&pki.client_cert, &pki.client_key), &pki.ca_cert, None)).await;
 
     // The SPIFFE-only client certificate lacks envoy.gatehouse.test: refused.
     assert_eq!(statuses(&unnamed, "/rl/generic", &[], 2).await, [500, 500]);
