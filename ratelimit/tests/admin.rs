@@ -534,6 +534,9 @@ async fn http_mirrors_grpc(backend: Backend) {
 #[tokio::test]
 async fn per_second_split_lists_and_resets_both_stores() {
     let h = Harness::start(Backend::RedisPerSecond).await;
+    // Everything below reads one per-second window: start it at the beginning of a second.
+    let into_second = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_millis();
+    tokio::time::sleep(std::time::Duration::from_millis(u64::from(1005 - into_second))).await;
     h.hit(&[("path", "/api_a")]).await;
     assert_eq!(h.hit(&[("path", "/api_b")]).await, RlCode::OverLimit, "one a second, shared");
     h.hit(&[("user", "ivan")]).await;
