@@ -366,3 +366,15 @@ async fn two_replicas_through_redis_sentinel_admit_exactly_the_limit() {
     let sentinel = RedisSentinel::start();
     exactly_the_limit_across_replicas(&[("REDIS_URL", &sentinel.url()), ("REDIS_TYPE", "sentinel")]).await;
 }
+
+/// REDIS_SENTINEL_AUTH: sentinels with their own password, apart from the master's.
+#[tokio::test]
+async fn two_replicas_through_password_protected_sentinels_admit_exactly_the_limit() {
+    let sentinel = RedisSentinel::start_with_password("sentinel-secret");
+    exactly_the_limit_across_replicas(&[
+        ("REDIS_URL", &sentinel.url()),
+        ("REDIS_TYPE", "sentinel"),
+        ("REDIS_SENTINEL_AUTH", "sentinel-secret"),
+    ])
+    .await;
+}
