@@ -62,7 +62,8 @@ pub fn debug_router(
 async fn index() -> &'static str {
     "/config-status: outcome of the last config loads, as JSON\n\
      /metrics: Prometheus metrics\n\
-     /rlconfig: print out the currently loaded configuration for debugging\n"
+     /rlconfig: print out the currently loaded configuration for debugging\n\
+     /admin/limits, /admin/counters, POST /admin/counters/reset: the admin API, with ADMIN_API_ENABLED=true\n"
 }
 
 async fn healthcheck(State(state): State<AppState>) -> Response {
