@@ -281,6 +281,16 @@ impl ServiceSettings {
         })
     }
 
+    /// Logging as configured; tracing off. (extauth and transform read `OTEL_*` once their
+    /// handlers open spans.)
+    pub fn telemetry(&self) -> crate::telemetry::TelemetrySettings {
+        crate::telemetry::TelemetrySettings {
+            log_filter: self.log_level.clone(),
+            log_format: self.log_format,
+            tracing: None,
+        }
+    }
+
     pub fn grpc_options(&self) -> GrpcOptions {
         GrpcOptions { tls: self.grpc_tls.clone(), drain: self.drain, ..GrpcOptions::default() }
     }
@@ -344,22 +354,32 @@ pub fn healthcheck_router(shutdown: Shutdown) -> axum::Router {
     )
 }
 
-/// A service's `main` after its settings and logging: runs `serve` on a multi-thread runtime
-/// with a [`Shutdown`] that SIGTERM and SIGINT trigger.
-pub fn run_until_signalled<F, Fut, E>(serve: F) -> Result<(), E>
+/// A service's `main` after its settings: starts telemetry (logs, and traces when configured),
+/// runs `serve` on a multi-thread runtime with a [`Shutdown`] that SIGTERM and SIGINT trigger,
+/// then exports the spans still batched.
+pub fn run_until_signalled<F, Fut, E>(telemetry: &crate::telemetry::TelemetrySettings, serve: F) -> Result<(), E>
 where
     F: FnOnce(Shutdown) -> Fut,
     Fut: std::future::Future<Output = Result<(), E>>,
     E: From<std::io::Error>,
 {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(async move {
+    // The trace exporter's connection lives on this runtime, so telemetry starts inside it.
+    let telemetry = {
+        let _entered = runtime.enter();
+        crate::telemetry::init(telemetry).map_err(std::io::Error::other)?
+    };
+    let result = runtime.block_on(async move {
         let shutdown = Shutdown::new();
         shutdown.trigger_on_signals();
         serve(shutdown).await?;
         tracing::info!("stopped");
         Ok(())
-    })
+    });
+    // Outside `block_on`, with the runtime still running the exporter: the last spans of a
+    // failed start are the ones an operator most wants to see.
+    telemetry.shutdown();
+    result
 }
 
 /// An HTTP port's router and the limits it is served with.

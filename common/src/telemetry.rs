@@ -1,10 +1,20 @@
-//! Logging setup: text or JSON lines on stderr, with a level filter.
+//! Logging and tracing setup: text or JSON lines on stderr, with a level filter, and
+//! OpenTelemetry traces exported over OTLP when configured ([`otel`]).
 //!
 //! `LOG_LEVEL` is the level of Gatehouse's own crates. Dependencies (h2, hyper, tonic, tower,
 //! rustls, redis...) log at `info` at most, so `debug` shows Gatehouse's decisions rather than
 //! HTTP/2 frames. `LOG_FILTER`, a full `tracing` filter such as `debug,h2=trace`, replaces that
 //! when set. Text lines are coloured only when stderr is a terminal and `NO_COLOR` is unset, so
 //! log collectors never see escape codes.
+//!
+//! Spans exist for traces only. The log layer never sees them (its filter rejects every span),
+//! so log lines look the same with tracing on or off; and with tracing off no layer wants a
+//! span, every span callsite is disabled once, and `info_span!` costs one cached check. With
+//! tracing on, JSON lines carry the `trace_id` and `span_id` of the span they were logged in.
+
+pub mod grpc;
+pub mod otel;
+pub mod propagation;
 
 use std::io::IsTerminal;
 
@@ -82,19 +92,78 @@ impl LogFormat {
     }
 }
 
-/// Installs the global subscriber, writing to stderr. Calling it twice keeps the first
-/// subscriber, which suits tests.
-pub fn init(filter: &LogFilter, format: LogFormat) -> Result<(), String> {
-    let env_filter = EnvFilter::try_new(filter.directive())
-        .map_err(|e| format!("invalid log filter {:?}: {e}", filter.directive))?;
-    let builder = tracing_subscriber::fmt().with_env_filter(env_filter).with_writer(std::io::stderr);
-    let result = match format {
-        LogFormat::Text { color } => builder.with_ansi(color && std::io::stderr().is_terminal()).try_init(),
-        LogFormat::Json => builder.with_ansi(false).json().flatten_event(true).try_init(),
+/// Everything [`init`] needs: the log settings every service reads, and the trace pipeline's,
+/// `None` when tracing is off.
+#[derive(Clone, Debug)]
+pub struct TelemetrySettings {
+    pub log_filter: LogFilter,
+    pub log_format: LogFormat,
+    pub tracing: Option<otel::TracingSettings>,
+}
+
+/// What must outlive the service for its telemetry to be complete: the trace pipeline, whose
+/// batch of finished spans is exported by [`Telemetry::shutdown`].
+#[derive(Debug)]
+#[must_use = "spans still batched are lost unless Telemetry::shutdown is called"]
+pub struct Telemetry {
+    traces: Option<otel::Pipeline>,
+}
+
+impl Telemetry {
+    /// Exports the spans still batched and stops the exporter, waiting at most a few seconds
+    /// for the collector. Call it while the Tokio runtime is still running: the gRPC and HTTP
+    /// exporters send from it.
+    pub fn shutdown(self) {
+        if let Some(traces) = self.traces {
+            traces.shutdown();
+        }
+    }
+}
+
+/// Installs the global subscriber, writing logs to stderr and, when `settings.tracing` is set,
+/// exporting spans. With tracing on it must be called inside a Tokio runtime (the exporter's
+/// connection lives there). Calling it twice keeps the first subscriber, which suits tests;
+/// the second call then exports nothing.
+pub fn init(settings: &TelemetrySettings) -> Result<Telemetry, TelemetryError> {
+    use tracing_subscriber::filter::{FilterExt, filter_fn};
+    use tracing_subscriber::layer::{Layer, SubscriberExt};
+    use tracing_subscriber::util::SubscriberInitExt;
+
+    let directive = settings.log_filter.directive();
+    let env_filter = EnvFilter::try_new(directive)
+        .map_err(|e| TelemetryError::LogFilter(format!("invalid log filter {directive:?}: {e}")))?;
+    // Spans are for traces, never for logs (see the module doc).
+    let log_filter = env_filter.and(filter_fn(|metadata| !metadata.is_span()));
+    let traced = settings.tracing.is_some();
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let logs: Box<dyn Layer<tracing_subscriber::Registry> + Send + Sync> = match settings.log_format {
+        LogFormat::Text { color } => {
+            fmt.with_ansi(color && std::io::stderr().is_terminal()).with_filter(log_filter).boxed()
+        }
+        LogFormat::Json if traced => fmt
+            .with_ansi(false)
+            .json()
+            .event_format(otel::WithTraceIds(tracing_subscriber::fmt::format().json().flatten_event(true)))
+            .with_filter(log_filter)
+            .boxed(),
+        LogFormat::Json => fmt.with_ansi(false).json().flatten_event(true).with_filter(log_filter).boxed(),
     };
-    // Only "already initialised" can fail here.
-    let _ = result;
-    Ok(())
+    let traces = settings.tracing.as_ref().map(otel::Pipeline::start).transpose()?;
+    let trace_layer = traces.as_ref().map(otel::Pipeline::layer);
+    let installed = tracing_subscriber::registry().with(logs).with(trace_layer).try_init().is_ok();
+    // Only "already initialised" can fail; then this pipeline has no layer feeding it.
+    let traces = traces.filter(|_| installed);
+    Ok(Telemetry { traces })
+}
+
+/// Why telemetry could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    #[error("{0}")]
+    LogFilter(String),
+    /// The OTLP exporter rejected its settings (already validated, so rare).
+    #[error("starting the OTLP trace exporter: {0}")]
+    Exporter(String),
 }
 
 /// A failure that can repeat on every request (a store that is down) is logged at most once

@@ -6,9 +6,14 @@ use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::{
     RateLimitService, RateLimitServiceServer,
 };
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
+use gatehouse_common::telemetry::grpc::{GrpcMethod, record_status};
 use tonic::{Request, Response, Status};
+use tracing::Instrument as _;
 
 use crate::service::{Error, RateLimiter};
+
+const SHOULD_RATE_LIMIT: GrpcMethod =
+    gatehouse_common::grpc_method!("envoy.service.ratelimit.v3.RateLimitService", "ShouldRateLimit");
 
 #[derive(Clone, Debug)]
 pub struct GrpcService {
@@ -27,9 +32,30 @@ impl RateLimitService for GrpcService {
         &self,
         request: Request<RateLimitRequest>,
     ) -> Result<Response<RateLimitResponse>, Status> {
-        match self.limiter.should_rate_limit(request.get_ref()).await {
-            Ok(response) => Ok(Response::new(response)),
-            Err(e) => Err(to_status(&e)),
+        // The server span of the trace Envoy's ratelimit filter started. The domain and the
+        // descriptor count say what was asked without copying descriptor values, which can
+        // carry client identifiers.
+        let span = gatehouse_common::grpc_server_span!(
+            SHOULD_RATE_LIMIT,
+            request.metadata(),
+            ratelimit.domain = %request.get_ref().domain,
+            ratelimit.descriptors = request.get_ref().descriptors.len(),
+            ratelimit.overall_code = tracing::field::Empty,
+        );
+        let result = self.limiter.should_rate_limit(request.get_ref()).instrument(span.clone()).await;
+        match result {
+            Ok(response) => {
+                if !span.is_disabled() {
+                    span.record("ratelimit.overall_code", response.overall_code().as_str_name());
+                    record_status(&span, tonic::Code::Ok);
+                }
+                Ok(Response::new(response))
+            }
+            Err(e) => {
+                let status = to_status(&e);
+                record_status(&span, status.code());
+                Err(status)
+            }
         }
     }
 }

@@ -7,7 +7,6 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use gatehouse_common::config::Env;
 use gatehouse_common::server;
-use gatehouse_common::telemetry;
 use gatehouse_ratelimit::clock::Clock;
 use gatehouse_ratelimit::settings::{ConfigSource, Settings};
 use gatehouse_ratelimit::stats::Stats;
@@ -86,11 +85,10 @@ fn check_config(path: &std::path::Path, merge_domains: bool) -> ExitCode {
 
 fn serve() -> anyhow::Result<()> {
     let settings = Settings::from_env(&Env::from_process())?;
-    telemetry::init(&settings.log_level, settings.log_format).map_err(anyhow::Error::msg)?;
-    for warning in &settings.ignored {
-        tracing::warn!("{warning}");
-    }
-    server::run_until_signalled(|shutdown| async move {
+    server::run_until_signalled(&settings.telemetry(), |shutdown| async move {
+        for warning in &settings.ignored {
+            tracing::warn!("{warning}");
+        }
         let listeners = Listeners::bind(&settings).await.context("binding listeners")?;
         tracing::info!(
             grpc = %listeners.grpc.describe(),

@@ -20,6 +20,7 @@ use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{Code, 
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
 use envoy_types::pb::google::protobuf;
 use gatehouse_common::reload::Reloader;
+use tracing::Instrument as _;
 
 use crate::clock::Clock;
 use crate::rules::{Algorithm, EntryRef, Limit, Rule, RuleSet, Unit};
@@ -193,8 +194,13 @@ impl RateLimiter {
             .collect();
 
         // Resolve every descriptor, then drop rules that another matched rule replaces.
-        let resolved: Vec<Resolved<'_>> =
-            request.descriptors.iter().map(|d| self.resolve(domain, &request.domain, d)).collect();
+        let lookup = tracing::info_span!("rule lookup", ratelimit.rules_matched = tracing::field::Empty);
+        let resolved: Vec<Resolved<'_>> = lookup
+            .in_scope(|| request.descriptors.iter().map(|d| self.resolve(domain, &request.domain, d)).collect());
+        if !lookup.is_disabled() {
+            lookup.record("ratelimit.rules_matched", resolved.iter().filter(|r| !matches!(r, Resolved::None)).count());
+        }
+        drop(lookup);
         let replaced: HashSet<&str> = resolved
             .iter()
             .filter_map(|r| match r {
@@ -247,7 +253,19 @@ impl RateLimiter {
         let states = if batch.counters.is_empty() {
             Vec::new()
         } else {
-            match self.store.update(&batch, self.clock.now_ms()).await {
+            // One span per store round trip: its size and backend are what explain its latency.
+            let store_span = tracing::info_span!(
+                "counter store update",
+                batch.size = batch.counters.len(),
+                ratelimit.backend = self.store.name(),
+                otel.status_code = tracing::field::Empty,
+            );
+            let result = self.store.update(&batch, self.clock.now_ms()).instrument(store_span.clone()).await;
+            if result.is_err() {
+                store_span.record("otel.status_code", "error");
+            }
+            drop(store_span);
+            match result {
                 Ok(states) => states,
                 Err(e) if self.options.failure_mode == FailureMode::Open => {
                     self.stats.backend_failure_allowed.inc();

@@ -8,7 +8,8 @@ use std::time::Duration;
 use gatehouse_common::config::{ConfigError, Env};
 use gatehouse_common::redis::RedisSettings;
 use gatehouse_common::server::TlsFiles;
-use gatehouse_common::telemetry::{LogFilter, LogFormat};
+use gatehouse_common::telemetry::otel::{Protocol, Sampler, ServiceDefaults, TracingSettings};
+use gatehouse_common::telemetry::{LogFilter, LogFormat, TelemetrySettings};
 
 use crate::statsd::StatsdSettings;
 
@@ -105,6 +106,9 @@ pub struct Settings {
     pub log_level: LogFilter,
     /// LOG_FORMAT (`text` or `json`) and NO_COLOR.
     pub log_format: LogFormat,
+    /// The trace pipeline, `None` when off: the standard `OTEL_*` variables, and
+    /// envoyproxy/ratelimit's `TRACING_*` ([`tracing_from_env`]).
+    pub tracing: Option<TracingSettings>,
 
     /// envoyproxy/ratelimit variables that are set but not supported, with what happens
     /// instead; logged at start-up so a migration loses nothing silently.
@@ -120,7 +124,6 @@ const UNSUPPORTED: &[(&str, &str, &str)] = &[
         "a connection past GRPC_MAX_CONNECTION_AGE gets a GOAWAY and its calls finish, as with the 24h default",
     ),
     ("PROMETHEUS_MAPPER_YAML", "", "metric names are fixed (docs/ratelimit.md)"),
-    ("TRACING_ENABLED", "false", "no tracing export"),
     ("LOCAL_CACHE_SIZE_IN_BYTES", "0", "the local over-limit cache only applies to the Redis backend"),
 ];
 
@@ -250,9 +253,59 @@ impl Settings {
             admin_api_enabled: env.bool("ADMIN_API_ENABLED", false)?,
             log_level: LogFilter::from_env(env, "WARN")?,
             log_format: LogFormat::from_env(env)?,
+            tracing: tracing_from_env(env)?,
             ignored,
         })
     }
+
+    /// Logs and traces, for `server::run_until_signalled`.
+    pub fn telemetry(&self) -> TelemetrySettings {
+        TelemetrySettings { log_filter: self.log_level.clone(), log_format: self.log_format, tracing: self.tracing.clone() }
+    }
+}
+
+/// Tracing as envoyproxy/ratelimit configures it, on top of the standard variables (which win
+/// where both are set): `TRACING_ENABLED` turns it on (the collector is then
+/// `OTEL_EXPORTER_OTLP_ENDPOINT`, or the OTLP default), `TRACING_EXPORTER_PROTOCOL` is `http`
+/// (the default with `TRACING_ENABLED`, as upstream) or `grpc`, `TRACING_SERVICE_NAME` (default `RateLimit`),
+/// `TRACING_SERVICE_NAMESPACE` and `TRACING_SERVICE_INSTANCE_ID` name the resource, and
+/// `TRACING_SAMPLING_RATE` samples that fraction of the traces that start here while following
+/// Envoy's decision for the others.
+fn tracing_from_env(env: &Env) -> Result<Option<TracingSettings>, ConfigError> {
+    let enabled = env.get("TRACING_ENABLED").map(|_| env.bool("TRACING_ENABLED", false)).transpose()?;
+    // Upstream's default is http; tracing turned on by the standard variables alone keeps
+    // the standard default, grpc.
+    let protocol = match env.get("TRACING_EXPORTER_PROTOCOL").map(|p| p.trim().to_ascii_lowercase()).as_deref() {
+        None if enabled == Some(true) => Some(Protocol::HttpProtobuf),
+        None => None,
+        Some("http") => Some(Protocol::HttpProtobuf),
+        Some("grpc") => Some(Protocol::Grpc),
+        Some(_) => return Err(env.error("TRACING_EXPORTER_PROTOCOL", "expected http or grpc")),
+    };
+    let sampler = match env.get("TRACING_SAMPLING_RATE") {
+        None => None,
+        Some(_) => {
+            let rate = env.parse::<f64>("TRACING_SAMPLING_RATE", 1.0)?;
+            if !(0.0..=1.0).contains(&rate) {
+                return Err(env.error("TRACING_SAMPLING_RATE", "expected a rate between 0 and 1"));
+            }
+            Some(Sampler::ParentBased(Box::new(Sampler::TraceIdRatio(rate))))
+        }
+    };
+    let mut resource = Vec::new();
+    for (var, key) in [("TRACING_SERVICE_NAMESPACE", "service.namespace"), ("TRACING_SERVICE_INSTANCE_ID", "service.instance.id")] {
+        if let Some(value) = env.get(var) {
+            resource.push((key.to_string(), value.trim().to_string()));
+        }
+    }
+    let defaults = ServiceDefaults {
+        service_name: env.string("TRACING_SERVICE_NAME", "RateLimit").trim().to_string(),
+        enabled,
+        protocol,
+        sampler,
+        resource,
+    };
+    TracingSettings::from_env(env, defaults)
 }
 
 #[cfg(test)]
@@ -333,8 +386,7 @@ mod tests {
     fn unsupported_variables_are_reported_or_refused() {
         let env = Env::from_pairs([
             ("GRPC_MAX_CONNECTION_AGE_GRACE", "1h"),
-            ("TRACING_ENABLED", "true"),
-            ("PROMETHEUS_MAPPER_YAML", ""),
+            ("PROMETHEUS_MAPPER_YAML", "/etc/mapper.yaml"),
             ("REDIS_HEALTH_CHECK_ACTIVE_CONNECTION", "true"),
         ]);
         let s = Settings::from_env(&env).unwrap();
@@ -399,5 +451,57 @@ mod tests {
         }
         let err = Settings::from_env(&Env::from_pairs([("BACKEND_TYPE", "redis")])).unwrap_err();
         assert!(err.to_string().contains("REDIS_URL"));
+    }
+
+    #[test]
+    fn tracing_as_envoyproxy_ratelimit_configures_it() {
+        let tracing = |pairs: &[(&str, &str)]| {
+            Settings::from_env(&Env::from_pairs(pairs.iter().copied())).map(|s| s.tracing).map_err(|e| e.to_string())
+        };
+        assert_eq!(tracing(&[]), Ok(None));
+        assert_eq!(tracing(&[("TRACING_ENABLED", "false"), ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318")]), Ok(None));
+        // Upstream's defaults: OTLP over HTTP to the default collector, service RateLimit.
+        let t = tracing(&[("TRACING_ENABLED", "true")]).unwrap().unwrap();
+        assert_eq!((t.protocol, t.endpoint.as_str()), (Protocol::HttpProtobuf, "http://localhost:4318/v1/traces"));
+        assert_eq!(t.service_name, "RateLimit");
+        assert_eq!(t.sampler, Sampler::ParentBased(Box::new(Sampler::AlwaysOn)));
+        let t = tracing(&[
+            ("TRACING_ENABLED", "true"),
+            ("TRACING_EXPORTER_PROTOCOL", "grpc"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "otel:4317"),
+            ("TRACING_SERVICE_NAME", "rl"),
+            ("TRACING_SERVICE_NAMESPACE", "edge"),
+            ("TRACING_SERVICE_INSTANCE_ID", "pod-1"),
+            ("TRACING_SAMPLING_RATE", "0.5"),
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!((t.protocol, t.endpoint.as_str(), t.service_name.as_str()), (Protocol::Grpc, "http://otel:4317", "rl"));
+        assert_eq!(t.sampler, Sampler::ParentBased(Box::new(Sampler::TraceIdRatio(0.5))));
+        let resource = [("service.namespace".to_string(), "edge".to_string()), ("service.instance.id".into(), "pod-1".into())];
+        assert_eq!(t.resource, resource);
+        // The standard variables win, and an endpoint alone turns tracing on (gRPC by default).
+        let t = tracing(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://otel:4317"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ("OTEL_SERVICE_NAME", "std"),
+            ("OTEL_TRACES_SAMPLER", "always_off"),
+            ("TRACING_SERVICE_NAME", "rl"),
+            ("TRACING_SAMPLING_RATE", "0.5"),
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!((t.protocol, t.service_name.as_str(), t.sampler), (Protocol::Grpc, "std", Sampler::AlwaysOff));
+        let t = tracing(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://otel:4317")]).unwrap().unwrap();
+        assert_eq!((t.protocol, t.endpoint.as_str()), (Protocol::Grpc, "http://otel:4317"));
+        #[track_caller]
+        fn refused(pairs: &[(&str, &str)], variable: &str) {
+            let err = Settings::from_env(&Env::from_pairs(pairs.iter().copied())).unwrap_err().to_string();
+            assert!(err.starts_with(&format!("environment variable {variable}=")), "{err}");
+        }
+        refused(&[("TRACING_ENABLED", "yes")], "TRACING_ENABLED");
+        refused(&[("TRACING_ENABLED", "true"), ("TRACING_EXPORTER_PROTOCOL", "thrift")], "TRACING_EXPORTER_PROTOCOL");
+        refused(&[("TRACING_ENABLED", "true"), ("TRACING_SAMPLING_RATE", "2")], "TRACING_SAMPLING_RATE");
+        refused(&[("TRACING_ENABLED", "true"), ("OTEL_TRACES_SAMPLER", "sometimes")], "OTEL_TRACES_SAMPLER");
     }
 }

@@ -7,7 +7,6 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use gatehouse_common::config::Env;
 use gatehouse_common::server;
-use gatehouse_common::telemetry;
 use gatehouse_transform::settings::Settings;
 use gatehouse_transform::{App, Listeners};
 
@@ -74,8 +73,7 @@ fn main() -> ExitCode {
 
 fn serve() -> anyhow::Result<()> {
     let settings = Settings::from_env(&Env::from_process())?;
-    telemetry::init(&settings.service.log_level, settings.service.log_format).map_err(anyhow::Error::msg)?;
-    server::run_until_signalled(|shutdown| async move {
+    server::run_until_signalled(&settings.service.telemetry(), |shutdown| async move {
         let listeners = Listeners::bind(&settings.service).await.context("binding listeners")?;
         tracing::info!(
             grpc = %settings.service.grpc_addr,
