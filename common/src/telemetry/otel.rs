@@ -372,9 +372,14 @@ impl opentelemetry_http::HttpClient for OnRuntime {
 }
 
 /// The JSON log format with the current span's `trace_id` and `span_id` added, so that a log
-/// line leads to its trace. Used only with tracing on; lines outside any traced span are
-/// unchanged.
-pub(crate) struct WithTraceIds<F>(pub(crate) F);
+/// line leads to its trace. [`super::init`] uses it only with tracing on; lines outside any
+/// traced span are unchanged.
+///
+/// The current span is read from the global dispatcher (the log layer's own filter hides
+/// spans from `ctx`): inside a subscriber callback, `tracing` hands out only the global one,
+/// so under a scoped (`with_default`) subscriber lines carry no ids.
+#[derive(Debug)]
+pub struct WithTraceIds<F>(pub F);
 
 impl<S, N, F> FormatEvent<S, N> for WithTraceIds<F>
 where
@@ -384,8 +389,6 @@ where
 {
     fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &tracing::Event<'_>) -> fmt::Result {
         use tracing_opentelemetry::OpenTelemetrySpanExt as _;
-        // The log layer's own filter hides spans from `ctx`; the current span is read from the
-        // dispatcher, where the trace layer keeps its context.
         let span = tracing::Span::current();
         let context = if span.is_disabled() { None } else { Some(span.context()) };
         let ids = context.as_ref().map(|cx| cx.span().span_context().clone()).filter(|sc| sc.is_valid());

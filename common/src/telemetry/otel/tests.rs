@@ -125,3 +125,4 @@ fn bad_values_name_their_variable() {
     error(&[ENDPOINT, ("OTEL_EXPORTER_OTLP_PROTOCOL", "thrift")], "OTEL_EXPORTER_OTLP_PROTOCOL", "expected grpc or http/protobuf");
     error(&[ENDPOINT, ("OTEL_SDK_DISABLED", "maybe")], "OTEL_SDK_DISABLED", "expected a boolean");
 }
+
