@@ -18,6 +18,7 @@ pub mod issuer;
 pub mod load;
 pub mod login_stack;
 pub mod oidc;
+pub mod otlp;
 pub mod redis;
 pub mod service;
 pub mod tls;

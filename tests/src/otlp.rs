@@ -1,0 +1,220 @@
+//! An OpenTelemetry collector for tests: an OTLP/gRPC trace receiver on `127.0.0.1:0` that
+//! keeps every span it is sent, from Envoy and from the services alike, so a test can wait
+//! for spans by name and check how they link.
+//!
+//! It answers `TraceService/Export` with success and nothing else; spans are flattened with
+//! their resource's `service.name` and their attributes as strings, which is what assertions
+//! read.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
+use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue};
+use tokio::sync::oneshot;
+use tonic::{Request, Response, Status};
+
+/// One received span.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Span {
+    /// The resource's `service.name`.
+    pub service: String,
+    pub name: String,
+    /// Lowercase hex, as in `traceparent`.
+    pub trace_id: String,
+    pub span_id: String,
+    /// Empty for a root span.
+    pub parent_span_id: String,
+    /// `opentelemetry.proto.trace.v1.Span.SpanKind`: 2 server, 3 client.
+    pub kind: i32,
+    /// Every attribute, its value as text (arrays and maps in their debug form).
+    pub attributes: BTreeMap<String, String>,
+    /// The resource's attributes, as `attributes`.
+    pub resource: BTreeMap<String, String>,
+}
+
+impl Span {
+    pub const KIND_SERVER: i32 = 2;
+    pub const KIND_CLIENT: i32 = 3;
+
+    pub fn attribute(&self, key: &str) -> Option<&str> {
+        self.attributes.get(key).map(String::as_str)
+    }
+}
+
+/// A running receiver; stops when dropped.
+#[derive(Debug)]
+pub struct Receiver {
+    addr: SocketAddr,
+    spans: Arc<Mutex<Vec<Span>>>,
+    /// How many Export calls arrived, batches with no spans included.
+    exports: Arc<Mutex<usize>>,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+struct Collector {
+    spans: Arc<Mutex<Vec<Span>>>,
+    exports: Arc<Mutex<usize>>,
+}
+
+impl Receiver {
+    pub async fn start() -> Receiver {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind the OTLP receiver");
+        let addr = listener.local_addr().expect("receiver address");
+        let spans = Arc::new(Mutex::new(Vec::new()));
+        let exports = Arc::new(Mutex::new(0));
+        let collector = Collector { spans: spans.clone(), exports: exports.clone() };
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            let _ = tonic::transport::Server::builder()
+                .add_service(TraceServiceServer::new(collector))
+                .serve_with_incoming_shutdown(incoming, async {
+                    let _ = stopped.await;
+                })
+                .await;
+        });
+        Receiver { addr, spans, exports, stop: Some(stop) }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// The URL for `OTEL_EXPORTER_OTLP_ENDPOINT`.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Every span received so far.
+    pub fn spans(&self) -> Vec<Span> {
+        self.spans.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// How many Export calls have arrived.
+    pub fn exports(&self) -> usize {
+        self.exports.lock().map(|n| *n).unwrap_or_default()
+    }
+
+    /// Waits until a span named `name` has arrived and returns it; `None` after `timeout`.
+    pub async fn wait_for_span(&self, name: &str, timeout: Duration) -> Option<Span> {
+        crate::eventually(timeout, || async { self.spans().into_iter().find(|s| s.name == name) }).await
+    }
+
+    /// Waits until every name in `names` has a span, and returns all spans received by then.
+    pub async fn wait_for_spans(&self, names: &[&str], timeout: Duration) -> Result<Vec<Span>, Vec<Span>> {
+        let all = |spans: &[Span]| names.iter().all(|n| spans.iter().any(|s| s.name == *n));
+        match crate::eventually(timeout, || async {
+            let spans = self.spans();
+            all(&spans).then_some(spans)
+        })
+        .await
+        {
+            Some(spans) => Ok(spans),
+            None => Err(self.spans()),
+        }
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl TraceService for Collector {
+    async fn export(
+        &self,
+        request: Request<ExportTraceServiceRequest>,
+    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
+        let mut received = Vec::new();
+        for resource_spans in request.into_inner().resource_spans {
+            let resource = resource_spans.resource.map(|r| attributes(&r.attributes)).unwrap_or_default();
+            let service = resource.get("service.name").cloned().unwrap_or_default();
+            for scope_spans in resource_spans.scope_spans {
+                for span in scope_spans.spans {
+                    received.push(Span {
+                        service: service.clone(),
+                        name: span.name,
+                        trace_id: hex(&span.trace_id),
+                        span_id: hex(&span.span_id),
+                        parent_span_id: hex(&span.parent_span_id),
+                        kind: span.kind,
+                        attributes: attributes(&span.attributes),
+                        resource: resource.clone(),
+                    });
+                }
+            }
+        }
+        if let Ok(mut spans) = self.spans.lock() {
+            spans.extend(received);
+        }
+        if let Ok(mut exports) = self.exports.lock() {
+            *exports += 1;
+        }
+        Ok(Response::new(ExportTraceServiceResponse { partial_success: None }))
+    }
+}
+
+fn attributes(kvs: &[KeyValue]) -> BTreeMap<String, String> {
+    kvs.iter().map(|kv| (kv.key.clone(), kv.value.as_ref().map(text).unwrap_or_default())).collect()
+}
+
+fn text(value: &AnyValue) -> String {
+    match &value.value {
+        Some(Value::StringValue(s)) => s.clone(),
+        Some(Value::BoolValue(b)) => b.to_string(),
+        Some(Value::IntValue(i)) => i.to_string(),
+        Some(Value::DoubleValue(d)) => d.to_string(),
+        Some(other) => format!("{other:?}"),
+        None => String::new(),
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// An edit for [`crate::envoy::Envoy::start_edited`]: turns on the reference config's
+/// optional tracing (the blocks between `--- begin optional tracing ---` and `--- end
+/// optional tracing ---`, uncommented) and points its `otel_collector` cluster at `port`.
+/// Panics if the config has no such blocks, so a renamed marker cannot silently turn the
+/// tracing tests into tests of nothing.
+pub fn envoy_tracing(port: u16) -> impl FnOnce(String) -> String {
+    move |config| {
+        let mut out = String::with_capacity(config.len());
+        let mut inside = false;
+        let mut blocks = 0;
+        for line in config.lines() {
+            let trimmed = line.trim_start();
+            if trimmed.starts_with("# --- begin optional tracing ---") {
+                inside = true;
+                blocks += 1;
+                continue;
+            }
+            if trimmed.starts_with("# --- end optional tracing ---") {
+                inside = false;
+                continue;
+            }
+            if inside {
+                let indent = &line[..line.len() - trimmed.len()];
+                let body = trimmed.strip_prefix("# ").unwrap_or(trimmed);
+                let body = body.replace("port_value: 4317", &format!("port_value: {port}"));
+                out.push_str(indent);
+                out.push_str(&body);
+            } else {
+                out.push_str(line);
+            }
+            out.push('\n');
+        }
+        assert_eq!(blocks, 2, "envoy/gateway.yaml: expected the tracer and the otel_collector cluster blocks");
+        out
+    }
+}
