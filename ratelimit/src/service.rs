@@ -195,8 +195,8 @@ impl RateLimiter {
 
         // Resolve every descriptor, then drop rules that another matched rule replaces.
         let lookup = tracing::info_span!("rule lookup", ratelimit.rules_matched = tracing::field::Empty);
-        let resolved: Vec<Resolved<'_>> = lookup
-            .in_scope(|| request.descriptors.iter().map(|d| self.resolve(domain, &request.domain, d)).collect());
+        let resolved: Vec<Resolved<'_>> =
+            lookup.in_scope(|| request.descriptors.iter().map(|d| self.resolve(domain, &request.domain, d)).collect());
         if !lookup.is_disabled() {
             lookup.record("ratelimit.rules_matched", resolved.iter().filter(|r| !matches!(r, Resolved::None)).count());
         }

@@ -260,7 +260,11 @@ impl Settings {
 
     /// Logs and traces, for `server::run_until_signalled`.
     pub fn telemetry(&self) -> TelemetrySettings {
-        TelemetrySettings { log_filter: self.log_level.clone(), log_format: self.log_format, tracing: self.tracing.clone() }
+        TelemetrySettings {
+            log_filter: self.log_level.clone(),
+            log_format: self.log_format,
+            tracing: self.tracing.clone(),
+        }
     }
 }
 
@@ -293,7 +297,9 @@ fn tracing_from_env(env: &Env) -> Result<Option<TracingSettings>, ConfigError> {
         }
     };
     let mut resource = Vec::new();
-    for (var, key) in [("TRACING_SERVICE_NAMESPACE", "service.namespace"), ("TRACING_SERVICE_INSTANCE_ID", "service.instance.id")] {
+    for (var, key) in
+        [("TRACING_SERVICE_NAMESPACE", "service.namespace"), ("TRACING_SERVICE_INSTANCE_ID", "service.instance.id")]
+    {
         if let Some(value) = env.get(var) {
             resource.push((key.to_string(), value.trim().to_string()));
         }
@@ -459,7 +465,10 @@ mod tests {
             Settings::from_env(&Env::from_pairs(pairs.iter().copied())).map(|s| s.tracing).map_err(|e| e.to_string())
         };
         assert_eq!(tracing(&[]), Ok(None));
-        assert_eq!(tracing(&[("TRACING_ENABLED", "false"), ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318")]), Ok(None));
+        assert_eq!(
+            tracing(&[("TRACING_ENABLED", "false"), ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318")]),
+            Ok(None)
+        );
         // Upstream's defaults: OTLP over HTTP to the default collector, service RateLimit.
         let t = tracing(&[("TRACING_ENABLED", "true")]).unwrap().unwrap();
         assert_eq!((t.protocol, t.endpoint.as_str()), (Protocol::HttpProtobuf, "http://localhost:4318/v1/traces"));
@@ -476,9 +485,13 @@ mod tests {
         ])
         .unwrap()
         .unwrap();
-        assert_eq!((t.protocol, t.endpoint.as_str(), t.service_name.as_str()), (Protocol::Grpc, "http://otel:4317", "rl"));
+        assert_eq!(
+            (t.protocol, t.endpoint.as_str(), t.service_name.as_str()),
+            (Protocol::Grpc, "http://otel:4317", "rl")
+        );
         assert_eq!(t.sampler, Sampler::ParentBased(Box::new(Sampler::TraceIdRatio(0.5))));
-        let resource = [("service.namespace".to_string(), "edge".to_string()), ("service.instance.id".into(), "pod-1".into())];
+        let resource =
+            [("service.namespace".to_string(), "edge".to_string()), ("service.instance.id".into(), "pod-1".into())];
         assert_eq!(t.resource, resource);
         // The standard variables win, and an endpoint alone turns tracing on (gRPC by default).
         let t = tracing(&[

@@ -59,7 +59,10 @@ async fn request(envoy: &Envoy) -> u16 {
 }
 
 fn describe(spans: &[Span]) -> String {
-    spans.iter().map(|s| format!("{}: {} {}<-{} {:?}\n", s.service, s.name, s.span_id, s.parent_span_id, s.attributes)).collect()
+    spans
+        .iter()
+        .map(|s| format!("{}: {} {}<-{} {:?}\n", s.service, s.name, s.span_id, s.parent_span_id, s.attributes))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -72,10 +75,10 @@ async fn one_trace_from_envoy_through_gatehouse_ratelimit() {
 
     assert_eq!(request(&envoy).await, 200);
 
-    let spans = match receiver.wait_for_spans(&[SERVER_SPAN, "rule lookup", "counter store update"], SPANS_TIMEOUT).await {
-        Ok(spans) => spans,
-        Err(spans) => panic!("spans missing; received:\n{}\nservice log:\n{}", describe(&spans), service.log()),
-    };
+    let wanted = [SERVER_SPAN, "rule lookup", "counter store update"];
+    if let Err(spans) = receiver.wait_for_spans(&wanted, SPANS_TIMEOUT).await {
+        panic!("spans missing; received:\n{}\nservice log:\n{}", describe(&spans), service.log());
+    }
     // Envoy's own spans arrive on its flush interval.
     let envoy_spans = gatehouse_testkit::eventually(SPANS_TIMEOUT, || async {
         let envoy_spans: Vec<Span> = receiver.spans().into_iter().filter(|s| s.service == "gatehouse-envoy").collect();

@@ -17,14 +17,14 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
 use axum::body::Bytes;
 use opentelemetry::KeyValue;
+use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
 use opentelemetry_otlp::{Protocol as OtlpProtocol, WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::{BatchSpanProcessor, Sampler as SdkSampler, SdkTracerProvider};
-use tracing_subscriber::fmt::format::{FormatEvent, FormatFields, Writer};
 use tracing_subscriber::fmt::FmtContext;
+use tracing_subscriber::fmt::format::{FormatEvent, FormatFields, Writer};
 use tracing_subscriber::registry::LookupSpan;
 
 use super::TelemetryError;
@@ -175,10 +175,9 @@ fn check_url(env: &Env, name: &str, url: &str) -> Result<String, ConfigError> {
     let uri: axum::http::Uri = url.parse().map_err(|e| env.error(name, format!("not a URL: {e}")))?;
     match uri.scheme_str() {
         Some("http") if uri.host().is_some_and(|h| !h.is_empty()) => Ok(url.to_string()),
-        Some("https") => Err(env.error(
-            name,
-            "https is not supported yet; send to a local collector agent over http://",
-        )),
+        Some("https") => {
+            Err(env.error(name, "https is not supported yet; send to a local collector agent over http://"))
+        }
         _ => Err(env.error(name, "expected an http:// URL with a host, such as http://otel-collector:4317")),
     }
 }
@@ -229,8 +228,7 @@ fn parse_resource_attributes(env: &Env) -> Result<Vec<(String, String)>, ConfigE
     };
     let mut attributes = Vec::new();
     for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (key, value) =
-            pair.split_once('=').ok_or_else(|| env.error(NAME, format!("{pair:?} is not key=value")))?;
+        let (key, value) = pair.split_once('=').ok_or_else(|| env.error(NAME, format!("{pair:?} is not key=value")))?;
         let key = key.trim();
         if key.is_empty() {
             return Err(env.error(NAME, format!("{pair:?} has an empty key")));
@@ -290,7 +288,10 @@ impl Pipeline {
                     .with_protocol(OtlpProtocol::HttpBinary)
                     .with_endpoint(settings.endpoint.clone())
                     .with_http_client(OnRuntime {
-                        client: Arc::new(opentelemetry_http::hyper::HyperClient::with_default_connector(EXPORT_TIMEOUT, None)),
+                        client: Arc::new(opentelemetry_http::hyper::HyperClient::with_default_connector(
+                            EXPORT_TIMEOUT,
+                            None,
+                        )),
                         runtime,
                     })
                     .build()
@@ -342,7 +343,6 @@ impl Pipeline {
 /// The HTTP exporter's request timeout (the gRPC exporter's is the SDK default, 10 s).
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
 
-
 /// An HTTP client that runs each request on the service's Tokio runtime. The SDK's batch
 /// processor exports from its own thread, outside any runtime, where hyper could neither
 /// connect nor spawn its connection task; handing the request to the runtime fixes that
@@ -387,7 +387,12 @@ where
     N: for<'a> FormatFields<'a> + 'static,
     F: FormatEvent<S, N>,
 {
-    fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &tracing::Event<'_>) -> fmt::Result {
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> fmt::Result {
         use tracing_opentelemetry::OpenTelemetrySpanExt as _;
         let span = tracing::Span::current();
         let context = if span.is_disabled() { None } else { Some(span.context()) };

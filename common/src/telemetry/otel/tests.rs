@@ -42,8 +42,16 @@ fn endpoints_per_protocol() {
     check(&[ENDPOINT], Protocol::Grpc, "http://collector:4317");
     // A bare host:port, as envoyproxy/ratelimit's deployments write it.
     check(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "127.0.0.1:26000")], Protocol::Grpc, "http://127.0.0.1:26000");
-    check(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318/"), http], Protocol::HttpProtobuf, "http://c:4318/v1/traces");
-    check(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318/otlp"), http], Protocol::HttpProtobuf, "http://c:4318/otlp/v1/traces");
+    check(
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318/"), http],
+        Protocol::HttpProtobuf,
+        "http://c:4318/v1/traces",
+    );
+    check(
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318/otlp"), http],
+        Protocol::HttpProtobuf,
+        "http://c:4318/otlp/v1/traces",
+    );
     // The per-signal endpoint is used as given, and wins.
     check(
         &[ENDPOINT, ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://t:4318/custom"), http],
@@ -56,7 +64,11 @@ fn endpoints_per_protocol() {
         "http://collector:4317/v1/traces",
     );
     // A service switch without an endpoint: the spec's default collector.
-    let defaults = ServiceDefaults { enabled: Some(true), protocol: Some(Protocol::HttpProtobuf), ..ServiceDefaults::named("svc") };
+    let defaults = ServiceDefaults {
+        enabled: Some(true),
+        protocol: Some(Protocol::HttpProtobuf),
+        ..ServiceDefaults::named("svc")
+    };
     let s = TracingSettings::from_env(&Env::default(), defaults).unwrap().unwrap();
     assert_eq!(s.endpoint, "http://localhost:4318/v1/traces");
     // ... and a switch that says no wins over an endpoint.
@@ -98,7 +110,10 @@ fn samplers() {
 
 #[test]
 fn service_name_and_resource() {
-    let s = on(&[ENDPOINT, ("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=prod, team=edge%20gw,service.name=from-attrs")]);
+    let s = on(&[
+        ENDPOINT,
+        ("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=prod, team=edge%20gw,service.name=from-attrs"),
+    ]);
     assert_eq!(s.service_name, "from-attrs");
     assert_eq!(s.resource, vec![("deployment.environment".into(), "prod".into()), ("team".into(), "edge gw".into())]);
     let s = on(&[ENDPOINT, ("OTEL_SERVICE_NAME", "named"), ("OTEL_RESOURCE_ATTRIBUTES", "service.name=from-attrs")]);
@@ -118,11 +133,22 @@ fn service_name_and_resource() {
 
 #[test]
 fn bad_values_name_their_variable() {
-    error(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "ftp://collector")], "OTEL_EXPORTER_OTLP_ENDPOINT", "expected an http:// URL");
-    error(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "https://c:4317")], "OTEL_EXPORTER_OTLP_ENDPOINT", "https is not supported");
+    error(
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", "ftp://collector")],
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "expected an http:// URL",
+    );
+    error(
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", "https://c:4317")],
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "https is not supported",
+    );
     error(&[("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "not a url")], "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "not a URL");
     error(&[ENDPOINT, ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")], "OTEL_EXPORTER_OTLP_PROTOCOL", "not supported");
-    error(&[ENDPOINT, ("OTEL_EXPORTER_OTLP_PROTOCOL", "thrift")], "OTEL_EXPORTER_OTLP_PROTOCOL", "expected grpc or http/protobuf");
+    error(
+        &[ENDPOINT, ("OTEL_EXPORTER_OTLP_PROTOCOL", "thrift")],
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+        "expected grpc or http/protobuf",
+    );
     error(&[ENDPOINT, ("OTEL_SDK_DISABLED", "maybe")], "OTEL_SDK_DISABLED", "expected a boolean");
 }
-
