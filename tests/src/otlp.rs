@@ -2,7 +2,8 @@
 //! keeps every span it is sent, from Envoy and from the services alike, so a test can wait
 //! for spans by name and check how they link.
 //!
-//! It answers `TraceService/Export` with success and nothing else; spans are flattened with
+//! It listens for OTLP/gRPC and, on a second port, OTLP/HTTP with protobuf bodies
+//! (`POST /v1/traces`), into one list. It answers every export with success and nothing else; spans are flattened with
 //! their resource's `service.name` and their attributes as strings, which is what assertions
 //! read.
 
@@ -50,12 +51,14 @@ impl Span {
 #[derive(Debug)]
 pub struct Receiver {
     addr: SocketAddr,
+    http_addr: SocketAddr,
     spans: Arc<Mutex<Vec<Span>>>,
     /// How many Export calls arrived, batches with no spans included.
     exports: Arc<Mutex<usize>>,
     stop: Option<oneshot::Sender<()>>,
 }
 
+#[derive(Clone)]
 struct Collector {
     spans: Arc<Mutex<Vec<Span>>>,
     exports: Arc<Mutex<usize>>,
@@ -69,16 +72,29 @@ impl Receiver {
         let exports = Arc::new(Mutex::new(0));
         let collector = Collector { spans: spans.clone(), exports: exports.clone() };
         let (stop, stopped) = oneshot::channel::<()>();
+        let http_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind the OTLP/HTTP receiver");
+        let http_addr = http_listener.local_addr().expect("receiver address");
+        let http =
+            axum::Router::new().route("/v1/traces", axum::routing::post(export_http)).with_state(collector.clone());
         tokio::spawn(async move {
             let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-            let _ = tonic::transport::Server::builder()
+            let grpc = tonic::transport::Server::builder()
                 .add_service(TraceServiceServer::new(collector))
                 .serve_with_incoming_shutdown(incoming, async {
                     let _ = stopped.await;
-                })
-                .await;
+                });
+            // Both stop when the gRPC server does.
+            tokio::select! {
+                _ = grpc => {}
+                _ = axum::serve(http_listener, http) => {}
+            }
         });
-        Receiver { addr, spans, exports, stop: Some(stop) }
+        Receiver { addr, http_addr, spans, exports, stop: Some(stop) }
+    }
+
+    /// The URL for `OTEL_EXPORTER_OTLP_ENDPOINT` with `OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf`.
+    pub fn http_endpoint(&self) -> String {
+        format!("http://{}", self.http_addr)
     }
 
     pub fn port(&self) -> u16 {
@@ -134,8 +150,32 @@ impl TraceService for Collector {
         &self,
         request: Request<ExportTraceServiceRequest>,
     ) -> Result<Response<ExportTraceServiceResponse>, Status> {
+        self.record(request.into_inner());
+        Ok(Response::new(ExportTraceServiceResponse { partial_success: None }))
+    }
+}
+
+/// OTLP/HTTP: a protobuf `ExportTraceServiceRequest` in, a protobuf response out.
+async fn export_http(
+    axum::extract::State(collector): axum::extract::State<Collector>,
+    body: axum::body::Bytes,
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    use prost::Message as _;
+    match ExportTraceServiceRequest::decode(body) {
+        Ok(request) => {
+            collector.record(request);
+            let response = ExportTraceServiceResponse { partial_success: None }.encode_to_vec();
+            ([(axum::http::header::CONTENT_TYPE, "application/x-protobuf")], response).into_response()
+        }
+        Err(e) => (axum::http::StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+    }
+}
+
+impl Collector {
+    fn record(&self, request: ExportTraceServiceRequest) {
         let mut received = Vec::new();
-        for resource_spans in request.into_inner().resource_spans {
+        for resource_spans in request.resource_spans {
             let resource = resource_spans.resource.map(|r| attributes(&r.attributes)).unwrap_or_default();
             let service = resource.get("service.name").cloned().unwrap_or_default();
             for scope_spans in resource_spans.scope_spans {
@@ -159,7 +199,6 @@ impl TraceService for Collector {
         if let Ok(mut exports) = self.exports.lock() {
             *exports += 1;
         }
-        Ok(Response::new(ExportTraceServiceResponse { partial_success: None }))
     }
 }
 

@@ -159,3 +159,32 @@ async fn always_off_exports_nothing_from_the_service() {
     let ours: Vec<Span> = receiver.spans().into_iter().filter(|s| s.service == "gatehouse-ratelimit").collect();
     assert!(ours.is_empty(), "always_off, yet:\n{}", describe(&ours));
 }
+
+/// envoyproxy/ratelimit's way: TRACING_ENABLED=true exports OTLP over HTTP (its default) to
+/// OTEL_EXPORTER_OTLP_ENDPOINT, and the trace still joins Envoy's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tracing_enabled_exports_over_http_into_envoys_trace() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start().await;
+    let echo = Echo::start().await;
+    let http = receiver.http_endpoint();
+    let extra = [("TRACING_ENABLED", "true"), ("OTEL_EXPORTER_OTLP_ENDPOINT", http.as_str())];
+    let service = start_ratelimit(dir.path(), &receiver, &extra).await;
+    let envoy = start_envoy(&echo, &service, &receiver).await;
+
+    assert_eq!(request(&envoy).await, 200);
+
+    let joined = gatehouse_testkit::eventually(SPANS_TIMEOUT, || async {
+        let spans = receiver.spans();
+        let server = spans.iter().find(|s| s.name == SERVER_SPAN)?;
+        let parent = spans.iter().find(|s| s.span_id == server.parent_span_id && s.service == "gatehouse-envoy")?;
+        Some((server.clone(), parent.clone()))
+    })
+    .await;
+    let (server, parent) = joined.unwrap_or_else(|| {
+        panic!("no joined server span; received:\n{}\nservice log:\n{}", describe(&receiver.spans()), service.log())
+    });
+    assert_eq!(server.trace_id, parent.trace_id);
+    assert_eq!(parent.kind, Span::KIND_CLIENT);
+    assert_eq!(server.service, "gatehouse-ratelimit");
+}
