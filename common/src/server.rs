@@ -254,7 +254,8 @@ pub async fn serve_grpc(
 
 /// The settings every Gatehouse service reads the same way: `GRPC_HOST`/`GRPC_PORT`,
 /// `HOST`/`PORT`, the gRPC TLS variables ([`TlsFiles::from_env`]), `LOG_LEVEL`, `LOG_FILTER`,
-/// `LOG_FORMAT`, `NO_COLOR` and `SHUTDOWN_DRAIN`.
+/// `LOG_FORMAT`, `NO_COLOR`, `SHUTDOWN_DRAIN`, and the standard `OTEL_*` tracing variables
+/// ([`TracingSettings::from_env`](crate::telemetry::otel::TracingSettings::from_env)).
 #[derive(Clone, Debug)]
 pub struct ServiceSettings {
     pub grpc_addr: std::net::SocketAddr,
@@ -267,10 +268,21 @@ pub struct ServiceSettings {
     pub log_format: crate::telemetry::LogFormat,
     /// Time between NOT_SERVING and closing listeners.
     pub drain: Duration,
+    /// The trace pipeline from the `OTEL_*` variables; `None` (off) unless an
+    /// `OTEL_EXPORTER_OTLP_*ENDPOINT` is set.
+    pub tracing: Option<crate::telemetry::otel::TracingSettings>,
 }
 
 impl ServiceSettings {
-    pub fn from_env(env: &Env, grpc_port: u16, http_port: u16) -> Result<ServiceSettings, ConfigError> {
+    /// `service_name` is `service.name` on spans unless `OTEL_SERVICE_NAME` (or
+    /// `OTEL_RESOURCE_ATTRIBUTES`) names it.
+    pub fn from_env(
+        env: &Env,
+        service_name: &str,
+        grpc_port: u16,
+        http_port: u16,
+    ) -> Result<ServiceSettings, ConfigError> {
+        use crate::telemetry::otel::{ServiceDefaults, TracingSettings};
         Ok(ServiceSettings {
             grpc_addr: env.socket_addr("GRPC_HOST", "GRPC_PORT", grpc_port)?,
             http_addr: env.socket_addr("HOST", "PORT", http_port)?,
@@ -278,16 +290,16 @@ impl ServiceSettings {
             log_level: crate::telemetry::LogFilter::from_env(env, "info")?,
             log_format: crate::telemetry::LogFormat::from_env(env)?,
             drain: env.duration("SHUTDOWN_DRAIN", Duration::from_secs(0))?,
+            tracing: TracingSettings::from_env(env, ServiceDefaults::named(service_name))?,
         })
     }
 
-    /// Logging as configured; tracing off. (extauth and transform read `OTEL_*` once their
-    /// handlers open spans.)
+    /// Logging and tracing as configured.
     pub fn telemetry(&self) -> crate::telemetry::TelemetrySettings {
         crate::telemetry::TelemetrySettings {
             log_filter: self.log_level.clone(),
             log_format: self.log_format,
-            tracing: None,
+            tracing: self.tracing.clone(),
         }
     }
 
@@ -606,6 +618,45 @@ pub fn healthcheck_command(
             eprintln!("{binary}: unhealthy: {e}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod settings_tests {
+    use super::*;
+    use crate::telemetry::otel::{Protocol, Sampler};
+
+    #[test]
+    fn service_settings_read_the_otel_variables() {
+        let settings =
+            |pairs: &[(&str, &str)]| ServiceSettings::from_env(&Env::from_pairs(pairs.iter().copied()), "svc", 1, 2);
+        // Off by default, and off with OTEL_SDK_DISABLED whatever else is set.
+        assert_eq!(settings(&[]).unwrap().telemetry().tracing, None);
+        let disabled = [("OTEL_EXPORTER_OTLP_ENDPOINT", "http://otel:4317"), ("OTEL_SDK_DISABLED", "true")];
+        assert_eq!(settings(&disabled).unwrap().tracing, None);
+        // An endpoint turns it on, with the service's own name by default.
+        let t = settings(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "otel:4317")]).unwrap().telemetry().tracing.unwrap();
+        assert_eq!(
+            (t.protocol, t.endpoint.as_str(), t.service_name.as_str()),
+            (Protocol::Grpc, "http://otel:4317", "svc")
+        );
+        assert_eq!(t.sampler, Sampler::ParentBased(Box::new(Sampler::AlwaysOn)));
+        let t = settings(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://otel:4318"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+            ("OTEL_SERVICE_NAME", "edge-auth"),
+            ("OTEL_TRACES_SAMPLER", "always_off"),
+        ])
+        .unwrap()
+        .tracing
+        .unwrap();
+        assert_eq!((t.protocol, t.endpoint.as_str()), (Protocol::HttpProtobuf, "http://otel:4318/v1/traces"));
+        assert_eq!((t.service_name.as_str(), t.sampler), ("edge-auth", Sampler::AlwaysOff));
+        let err =
+            settings(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://otel:4317"), ("OTEL_TRACES_SAMPLER", "sometimes")])
+                .unwrap_err()
+                .to_string();
+        assert!(err.starts_with("environment variable OTEL_TRACES_SAMPLER="), "{err}");
     }
 }
 

@@ -11,12 +11,16 @@ use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse, Den
 use envoy_types::pb::envoy::r#type::v3::HttpStatus;
 use envoy_types::pb::google::rpc;
 use gatehouse_common::pbjson;
+use gatehouse_common::telemetry::grpc::{GrpcMethod, record_status};
 use tonic::{Request, Response, Status};
+use tracing::Instrument as _;
 
 use crate::Error;
 use crate::policy::{Allow, Decision, Deny};
 use crate::request::{AuthRequest, Peer};
 use crate::service::Authorizer;
+
+const CHECK: GrpcMethod = gatehouse_common::grpc_method!("envoy.service.auth.v3.Authorization", "Check");
 
 pub struct CheckService {
     authorizer: Authorizer,
@@ -29,7 +33,19 @@ pub fn server(authorizer: Authorizer) -> AuthorizationServer<CheckService> {
 #[tonic::async_trait]
 impl Authorization for CheckService {
     async fn check(&self, request: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
-        let request = from_check_request(request.into_inner()).map_err(to_status)?;
+        // The server span of the trace Envoy's ext_authz filter started; the policy, identity
+        // and decision spans (service.rs, identity/mod.rs) are its children. No request
+        // attribute goes on it: headers carry the credentials.
+        let span = gatehouse_common::grpc_server_span!(CHECK, request.metadata());
+        let result = self.decide(request.into_inner()).instrument(span.clone()).await;
+        record_status(&span, result.as_ref().map_or_else(Status::code, |_| tonic::Code::Ok));
+        result
+    }
+}
+
+impl CheckService {
+    async fn decide(&self, request: CheckRequest) -> Result<Response<CheckResponse>, Status> {
+        let request = from_check_request(request).map_err(to_status)?;
         let (policy, decision) = self.authorizer.check(&request).await;
         match decision {
             Ok(Decision::Allow(allow)) => Ok(Response::new(ok_response(allow))),

@@ -4,6 +4,8 @@
 use std::sync::Arc;
 
 use gatehouse_common::reload::Reloader;
+use tracing::Instrument as _;
+use tracing::field::Empty;
 
 use crate::Error;
 use crate::policy::{Decision, Deny, Policies, Selection};
@@ -20,10 +22,38 @@ pub struct Authorizer {
 
 impl Authorizer {
     /// Decides `request`. Returns the policy name for logs with the decision.
+    ///
+    /// Traced as two spans under the caller's: `policy selection` (`extauth.policy`), and
+    /// `decision` around the policy's evaluation (the identity methods' spans are its
+    /// children), with `extauth.decision` (`allowed`, `denied` or `error`) and, when there is
+    /// an answer, `http.response.status_code`.
     pub async fn check(&self, request: &AuthRequest) -> (String, Result<Decision, Error>) {
         let policies = self.policies.load();
-        let (policy_name, result) = match policies.select(request) {
-            Selection::Found(policy) => (policy.name.to_string(), policy.evaluate(request, &self.signer).await),
+        let selection = {
+            let span = tracing::info_span!("extauth.policy", otel.name = "policy selection", extauth.policy = Empty);
+            let _entered = span.enter();
+            let selection = policies.select(request);
+            if !span.is_disabled() {
+                match &selection {
+                    Selection::Found(policy) => span.record("extauth.policy", &*policy.name),
+                    Selection::Unknown(name) => span.record("extauth.policy", name.as_str()),
+                    Selection::None => span.record("extauth.policy", ""),
+                };
+            }
+            selection
+        };
+        let span = tracing::info_span!(
+            "extauth.decision",
+            otel.name = "decision",
+            extauth.policy = Empty,
+            extauth.decision = Empty,
+            http.response.status_code = Empty,
+            otel.status_code = Empty,
+        );
+        let (policy_name, result) = match selection {
+            Selection::Found(policy) => {
+                (policy.name.to_string(), policy.evaluate(request, &self.signer).instrument(span.clone()).await)
+            }
             Selection::Unknown(name) => {
                 // A route names a policy this config lacks: fail closed, and say so loudly.
                 tracing::warn!(policy = %name, "route names an unknown policy; denying");
@@ -31,6 +61,23 @@ impl Authorizer {
             }
             Selection::None => ("".into(), Ok(forbidden("no auth policy for this route".into()))),
         };
+        if !span.is_disabled() {
+            span.record("extauth.policy", policy_name.as_str());
+            match &result {
+                Ok(Decision::Allow(_)) => {
+                    span.record("extauth.decision", "allowed");
+                    span.record("http.response.status_code", 200);
+                }
+                Ok(Decision::Deny(deny)) => {
+                    span.record("extauth.decision", "denied");
+                    span.record("http.response.status_code", deny.status);
+                }
+                Err(_) => {
+                    span.record("extauth.decision", "error");
+                    span.record("otel.status_code", "error");
+                }
+            };
+        }
         match &result {
             Ok(Decision::Allow(allow)) => {
                 self.stats.allowed(&policy_name);

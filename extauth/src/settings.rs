@@ -29,7 +29,7 @@ impl Settings {
         };
         Ok(Settings {
             config_file: PathBuf::from(env.string("EXTAUTH_CONFIG", "/etc/gatehouse/extauth.yaml")),
-            service: ServiceSettings::from_env(env, 9191, 9192)?,
+            service: ServiceSettings::from_env(env, "gatehouse-extauth", 9191, 9192)?,
             redis,
             signing_key_file: env.get("SIGNING_KEY_FILE").map(PathBuf::from),
             signing_issuer: env.string("SIGNING_ISSUER", "gatehouse-extauth"),

@@ -188,3 +188,154 @@ async fn tracing_enabled_exports_over_http_into_envoys_trace() {
     assert_eq!(parent.kind, Span::KIND_CLIENT);
     assert_eq!(server.service, "gatehouse-ratelimit");
 }
+
+const CHECK_SPAN: &str = "envoy.service.auth.v3.Authorization/Check";
+/// The API key the extauth test sends; it must never appear in a span.
+const API_KEY: &str = "key-trace-0123456789abcdef";
+
+/// gatehouse-extauth (the real binary, OTEL_* set) behind Envoy's ext_authz on `/auth/keys`:
+/// our Check span continues Envoy's ext_authz span, with the policy, identity and decision
+/// spans under it, and the API key is in no span.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extauth_check_joins_envoys_ext_authz_span() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start().await;
+    let echo = Echo::start().await;
+    let policy = dir.path().join("extauth.yaml");
+    let hash = gatehouse_extauth::hash_key_sha256(API_KEY);
+    std::fs::write(
+        &policy,
+        format!(
+            "policies:\n  - name: keys\n    identity:\n      any_of:\n        - name: keys\n          api_key:\n            from: [{{ header: x-api-key }}]\n            keys:\n              - {{ id: team-a, hash: \"{hash}\" }}\n"
+        ),
+    )
+    .unwrap();
+    let env = [
+        ("EXTAUTH_CONFIG", policy.display().to_string()),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100".to_string()),
+    ];
+    let service = Service::start(Kind::Extauth, &env, dir.path()).await;
+    let mut vars: BTreeMap<String, String> = default_vars();
+    vars.insert("UPSTREAM_PORT".into(), echo.port.to_string());
+    vars.insert("EXTAUTH_PORT".into(), service.grpc_port.to_string());
+    vars.insert("EXTAUTH_HTTP_PORT".into(), service.http_port.to_string());
+    let envoy = Envoy::start_edited(&vars, otlp::envoy_tracing(receiver.port())).await;
+
+    let status = reqwest::Client::new()
+        .get(envoy.url("/auth/keys/orders"))
+        .header("x-api-key", API_KEY)
+        .send()
+        .await
+        .expect("request through envoy")
+        .status()
+        .as_u16();
+    assert_eq!(status, 200, "service log:\n{}", service.log());
+
+    let wanted = [CHECK_SPAN, "policy selection", "identity", "decision"];
+    if let Err(spans) = receiver.wait_for_spans(&wanted, SPANS_TIMEOUT).await {
+        panic!("spans missing; received:\n{}\nservice log:\n{}", describe(&spans), service.log());
+    }
+    let joined = gatehouse_testkit::eventually(SPANS_TIMEOUT, || async {
+        let spans = receiver.spans();
+        let server = spans.iter().find(|s| s.name == CHECK_SPAN)?;
+        spans.iter().any(|s| s.span_id == server.parent_span_id && s.service == "gatehouse-envoy").then_some(spans)
+    })
+    .await;
+    let spans =
+        joined.unwrap_or_else(|| panic!("no Envoy parent for Check; received:\n{}", describe(&receiver.spans())));
+    let server = spans.iter().find(|s| s.name == CHECK_SPAN).unwrap();
+    let parent = spans.iter().find(|s| s.span_id == server.parent_span_id).unwrap();
+    assert_eq!(parent.kind, Span::KIND_CLIENT, "{}", describe(&spans));
+    assert!(parent.name.contains("envoy.service.auth.v3.Authorization"), "{parent:?}");
+    assert_eq!(server.trace_id, parent.trace_id);
+    assert_eq!(server.kind, Span::KIND_SERVER);
+    assert_eq!(server.service, "gatehouse-extauth");
+    assert_eq!(server.attribute("rpc.method"), Some("Check"));
+    assert_eq!(server.attribute("rpc.grpc.status_code"), Some("0"));
+
+    let child = |name: &str| {
+        let span = spans.iter().find(|s| s.name == name).unwrap();
+        assert_eq!(span.trace_id, server.trace_id, "{name}");
+        span
+    };
+    let policy = child("policy selection");
+    assert_eq!(policy.parent_span_id, server.span_id);
+    assert_eq!(policy.attribute("extauth.policy"), Some("keys"));
+    let decision = child("decision");
+    assert_eq!(decision.parent_span_id, server.span_id);
+    assert_eq!(decision.attribute("extauth.decision"), Some("allowed"));
+    assert_eq!(decision.attribute("http.response.status_code"), Some("200"));
+    let identity = child("identity");
+    assert_eq!(identity.parent_span_id, decision.span_id);
+    assert_eq!(identity.attribute("extauth.method.kind"), Some("api_key"));
+    assert_eq!(identity.attribute("extauth.outcome"), Some("authenticated"));
+
+    for span in &spans {
+        for (key, value) in span.attributes.iter().chain(&span.resource) {
+            assert!(!value.contains(API_KEY), "{key}={value} in {}", span.name);
+        }
+    }
+}
+
+const PROCESS_SPAN: &str = "envoy.service.ext_proc.v3.ExternalProcessor/Process";
+
+/// gatehouse-transform (the real binary) behind Envoy's ext_proc on `/tx/json`: the stream's
+/// server span continues Envoy's trace, with one span per phase and the bodies' sizes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transform_stream_joins_envoys_trace_with_a_span_per_phase() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start().await;
+    let echo = Echo::start().await;
+    let config = dir.path().join("transformations.yaml");
+    std::fs::copy(gatehouse_testkit::repo_root().join("examples/transform/transformations.yaml"), &config).unwrap();
+    let env = [
+        ("TRANSFORM_CONFIG", config.display().to_string()),
+        ("TRANSFORM_TEMPLATE_ENV", "STAGE".to_string()),
+        ("STAGE", "test".to_string()),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100".to_string()),
+    ];
+    let service = Service::start(Kind::Transform, &env, dir.path()).await;
+    let mut vars: BTreeMap<String, String> = default_vars();
+    vars.insert("UPSTREAM_PORT".into(), echo.port.to_string());
+    vars.insert("TRANSFORM_PORT".into(), service.grpc_port.to_string());
+    let envoy = Envoy::start_edited(&vars, otlp::envoy_tracing(receiver.port())).await;
+
+    let body = r#"{"order":{"id":"o-1"}}"#;
+    let status = reqwest::Client::new()
+        .post(envoy.url("/tx/json"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .expect("request through envoy")
+        .status()
+        .as_u16();
+    assert_eq!(status, 200, "service log:\n{}", service.log());
+
+    let wanted = [PROCESS_SPAN, "request_headers", "request_body", "response_headers", "response_body"];
+    if let Err(spans) = receiver.wait_for_spans(&wanted, SPANS_TIMEOUT).await {
+        panic!("spans missing; received:\n{}\nservice log:\n{}", describe(&spans), service.log());
+    }
+    let joined = gatehouse_testkit::eventually(SPANS_TIMEOUT, || async {
+        let spans = receiver.spans();
+        let server = spans.iter().find(|s| s.name == PROCESS_SPAN)?;
+        spans.iter().any(|s| s.span_id == server.parent_span_id && s.service == "gatehouse-envoy").then_some(spans)
+    })
+    .await;
+    let spans =
+        joined.unwrap_or_else(|| panic!("no Envoy parent for Process; received:\n{}", describe(&receiver.spans())));
+    let server = spans.iter().find(|s| s.name == PROCESS_SPAN).unwrap();
+    let parent = spans.iter().find(|s| s.span_id == server.parent_span_id).unwrap();
+    assert_eq!(server.trace_id, parent.trace_id);
+    assert_eq!(server.kind, Span::KIND_SERVER);
+    assert_eq!(server.service, "gatehouse-transform");
+    for phase in &wanted[1..] {
+        let span = spans.iter().find(|s| s.name == *phase).unwrap();
+        assert_eq!(span.parent_span_id, server.span_id, "{phase}: {}", describe(&spans));
+        assert_eq!(span.attribute("transform.phase"), Some(*phase));
+    }
+    let request_body = spans.iter().find(|s| s.name == "request_body").unwrap();
+    assert_eq!(request_body.attribute("transform.body.size"), Some(body.len().to_string().as_str()));
+}

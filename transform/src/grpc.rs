@@ -23,8 +23,10 @@ use envoy_types::pb::envoy::r#type::v3::HttpStatus;
 use envoy_types::pb::google::protobuf::BoolValue;
 use futures::Stream;
 use gatehouse_common::pbjson;
+use gatehouse_common::telemetry::grpc::{GrpcMethod, record_status};
 use serde_json::{Map, Value};
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Span;
 
 use crate::exchange::{BodyMode, Exchange, Modes, Rejection, Reply};
 use crate::message::{Edit, Headers};
@@ -35,6 +37,8 @@ use crate::transformation::METADATA_NAMESPACE;
 /// The gRPC metadata key (set by the route's `grpc_initial_metadata`) naming the
 /// transformation.
 pub const TRANSFORMATION_METADATA_KEY: &str = "x-gatehouse-transform";
+
+const PROCESS: GrpcMethod = gatehouse_common::grpc_method!("envoy.service.ext_proc.v3.ExternalProcessor", "Process");
 
 pub struct ProcessService {
     transformer: Transformer,
@@ -54,8 +58,25 @@ impl ExternalProcessor for ProcessService {
         &self,
         request: Request<Streaming<ProcessingRequest>>,
     ) -> Result<Response<Self::ProcessStream>, Status> {
+        // The server span of the trace Envoy's ext_proc filter started, open for the whole
+        // stream (it ends when `counted` is dropped), with a child span per phase handled.
+        let span = gatehouse_common::grpc_server_span!(
+            PROCESS,
+            request.metadata(),
+            transform.transformation = tracing::field::Empty,
+        );
         let name = request.metadata().get(TRANSFORMATION_METADATA_KEY).and_then(|v| v.to_str().ok());
-        let counted = Counted { exchange: self.transformer.exchange(name), stats: self.transformer.stats.clone() };
+        if !span.is_disabled()
+            && let Some(name) = name
+        {
+            span.record("transform.transformation", name);
+        }
+        let counted = Counted {
+            exchange: self.transformer.exchange(name),
+            stats: self.transformer.stats.clone(),
+            span,
+            code: tonic::Code::Ok,
+        };
         let inbound = request.into_inner();
         // No task per stream: the response stream pulls the next message and answers it.
         // The state is `None` once the stream has failed, which ends it. The exchange is
@@ -64,11 +85,18 @@ impl ExternalProcessor for ProcessService {
             let (mut inbound, mut counted) = state?;
             loop {
                 match inbound.message().await {
-                    Ok(Some(message)) => match handle(&mut counted.exchange, message) {
-                        Ok(Some(response)) => return Some((Ok(response), Some((inbound, counted)))),
-                        Ok(None) => {}
-                        Err(status) => return Some((Err(status), None)),
-                    },
+                    Ok(Some(message)) => {
+                        let phase = phase_span(&counted.span, &message);
+                        let handled = phase.in_scope(|| handle(&mut counted.exchange, message));
+                        match handled {
+                            Ok(Some(response)) => return Some((Ok(response), Some((inbound, counted)))),
+                            Ok(None) => {}
+                            Err(status) => {
+                                counted.code = status.code();
+                                return Some((Err(status), None));
+                            }
+                        }
+                    }
                     Ok(None) => return None,
                     Err(status) => {
                         tracing::debug!(%status, "ext_proc stream ended by Envoy");
@@ -88,12 +116,41 @@ impl ExternalProcessor for ProcessService {
 struct Counted {
     exchange: Exchange,
     stats: Stats,
+    /// The stream's server span, ended (with `code`) on drop.
+    span: Span,
+    code: tonic::Code,
 }
 
 impl Drop for Counted {
     fn drop(&mut self) {
         self.stats.finished(&self.exchange);
+        record_status(&self.span, self.code);
     }
+}
+
+/// The span of one phase under the stream's span: `request_headers`, `request_body`,
+/// `response_headers`, `response_body` (with `transform.body.size`, the chunk's bytes) or a
+/// trailers phase. Only the phase and sizes: header and body contents never go on spans.
+fn phase_span(stream: &Span, message: &ProcessingRequest) -> Span {
+    if stream.is_disabled() || message.observability_mode {
+        return Span::none();
+    }
+    let (phase, body_size) = match &message.request {
+        Some(Phase::RequestHeaders(_)) => ("request_headers", None),
+        Some(Phase::RequestBody(b)) => ("request_body", Some(b.body.len())),
+        Some(Phase::ResponseHeaders(_)) => ("response_headers", None),
+        Some(Phase::ResponseBody(b)) => ("response_body", Some(b.body.len())),
+        Some(Phase::RequestTrailers(_)) => ("request_trailers", None),
+        Some(Phase::ResponseTrailers(_)) => ("response_trailers", None),
+        None => return Span::none(),
+    };
+    tracing::info_span!(
+        parent: stream,
+        "transform.phase",
+        otel.name = phase,
+        transform.phase = phase,
+        transform.body.size = body_size,
+    )
 }
 
 /// Answers one message; `None` for messages that take no answer (observability mode). A

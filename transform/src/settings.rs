@@ -28,7 +28,7 @@ impl Settings {
             .collect();
         Ok(Settings {
             config_file: PathBuf::from(env.string("TRANSFORM_CONFIG", "/etc/gatehouse/transform.yaml")),
-            service: ServiceSettings::from_env(env, 9291, 9292)?,
+            service: ServiceSettings::from_env(env, "gatehouse-transform", 9291, 9292)?,
             template_env,
         })
     }

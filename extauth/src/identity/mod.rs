@@ -184,7 +184,46 @@ pub enum Method {
 }
 
 impl Method {
+    /// The method's kind as configured: `api_key`, `basic`, `jwt`, `introspection`, `mtls`,
+    /// `oidc_login` or `anonymous`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Method::ApiKey(_) => "api_key",
+            Method::Basic(_) => "basic",
+            Method::Jwt(_) => "jwt",
+            Method::Introspection(_) => "introspection",
+            Method::Mtls(_) => "mtls",
+            Method::OidcLogin(_) => "oidc_login",
+            Method::Anonymous => "anonymous",
+        }
+    }
+
+    /// Runs the method, in an `identity` span with the method's name and kind and the outcome
+    /// (`authenticated`, `missing`, `rejected` or `error`). Never the credential, the subject or
+    /// the rejection's reason: spans leave the process.
     pub async fn authenticate(&self, name: &Arc<str>, request: &AuthRequest) -> Result<Outcome, Error> {
+        use tracing::Instrument as _;
+        let span = tracing::info_span!(
+            "extauth.identity",
+            otel.name = "identity",
+            extauth.method = &**name,
+            extauth.method.kind = self.kind(),
+            extauth.outcome = tracing::field::Empty,
+        );
+        let result = self.run_method(name, request).instrument(span.clone()).await;
+        if !span.is_disabled() {
+            let outcome = match &result {
+                Ok(Outcome::Authenticated(_)) => "authenticated",
+                Ok(Outcome::Missing) => "missing",
+                Ok(Outcome::Rejected(_)) => "rejected",
+                Err(_) => "error",
+            };
+            span.record("extauth.outcome", outcome);
+        }
+        result
+    }
+
+    async fn run_method(&self, name: &Arc<str>, request: &AuthRequest) -> Result<Outcome, Error> {
         match self {
             Method::ApiKey(m) => m.authenticate(name, request).await,
             Method::Basic(m) => m.authenticate(name, request).await,
