@@ -65,6 +65,35 @@ fn describe(spans: &[Span]) -> String {
         .collect()
 }
 
+/// Waits for the `wanted` spans, then for Envoy's span that is the parent of `server_name`
+/// (Envoy flushes on its own interval). Returns every span received, the server span and that
+/// parent.
+async fn joined_to_envoy(
+    receiver: &Receiver,
+    service: &Service,
+    wanted: &[&str],
+    server_name: &str,
+) -> (Vec<Span>, Span, Span) {
+    if let Err(spans) = receiver.wait_for_spans(wanted, SPANS_TIMEOUT).await {
+        panic!("spans missing; received:\n{}\nservice log:\n{}", describe(&spans), service.log());
+    }
+    let joined = gatehouse_testkit::eventually(SPANS_TIMEOUT, || async {
+        let spans = receiver.spans();
+        let server = spans.iter().find(|s| s.name == server_name)?.clone();
+        let parent =
+            spans.iter().find(|s| s.span_id == server.parent_span_id && s.service == "gatehouse-envoy")?.clone();
+        Some((spans, server, parent))
+    })
+    .await;
+    joined.unwrap_or_else(|| {
+        panic!(
+            "no Envoy parent for {server_name}; received:\n{}\nservice log:\n{}",
+            describe(&receiver.spans()),
+            service.log()
+        )
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_trace_from_envoy_through_gatehouse_ratelimit() {
     let dir = tempfile::tempdir().unwrap();
@@ -174,16 +203,7 @@ async fn tracing_enabled_exports_over_http_into_envoys_trace() {
 
     assert_eq!(request(&envoy).await, 200);
 
-    let joined = gatehouse_testkit::eventually(SPANS_TIMEOUT, || async {
-        let spans = receiver.spans();
-        let server = spans.iter().find(|s| s.name == SERVER_SPAN)?;
-        let parent = spans.iter().find(|s| s.span_id == server.parent_span_id && s.service == "gatehouse-envoy")?;
-        Some((server.clone(), parent.clone()))
-    })
-    .await;
-    let (server, parent) = joined.unwrap_or_else(|| {
-        panic!("no joined server span; received:\n{}\nservice log:\n{}", describe(&receiver.spans()), service.log())
-    });
+    let (_, server, parent) = joined_to_envoy(&receiver, &service, &[SERVER_SPAN], SERVER_SPAN).await;
     assert_eq!(server.trace_id, parent.trace_id);
     assert_eq!(parent.kind, Span::KIND_CLIENT);
     assert_eq!(server.service, "gatehouse-ratelimit");
@@ -233,19 +253,7 @@ async fn extauth_check_joins_envoys_ext_authz_span() {
     assert_eq!(status, 200, "service log:\n{}", service.log());
 
     let wanted = [CHECK_SPAN, "policy selection", "identity", "decision"];
-    if let Err(spans) = receiver.wait_for_spans(&wanted, SPANS_TIMEOUT).await {
-        panic!("spans missing; received:\n{}\nservice log:\n{}", describe(&spans), service.log());
-    }
-    let joined = gatehouse_testkit::eventually(SPANS_TIMEOUT, || async {
-        let spans = receiver.spans();
-        let server = spans.iter().find(|s| s.name == CHECK_SPAN)?;
-        spans.iter().any(|s| s.span_id == server.parent_span_id && s.service == "gatehouse-envoy").then_some(spans)
-    })
-    .await;
-    let spans =
-        joined.unwrap_or_else(|| panic!("no Envoy parent for Check; received:\n{}", describe(&receiver.spans())));
-    let server = spans.iter().find(|s| s.name == CHECK_SPAN).unwrap();
-    let parent = spans.iter().find(|s| s.span_id == server.parent_span_id).unwrap();
+    let (spans, server, parent) = joined_to_envoy(&receiver, &service, &wanted, CHECK_SPAN).await;
     assert_eq!(parent.kind, Span::KIND_CLIENT, "{}", describe(&spans));
     assert!(parent.name.contains("envoy.service.auth.v3.Authorization"), "{parent:?}");
     assert_eq!(server.trace_id, parent.trace_id);
@@ -315,19 +323,7 @@ async fn transform_stream_joins_envoys_trace_with_a_span_per_phase() {
     assert_eq!(status, 200, "service log:\n{}", service.log());
 
     let wanted = [PROCESS_SPAN, "request_headers", "request_body", "response_headers", "response_body"];
-    if let Err(spans) = receiver.wait_for_spans(&wanted, SPANS_TIMEOUT).await {
-        panic!("spans missing; received:\n{}\nservice log:\n{}", describe(&spans), service.log());
-    }
-    let joined = gatehouse_testkit::eventually(SPANS_TIMEOUT, || async {
-        let spans = receiver.spans();
-        let server = spans.iter().find(|s| s.name == PROCESS_SPAN)?;
-        spans.iter().any(|s| s.span_id == server.parent_span_id && s.service == "gatehouse-envoy").then_some(spans)
-    })
-    .await;
-    let spans =
-        joined.unwrap_or_else(|| panic!("no Envoy parent for Process; received:\n{}", describe(&receiver.spans())));
-    let server = spans.iter().find(|s| s.name == PROCESS_SPAN).unwrap();
-    let parent = spans.iter().find(|s| s.span_id == server.parent_span_id).unwrap();
+    let (spans, server, parent) = joined_to_envoy(&receiver, &service, &wanted, PROCESS_SPAN).await;
     assert_eq!(server.trace_id, parent.trace_id);
     assert_eq!(server.kind, Span::KIND_SERVER);
     assert_eq!(server.service, "gatehouse-transform");
