@@ -32,7 +32,7 @@ SERVICES = ("ratelimit", "extauth", "transform")
 # What the chart may create: namespaced kinds only, nothing cluster-wide.
 NAMESPACED_KINDS = {
     "ConfigMap", "Deployment", "HorizontalPodAutoscaler", "NetworkPolicy", "PodDisruptionBudget",
-    "PodMonitor", "Secret", "Service", "ServiceAccount", "ServiceMonitor",
+    "PodMonitor", "PrometheusRule", "Secret", "Service", "ServiceAccount", "ServiceMonitor",
 }
 # Renderings that must leave UIDs and GIDs to the platform (OpenShift assigns them).
 UID_FREE_CASES = {"defaults", "minimal-values.yaml", "openshift-values.yaml",
@@ -149,6 +149,8 @@ def configs_load():
             values = merged_values(case)
             for cm in of_kind(rendered(case), "ConfigMap"):
                 component = cm["metadata"]["labels"]["app.kubernetes.io/component"]
+                if component not in (*SERVICES, "gateway"):
+                    continue  # the dashboards (dashboards_and_rules)
                 data = cm.get("data", {})
                 root = Path(tmp) / str(i) / component
                 root.mkdir(parents=True)
@@ -375,6 +377,81 @@ def namespaced_and_wired():
     return f"{objects} objects: namespaced kinds in {NAMESPACE} only, appProtocol set, no subPath"
 
 
+DASHBOARDS = ROOT / "dashboards"
+MONITORING_VALUES = {"metrics": {
+    "dashboards": {"enabled": True, "labels": {"grafana_dashboard": "1", "team": "platform"},
+                   "annotations": {"grafana_folder": "Gatehouse"}, "namespace": "monitoring"},
+    "prometheusRule": {"enabled": True, "labels": {"release": "kube-prometheus-stack"},
+                       "namespace": "monitoring"}}}
+
+
+def dashboards_and_rules():
+    """metrics.dashboards and metrics.prometheusRule: off by default; on, one ConfigMap per
+    dashboards/*.json, labelled grafana_dashboard: "1" (kube-prometheus-stack's sidecar) and
+    holding that file byte for byte, and a PrometheusRule whose groups equal
+    dashboards/alerts.yaml's; labels, annotations and namespace as configured, and the
+    PrometheusRule valid for its CRD model (validate-crds.mjs). The chart reads them through
+    the files/dashboards symlink, which Helm follows."""
+    link = CHART / "files" / "dashboards"
+    if not link.is_symlink() or link.resolve() != DASHBOARDS.resolve():
+        raise CheckFailed(f"{link} must be a symlink to {DASHBOARDS}")
+    expected_files = {p.name: p.read_text() for p in sorted(DASHBOARDS.glob("*.json"))}
+    expected_groups = yaml.safe_load((DASHBOARDS / "alerts.yaml").read_text())["groups"]
+    defaults = rendered("defaults")
+    if of_kind(defaults, "PrometheusRule") or any(
+            "grafana_dashboard" in d["metadata"].get("labels", {}) for d in defaults):
+        raise CheckFailed("defaults: dashboards or a PrometheusRule rendered, but both are off by default")
+    try:
+        docs = [d for template, text in chart().render(MONITORING_VALUES, name=RELEASE, namespace=NAMESPACE,
+                                                       is_install=True).items()
+                if not template.endswith("NOTES.txt") for d in yaml.safe_load_all(text) if d]
+    except helm.HelmError as e:
+        raise CheckFailed(f"the chart does not render with dashboards and rules on:\n{e}") from e
+    renderings = [("monitoring values", docs, MONITORING_VALUES["metrics"], "monitoring")]
+    if "all-values.yaml" in CASES:
+        renderings.append(("all-values.yaml", list(rendered("all-values.yaml")),
+                           merged_values("all-values.yaml")["metrics"], NAMESPACE))
+    for where, docs, metrics, namespace in renderings:
+        boards = [d for d in of_kind(docs, "ConfigMap")
+                  if d["metadata"]["labels"].get("app.kubernetes.io/component") == "dashboards"]
+        got_files = {}
+        for cm in boards:
+            meta = cm["metadata"]
+            want = {**metrics["dashboards"]["labels"], "app.kubernetes.io/part-of": "gatehouse"}
+            if any(meta["labels"].get(k) != v for k, v in want.items()) or \
+                    meta.get("namespace") != namespace or \
+                    meta.get("annotations", {}) != metrics["dashboards"]["annotations"]:
+                raise CheckFailed(f"{where}: {name(cm)}: labels {meta['labels']}, annotations "
+                                  f"{meta.get('annotations')}, namespace {meta.get('namespace')}")
+            if len(cm["data"]) != 1:
+                raise CheckFailed(f"{where}: {name(cm)} holds {sorted(cm['data'])}, expected one dashboard")
+            got_files.update(cm["data"])
+        if set(got_files) != set(expected_files):
+            raise CheckFailed(f"{where}: dashboard ConfigMaps hold {sorted(got_files)}, dashboards/ has {sorted(expected_files)}")
+        for file, text in got_files.items():
+            if text.rstrip("\n") != expected_files[file].rstrip("\n"):
+                raise CheckFailed(f"{where}: the ConfigMap's {file} differs from dashboards/{file}")
+            json.loads(text)
+        rules = of_kind(docs, "PrometheusRule")
+        if len(rules) != 1:
+            raise CheckFailed(f"{where}: {len(rules)} PrometheusRules, expected 1")
+        rule = rules[0]
+        want = metrics["prometheusRule"]["labels"]
+        if any(rule["metadata"]["labels"].get(k) != v for k, v in want.items()) or \
+                rule["metadata"]["namespace"] != namespace:
+            raise CheckFailed(f"{where}: {name(rule)}: labels {rule['metadata']['labels']}, "
+                              f"namespace {rule['metadata']['namespace']}")
+        if rule["spec"]["groups"] != expected_groups:
+            raise CheckFailed(f"{where}: the PrometheusRule's groups differ from dashboards/alerts.yaml's")
+    with tempfile.TemporaryDirectory() as tmp:
+        report = validate_crds([write_docs(Path(tmp) / "rule.yaml", of_kind(renderings[0][1], "PrometheusRule"))])
+        kubernetes_validate([write_docs(Path(tmp) / "boards.yaml", of_kind(renderings[0][1], "ConfigMap"))])
+    rules_count = sum(len(g["rules"]) for g in expected_groups)
+    return (f"{len(expected_files)} dashboard ConfigMaps equal to dashboards/*.json; a PrometheusRule "
+            f"with alerts.yaml's {len(expected_groups)} groups ({rules_count} rules), "
+            f"{report.strip().splitlines()[-1]}; in {len(renderings)} renderings, none by default")
+
+
 def package():
     """`helm package` makes an archive that loads back as the same chart and renders; the CI
     values files ship in it as examples."""
@@ -385,12 +462,19 @@ def package():
             raise CheckFailed(f"{archive.name} holds {loaded.name} {loaded.version}")
         with tarfile.open(archive) as tar:
             members = tar.getnames()
-        if not {"gatehouse/values.schema.json", "gatehouse/ci/eks-nlb-values.yaml"} <= set(members):
+        if not {"gatehouse/values.schema.json", "gatehouse/ci/eks-nlb-values.yaml",
+                "gatehouse/files/dashboards/alerts.yaml",
+                "gatehouse/files/dashboards/gatehouse-overview.json"} <= set(members):
             raise CheckFailed(f"{archive.name}: unexpected contents {members}")
         loaded.render({}, name=RELEASE, namespace=NAMESPACE)
+        # The archive holds the dashboards themselves (not the symlink): it renders them alone.
+        packed = loaded.render(MONITORING_VALUES, name=RELEASE, namespace=NAMESPACE)
+        if "PrometheusRule" not in "".join(packed.values()) or "grafana_dashboard" not in "".join(packed.values()):
+            raise CheckFailed(f"{archive.name}: renders no dashboards or PrometheusRule")
         return f"{archive.name}: {len(members)} files, {archive.stat().st_size} bytes, renders"
 
 
 if __name__ == "__main__":
     main([lint_strict, schema_closed, renders_validate, configs_load, trivy_clean, bad_values_rejected,
-          restricted_pod_security, one_deployment_per_service, namespaced_and_wired, package])
+          restricted_pod_security, one_deployment_per_service, namespaced_and_wired, dashboards_and_rules,
+          package])
