@@ -15,8 +15,9 @@ What is checked:
   `repeatDirection`). What this cannot check: that a panel type, a plugin option or a unit is
   known to a running Grafana (the SDK types panel options only for its built-in panels and
   leaves free-form maps such as `custom` fields open), Grafana's own migrations by
-  schemaVersion, and whether a query returns data. No Grafana JSON schema is published as a
-  package (npm @grafana/schema is TypeScript types for Grafana's frontend, not a validator).
+  schemaVersion, and whether a query returns data. No Grafana JSON schema for dashboards is
+  published as a package: npm @grafana/schema holds Grafana's generated TypeScript types and
+  defaults, with nothing that validates a JSON file at run time.
 - **Structure.** Unique dashboard uids (stable, not generated), a recent schemaVersion, a
   `datasource` variable of type prometheus, namespace/job variables from label_values of a
   real metric; unique panel ids; every panel and target on `${datasource}`; every target with
