@@ -145,10 +145,10 @@ start_extauth() {
     sleep 1
 }
 
-# allowed POLICY: extauth_decisions_total{policy=POLICY, result="allow"}.
+# allowed POLICY: gatehouse_extauth_decisions_total{policy=POLICY, result="allow"}.
 allowed() {
     curl -fs "http://127.0.0.1:$http_port/metrics" | awk -v p="policy=\"$1\"" \
-        'index($1, "extauth_decisions_total{") == 1 && index($1, p) && index($1, "result=\"allow\"") { s += $2 } END { print s + 0 }'
+        'index($1, "gatehouse_extauth_decisions_total{") == 1 && index($1, p) && index($1, "result=\"allow\"") { s += $2 } END { print s + 0 }'
 }
 
 # check_once REQUEST.bin: one Check with curl, the answer decoded.

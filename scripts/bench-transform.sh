@@ -141,10 +141,10 @@ start_envoy none envoy/bench/transform-none.yaml "$ENVOY_CONCURRENCY"
 none_pid=$envoy_pid none_port=$envoy_port
 sleep 1
 
-# exchanges TRANSFORMATION RESULT: transform_exchanges_total{transformation=…, result=…}.
+# exchanges TRANSFORMATION RESULT: gatehouse_transform_exchanges_total{transformation=…, result=…}.
 exchanges() {
     curl -fs "http://127.0.0.1:$http_port/metrics" | awk -v t="transformation=\"$1\"" -v r="result=\"$2\"" \
-        'index($1, "transform_exchanges_total{") == 1 && index($1, t) && index($1, r) { s += $2 } END { print s + 0 }'
+        'index($1, "gatehouse_transform_exchanges_total{") == 1 && index($1, t) && index($1, r) { s += $2 } END { print s + 0 }'
 }
 ext_proc_stat() { # ext_proc_stat NAME: http.gateway.ext_proc.NAME of the transform Envoy.
     curl -fs "http://127.0.0.1:$tx_admin/stats?filter=^http\.gateway\.ext_proc\.$1$" | awk '{print $2 + 0}'

@@ -143,7 +143,7 @@ Gatehouse is up. Logs in .run/. Try:
   curl http://127.0.0.1:9192/config-status
   curl http://127.0.0.1:9292/config-status
   curl -s http://127.0.0.1:6070/metrics | grep ratelimit_service_rate_limit
-  curl -s http://127.0.0.1:9192/metrics | grep extauth_decisions
+  curl -s http://127.0.0.1:9192/metrics | grep gatehouse_extauth_decisions
 
 Ctrl-C to stop.
 TXT

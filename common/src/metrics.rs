@@ -2,16 +2,49 @@
 //!
 //! Metrics are registered while a service is being built; the request path only touches the
 //! metric handles (atomics), never the registry.
+//!
+//! Names follow one scheme (docs/observability.md#metrics): `gatehouse_<service>_<what>`,
+//! from [`Metrics::name`]. The shapes every service shares live here: request durations
+//! ([`durations`]), errors by kind ([`ErrorStats`]), calls to a dependency such as Redis or an
+//! identity provider ([`CallStats`]) and cache lookups ([`CacheStats`]).
 
+use std::future::Future;
+use std::hash::Hash;
 use std::sync::Arc;
+use std::time::Instant;
 
 use parking_lot::RwLock;
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Metric, Registry};
+
+/// The buckets of every `_duration_seconds` histogram, 100 µs to 5 s: the services answer in
+/// tens to hundreds of microseconds without network calls, in milliseconds with a Redis or IdP
+/// round trip, and past Envoy's usual filter timeouts only when something is wrong.
+pub const DURATION_BUCKETS: [f64; 15] =
+    [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
+
+/// A family of duration histograms with [`DURATION_BUCKETS`].
+pub type Durations<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// A new, unregistered [`Durations`] family.
+pub fn durations<L: Clone + Hash + Eq>() -> Durations<L> {
+    Family::new_with_constructor(duration_histogram)
+}
+
+/// One histogram with [`DURATION_BUCKETS`].
+pub fn duration_histogram() -> Histogram {
+    Histogram::new(DURATION_BUCKETS)
+}
 
 #[derive(Clone, Default)]
 pub struct Metrics {
     registry: Arc<RwLock<Registry>>,
+    /// `gatehouse_<service>`, the start of every name from [`Metrics::name`].
+    prefix: Arc<str>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -21,8 +54,21 @@ impl std::fmt::Debug for Metrics {
 }
 
 impl Metrics {
+    /// A registry whose [`Metrics::name`]s start with `gatehouse_`, for tests and tools.
     pub fn new() -> Self {
-        Self::default()
+        Self::for_service("")
+    }
+
+    /// The registry of one service: [`Metrics::name`]s start with `gatehouse_<service>_`.
+    pub fn for_service(service: &str) -> Self {
+        let prefix = if service.is_empty() { "gatehouse".to_string() } else { format!("gatehouse_{service}") };
+        Metrics { registry: Arc::default(), prefix: prefix.into() }
+    }
+
+    /// The scheme's name for `what`: `gatehouse_<service>_<what>`. Counters get `_total`
+    /// when encoded.
+    pub fn name(&self, what: &str) -> String {
+        format!("{}_{what}", self.prefix)
     }
 
     /// Registers `metric` under `name` and returns it, so callers can keep the handle.
@@ -59,5 +105,132 @@ impl Metrics {
                 }
             }),
         )
+    }
+}
+
+/// The label of [`ErrorStats`].
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: &'static str,
+}
+
+/// `gatehouse_<service>_errors_total{kind}`: what the service could not answer as asked.
+#[derive(Clone, Debug)]
+pub struct ErrorStats {
+    errors: Family<KindLabels, Counter>,
+}
+
+impl ErrorStats {
+    pub fn register(metrics: &Metrics, help: &str) -> Self {
+        ErrorStats { errors: metrics.register(&metrics.name("errors"), help, Family::default()) }
+    }
+
+    pub fn count(&self, kind: &'static str) {
+        self.errors.get_or_create(&KindLabels { kind }).inc();
+    }
+}
+
+/// Latency and failures of the calls to one dependency (Redis, identity providers), by a
+/// label naming the call: `gatehouse_<service>_<dependency>_request_duration_seconds` and
+/// `gatehouse_<service>_<dependency>_errors_total`.
+#[derive(Clone, Debug)]
+pub struct CallStats<L: Clone + Hash + Eq> {
+    duration: Durations<L>,
+    errors: Family<L, Counter>,
+}
+
+impl<L: Clone + Hash + Eq + EncodeLabelSet + std::fmt::Debug + Send + Sync + 'static> CallStats<L> {
+    /// `dependency` is the name's middle part (`redis`, `idp`); `what` completes the help
+    /// texts, e.g. "Redis round trips".
+    pub fn register(metrics: &Metrics, dependency: &str, what: &str) -> Self {
+        CallStats {
+            duration: metrics.register(
+                &metrics.name(&format!("{dependency}_request_duration_seconds")),
+                &format!("Duration of {what}"),
+                durations(),
+            ),
+            errors: metrics.register(
+                &metrics.name(&format!("{dependency}_errors")),
+                &format!("{what} that failed or timed out"),
+                Family::default(),
+            ),
+        }
+    }
+
+    /// Awaits `call`, recording its duration and, if it fails, an error.
+    pub async fn time<T, E>(&self, labels: L, call: impl Future<Output = Result<T, E>>) -> Result<T, E> {
+        let started = Instant::now();
+        let result = call.await;
+        self.record(&labels, started, result.is_ok());
+        result
+    }
+
+    /// Records a call that began at `started`, for callers that cannot wrap it in a future.
+    pub fn record(&self, labels: &L, started: Instant, ok: bool) {
+        self.duration.get_or_create(labels).observe(started.elapsed().as_secs_f64());
+        if !ok {
+            self.errors.get_or_create(labels).inc();
+        }
+    }
+}
+
+/// The labels of [`CacheStats`].
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CacheLabels {
+    pub cache: &'static str,
+    /// `hit` (no network call was needed) or `miss`.
+    pub result: &'static str,
+}
+
+/// `gatehouse_<service>_cache_lookups_total{cache, result}`: the hit ratio of each cache.
+#[derive(Clone, Debug)]
+pub struct CacheStats {
+    lookups: Family<CacheLabels, Counter>,
+}
+
+impl CacheStats {
+    pub fn register(metrics: &Metrics) -> Self {
+        CacheStats {
+            lookups: metrics.register(
+                &metrics.name("cache_lookups"),
+                "Cache lookups by cache and result; a hit needed no network call",
+                Family::default(),
+            ),
+        }
+    }
+
+    pub fn lookup(&self, cache: &'static str, hit: bool) {
+        self.lookups.get_or_create(&CacheLabels { cache, result: if hit { "hit" } else { "miss" } }).inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+    struct Op {
+        op: &'static str,
+    }
+
+    #[tokio::test]
+    async fn names_follow_the_scheme() {
+        let metrics = Metrics::for_service("demo");
+        assert_eq!(metrics.name("errors"), "gatehouse_demo_errors");
+        let calls = CallStats::<Op>::register(&metrics, "redis", "Redis round trips");
+        let _ = calls.time(Op { op: "get" }, async { Ok::<_, ()>(()) }).await;
+        let _ = calls.time(Op { op: "get" }, async { Err::<(), _>(()) }).await;
+        ErrorStats::register(&metrics, "Errors").count("invalid_request");
+        CacheStats::register(&metrics).lookup("jwks", true);
+        let text = metrics.encode();
+        for line in [
+            "gatehouse_demo_redis_request_duration_seconds_count{op=\"get\"} 2",
+            "gatehouse_demo_redis_request_duration_seconds_bucket{le=\"0.0001\",op=\"get\"}",
+            "gatehouse_demo_redis_errors_total{op=\"get\"} 1",
+            "gatehouse_demo_errors_total{kind=\"invalid_request\"} 1",
+            "gatehouse_demo_cache_lookups_total{cache=\"jwks\",result=\"hit\"} 1",
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
     }
 }

@@ -13,15 +13,18 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::config::{ConfigError, Env};
+use crate::metrics::{CallStats, Metrics};
 use arc_swap::ArcSwap;
+use prometheus_client::encoding::EncodeLabelSet;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
 use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
 use redis::{Cmd, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, Pipeline, RedisFuture, Value};
+use tracing::Instrument as _;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Topology {
@@ -138,12 +141,44 @@ pub enum RedisSetupError {
     Client(#[from] redis::RedisError),
 }
 
+/// The label of the Redis metrics: what the round trip was for, e.g. `update`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpLabels {
+    pub op: &'static str,
+}
+
+/// One round trip in flight; records itself when finished or abandoned.
+struct Pending {
+    stats: CallStats<OpLabels>,
+    op: &'static str,
+    started: Instant,
+    ok: Option<bool>,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.stats.record(&OpLabels { op: self.op }, self.started, self.ok.unwrap_or(false));
+    }
+}
+
+/// Registers the Redis metrics of a service, for [`RedisConn::instrumented`].
+pub fn redis_stats(metrics: &Metrics) -> CallStats<OpLabels> {
+    CallStats::register(metrics, "redis", "Redis round trips")
+}
+
 /// A handle to Redis in any topology. Clones share the same connections.
+///
+/// Once [`RedisConn::instrumented`], every round trip (a command, or a whole pipeline or
+/// script call) is timed into `gatehouse_<service>_redis_request_duration_seconds{op}` and
+/// counted in `..._redis_errors_total{op}` when it fails, where `op` is what the caller named
+/// with [`RedisConn::op`]; inside a traced request it is also a `redis <op>` span.
 #[derive(Clone)]
 pub struct RedisConn {
     inner: Arc<Inner>,
     /// Which pooled connection this clone uses; clones spread across the pool.
     slot: usize,
+    stats: Option<CallStats<OpLabels>>,
+    op: &'static str,
 }
 
 impl std::fmt::Debug for RedisConn {
@@ -196,7 +231,19 @@ impl RedisConn {
             }
             Topology::Sentinel => Inner::Sentinel(SentinelPool::new(settings)?),
         };
-        Ok(RedisConn { inner: Arc::new(inner), slot: 0 })
+        Ok(RedisConn { inner: Arc::new(inner), slot: 0, stats: None, op: "other" })
+    }
+
+    /// Times and counts every round trip in `stats` (see [`RedisConn`]); handles to several
+    /// Redis deployments share one [`redis_stats`].
+    pub fn instrumented(mut self, stats: &CallStats<OpLabels>) -> Self {
+        self.stats = Some(stats.clone());
+        self
+    }
+
+    /// A clone whose round trips are labelled `op` in the metrics and spans.
+    pub fn op(&self, op: &'static str) -> Self {
+        RedisConn { op, ..self.clone() }
     }
 
     pub fn topology(&self) -> Topology {
@@ -213,18 +260,72 @@ impl RedisConn {
             Inner::Single { next, .. } => next.fetch_add(1, Ordering::Relaxed),
             _ => 0,
         };
-        RedisConn { inner: self.inner.clone(), slot }
+        RedisConn { slot, ..self.clone() }
     }
 
     /// `PING`, for readiness checks.
     pub async fn ping(&self) -> redis::RedisResult<()> {
-        let mut conn = self.clone();
+        let mut conn = self.op("ping");
         redis::cmd("PING").query_async::<String>(&mut conn).await.map(drop)
     }
 }
 
 impl ConnectionLike for RedisConn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        let call = self.send_command(cmd);
+        self.observed(call)
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        let call = self.send_pipeline(pipeline, offset, count);
+        self.observed(call)
+    }
+
+    fn get_db(&self) -> i64 {
+        0
+    }
+}
+
+impl RedisConn {
+    /// `call`, timed and counted if instrumented, and inside a traced request a span. No span
+    /// without a parent: a round trip made for many requests at once (ratelimit's coalescer)
+    /// would otherwise start a trace of its own.
+    fn observed<'a, T: Send + 'a>(&self, call: RedisFuture<'a, T>) -> RedisFuture<'a, T> {
+        let Some(stats) = self.stats.clone() else { return call };
+        let op = self.op;
+        let span = if tracing::Span::current().is_none() {
+            tracing::Span::none()
+        } else {
+            tracing::info_span!(
+                "redis",
+                otel.name = %format_args!("redis {op}"),
+                otel.kind = "client",
+                db.system.name = "redis",
+                db.operation.name = op,
+                otel.status_code = tracing::field::Empty,
+            )
+        };
+        Box::pin(
+            async move {
+                // Dropped unfinished (a caller's timeout): counted as a failed round trip.
+                let mut pending = Pending { stats, op, started: Instant::now(), ok: None };
+                let result = call.await;
+                pending.ok = Some(result.is_ok());
+                if result.is_err() {
+                    tracing::Span::current().record("otel.status_code", "error");
+                }
+                result
+            }
+            .instrument(span),
+        )
+    }
+
+    fn send_command<'a>(&mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match &*self.inner {
             Inner::Single { pool, .. } => {
                 let mut conn = pool[self.slot % pool.len()].clone();
@@ -247,8 +348,8 @@ impl ConnectionLike for RedisConn {
         }
     }
 
-    fn req_packed_commands<'a>(
-        &'a mut self,
+    fn send_pipeline<'a>(
+        &mut self,
         pipeline: &'a Pipeline,
         offset: usize,
         count: usize,
@@ -273,10 +374,6 @@ impl ConnectionLike for RedisConn {
                 })
             }
         }
-    }
-
-    fn get_db(&self) -> i64 {
-        0
     }
 }
 

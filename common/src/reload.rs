@@ -23,7 +23,10 @@ use std::time::{Duration, SystemTime};
 use arc_swap::ArcSwap;
 use notify::{RecursiveMode, Watcher};
 use parking_lot::Mutex;
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::mpsc;
 
 use crate::config::ConfigErrors;
@@ -38,6 +41,8 @@ pub struct ReloadStatus {
     pub last_failure: Option<SystemTime>,
     /// The rejection message of the most recent failed attempt, cleared by the next success.
     pub last_error: Option<String>,
+    /// The version in effect, if known ([`Reloader::set_version`]).
+    pub version: Option<String>,
 }
 
 impl ReloadStatus {
@@ -51,6 +56,7 @@ impl ReloadStatus {
             "last_success_unix": unix(self.last_success),
             "last_failure_unix": unix(self.last_failure),
             "last_error": self.last_error,
+            "version": self.version,
         })
     }
 }
@@ -80,10 +86,94 @@ impl WatchSpec {
     }
 }
 
+/// The labels of `<what>_reloads_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+/// The labels of `<what>_info`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VersionLabels {
+    version: String,
+}
+
+/// `gatehouse_<service>_<what>_reloads_total{result}`, `..._last_reload_successful`,
+/// `..._last_reload_success_timestamp_seconds` and `..._info{version}`.
 #[derive(Clone)]
 struct ReloadMetrics {
-    success: Counter,
-    failure: Counter,
+    reloads: Family<ResultLabels, Counter>,
+    last_successful: Gauge,
+    last_success_time: Gauge,
+    info: Family<VersionLabels, Gauge>,
+    /// Envoyproxy/ratelimit's `<prefix>_success` and `<prefix>_error`, when asked for.
+    legacy: Option<(Counter, Counter)>,
+}
+
+impl ReloadMetrics {
+    fn register(metrics: &Metrics, what: &str, legacy_prefix: Option<&str>) -> Self {
+        let name = |suffix: &str| metrics.name(&format!("{what}_{suffix}"));
+        let this = ReloadMetrics {
+            reloads: metrics.register(
+                &name("reloads"),
+                "Reloads applied (result=success) or rejected (result=error, the previous one stays in effect)",
+                Family::default(),
+            ),
+            last_successful: metrics.register(
+                &name("last_reload_successful"),
+                "1 if the last load was applied, 0 if it was rejected",
+                Gauge::default(),
+            ),
+            last_success_time: metrics.register(
+                &name("last_reload_success_timestamp_seconds"),
+                "Unix time the version in effect was loaded",
+                Gauge::default(),
+            ),
+            info: metrics.register(
+                &name("info"),
+                "The version in effect (always 1): a hash of the files, or the xDS version",
+                Family::default(),
+            ),
+            legacy: legacy_prefix.map(|prefix| {
+                (
+                    metrics.register(
+                        &format!("{prefix}_success"),
+                        "Config loads that were validated and applied",
+                        Counter::default(),
+                    ),
+                    metrics.register(
+                        &format!("{prefix}_error"),
+                        "Config loads that were rejected; the previous config stays in effect",
+                        Counter::default(),
+                    ),
+                )
+            }),
+        };
+        this.last_successful.set(1);
+        this.last_success_time.set(unix_seconds(SystemTime::now()));
+        this
+    }
+
+    fn applied(&self, now: SystemTime) {
+        self.reloads.get_or_create(&ResultLabels { result: "success" }).inc();
+        self.last_successful.set(1);
+        self.last_success_time.set(unix_seconds(now));
+        if let Some((success, _)) = &self.legacy {
+            success.inc();
+        }
+    }
+
+    fn rejected(&self) {
+        self.reloads.get_or_create(&ResultLabels { result: "error" }).inc();
+        self.last_successful.set(0);
+        if let Some((_, error)) = &self.legacy {
+            error.inc();
+        }
+    }
+}
+
+fn unix_seconds(t: SystemTime) -> i64 {
+    t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
 /// The live value plus what is known about its reloads.
@@ -100,24 +190,30 @@ impl<T> Clone for Reloader<T> {
 }
 
 impl<T: Send + Sync + 'static> Reloader<T> {
-    /// Wraps an initial value. `metric_prefix` names the counters, e.g. `ratelimit_config_load`
-    /// gives `ratelimit_config_load_success_total` and `..._error_total`.
-    pub fn new(initial: T, metrics: &Metrics, metric_prefix: &str) -> Self {
-        let success = metrics.register(
-            &format!("{metric_prefix}_success"),
-            "Config loads that were validated and applied",
-            Counter::default(),
-        );
-        let failure = metrics.register(
-            &format!("{metric_prefix}_error"),
-            "Config loads that were rejected; the previous config stays in effect",
-            Counter::default(),
-        );
-        Reloader {
-            current: Arc::new(ArcSwap::from_pointee(initial)),
-            status: Arc::default(),
-            metrics: ReloadMetrics { success, failure },
-        }
+    /// Wraps an initial value. `what` names the metrics: `config` gives
+    /// `gatehouse_<service>_config_reloads_total{result}`,
+    /// `..._config_last_reload_successful`, `..._config_last_reload_success_timestamp_seconds`
+    /// and `..._config_info{version}`.
+    pub fn new(initial: T, metrics: &Metrics, what: &str) -> Self {
+        Self::with_metrics(initial, ReloadMetrics::register(metrics, what, None))
+    }
+
+    /// [`Reloader::new`], also counting under envoyproxy/ratelimit's names:
+    /// `<legacy_prefix>_success_total` and `<legacy_prefix>_error_total`.
+    pub fn with_legacy_names(initial: T, metrics: &Metrics, what: &str, legacy_prefix: &str) -> Self {
+        Self::with_metrics(initial, ReloadMetrics::register(metrics, what, Some(legacy_prefix)))
+    }
+
+    fn with_metrics(initial: T, metrics: ReloadMetrics) -> Self {
+        Reloader { current: Arc::new(ArcSwap::from_pointee(initial)), status: Arc::default(), metrics }
+    }
+
+    /// Names the version in effect (`<what>_info{version}` and `/config-status`): the xDS
+    /// version, or for files the hash [`Reloader::watch`] sets.
+    pub fn set_version(&self, version: String) {
+        self.metrics.info.clear();
+        self.metrics.info.get_or_create(&VersionLabels { version: version.clone() }).set(1);
+        self.status.lock().version = Some(version);
     }
 
     /// The config in effect now. Cheap: an atomic load and a reference count.
@@ -140,7 +236,7 @@ impl<T: Send + Sync + 'static> Reloader<T> {
         match outcome {
             Ok(value) => {
                 self.current.store(Arc::new(value));
-                self.metrics.success.inc();
+                self.metrics.applied(now);
                 let mut s = self.status.lock();
                 s.successes += 1;
                 s.last_success = Some(now);
@@ -148,7 +244,7 @@ impl<T: Send + Sync + 'static> Reloader<T> {
                 true
             }
             Err(errors) => {
-                self.metrics.failure.inc();
+                self.metrics.rejected();
                 tracing::error!(error = %errors, "config rejected; previous config stays in effect");
                 let mut s = self.status.lock();
                 s.failures += 1;
@@ -175,6 +271,9 @@ impl<T: Send + Sync + 'static> Reloader<T> {
         // Taken before returning, so that a change right after this call is never missed.
         let (tx, mut rx) = mpsc::unbounded_channel::<()>();
         let mut fingerprint = fingerprint_now(&spec.paths);
+        if self.status.lock().version.is_none() {
+            self.set_version(file_version(fingerprint));
+        }
         let mut watcher = make_watcher(&spec, tx.clone());
         tokio::spawn(async move {
             tokio::pin!(shutdown);
@@ -204,7 +303,8 @@ impl<T: Send + Sync + 'static> Reloader<T> {
                     }
                 };
                 if this.apply(outcome) {
-                    tracing::info!("config reloaded");
+                    this.set_version(file_version(fingerprint));
+                    tracing::info!(version = %file_version(fingerprint), "config reloaded");
                 }
                 // Symlink targets may have changed: watch the new ones.
                 drop(watcher);
@@ -261,6 +361,12 @@ fn dirs_to_watch(spec: &WatchSpec) -> Vec<PathBuf> {
         }
     }
     dirs
+}
+
+/// The version label of files with `fingerprint`: the same on every replica reading the same
+/// files with the same build.
+fn file_version(fingerprint: u64) -> String {
+    format!("{fingerprint:016x}")
 }
 
 /// A hash of every regular file's path and content under `paths`, following symlinks.
@@ -347,7 +453,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cfg = dir.path().join("config.yaml");
         std::fs::write(&cfg, "one").unwrap();
-        let reloader = Reloader::new(read_all(dir.path()).unwrap(), &Metrics::new(), "test_load");
+        let reloader = Reloader::new(read_all(dir.path()).unwrap(), &Metrics::new(), "config");
         let path = dir.path().to_path_buf();
         let _task = reloader.watch(spec(vec![path.clone()], None), move || read_all(&path), std::future::pending());
 
@@ -382,7 +488,7 @@ mod tests {
         std::os::unix::fs::symlink("..2026_01_01_v1", m.join("..data")).unwrap();
         std::os::unix::fs::symlink("..data/config.yaml", m.join("config.yaml")).unwrap();
 
-        let reloader = Reloader::new(read_all(m).unwrap(), &Metrics::new(), "test_load");
+        let reloader = Reloader::new(read_all(m).unwrap(), &Metrics::new(), "config");
         let path = m.to_path_buf();
         let _task = reloader.watch(spec(vec![path.clone()], None), move || read_all(&path), std::future::pending());
 
@@ -406,7 +512,7 @@ mod tests {
         }
         std::os::unix::fs::symlink(b.join("v1"), b.join("current")).unwrap();
         let config_dir = b.join("current/config");
-        let reloader = Reloader::new(read_all(&config_dir).unwrap(), &Metrics::new(), "test_load");
+        let reloader = Reloader::new(read_all(&config_dir).unwrap(), &Metrics::new(), "config");
         let dir = config_dir.clone();
         let _task = reloader.watch(
             spec(vec![config_dir.clone()], Some(b.to_path_buf())),

@@ -195,7 +195,7 @@ pub struct GrpcOptions {
     pub drain: Duration,
     /// Close connections after this age so clients rebalance across replicas.
     pub max_connection_age: Option<Duration>,
-    /// Where TLS reloads are counted (`grpc_server_tls_load_{success,error}_total`).
+    /// Where TLS reloads are counted (`gatehouse_<service>_tls_reloads_total{result}`).
     pub metrics: Metrics,
 }
 

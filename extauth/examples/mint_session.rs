@@ -39,7 +39,13 @@ async fn mint(url: &str, prefix: &str) -> Result<String, String> {
     let conn = RedisConn::connect(&RedisSettings::single(url)).await.map_err(|e| e.to_string())?;
     let twelve_hours = Duration::from_secs(12 * 3600);
     let timeouts = Timeouts { idle: twelve_hours, absolute: twelve_hours };
-    let sessions = RedisSessions::new(conn, prefix.to_string(), timeouts, Duration::ZERO);
+    let sessions = RedisSessions::new(
+        conn,
+        prefix.to_string(),
+        timeouts,
+        Duration::ZERO,
+        gatehouse_extauth::stats::Dependencies::detached(),
+    );
     let mut claims = Map::new();
     claims.insert("sub".into(), Value::String("bench-user".into()));
     claims.insert("email".into(), Value::String("bench-user@gatehouse.test".into()));

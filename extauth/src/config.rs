@@ -652,6 +652,7 @@ impl Builder<'_, '_> {
                 conn.clone(),
                 prefix,
                 spec.redis_cache_ttl.map_or(Duration::from_secs(10), |d| d.0),
+                self.ctx.jwks.dependencies().clone(),
             )),
             (Some(_), None) if self.ctx.check_only => None,
             (Some(_), None) => {
@@ -877,6 +878,7 @@ impl Builder<'_, '_> {
                     spec.session.redis_prefix.unwrap_or_else(|| "gatehouse:session:".into()),
                     timeouts,
                     spec.session.cache_ttl.as_ref().map_or(Duration::from_secs(5), |d| d.value.0),
+                    self.ctx.jwks.dependencies().clone(),
                 )))),
                 None if self.ctx.check_only => None,
                 None => {
@@ -941,7 +943,7 @@ impl Builder<'_, '_> {
             jwks,
             cache: token_cache(1),
         };
-        match OidcLogin::new(settings, store, http, issuer_tokens) {
+        match OidcLogin::new(settings, store, http, self.ctx.jwks.dependencies().clone(), issuer_tokens) {
             Ok(login) => Some(Method::OidcLogin(Arc::new(login))),
             Err(e) => {
                 self.error(at, format!("{what}: oidc_login: {e}"));
@@ -992,6 +994,7 @@ impl Builder<'_, '_> {
             timeout: spec.timeout.map_or(Duration::from_secs(5), |d| d.0),
             http: self.ctx.jwks.http().clone(),
             cache: token_cache(100_000),
+            deps: self.ctx.jwks.dependencies().clone(),
         }))
     }
 

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use gatehouse_common::config::ConfigErrors;
 use gatehouse_common::metrics::Metrics;
-use gatehouse_common::redis::{RedisConn, RedisSetupError};
+use gatehouse_common::redis::{RedisConn, RedisSetupError, redis_stats};
 use gatehouse_common::reload::{Reloader, WatchSpec};
 pub use gatehouse_common::server::Listeners;
 use gatehouse_common::server::{self, ServeError, Shutdown};
@@ -32,7 +32,7 @@ use crate::identity::jwks::Registry;
 use crate::service::Authorizer;
 use crate::settings::Settings;
 use crate::signer::{Signer, SignerError};
-use crate::stats::Stats;
+use crate::stats::{Dependencies, Stats};
 
 /// Why a check could not be decided. Bad credentials are not errors: they are denies.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -89,10 +89,10 @@ impl App {
     /// Loads the policy file (failing on errors: a service must not start without policy)
     /// and prepares everything but the listeners.
     pub async fn build(settings: Settings) -> Result<App, StartError> {
-        let metrics = Metrics::new();
+        let metrics = Metrics::for_service("extauth");
         let stats = Stats::new(&metrics);
         let redis = match &settings.redis {
-            Some(r) => Some(RedisConn::connect(r).await?),
+            Some(r) => Some(RedisConn::connect(r).await?.instrumented(&redis_stats(&metrics))),
             None => None,
         };
         let http = reqwest::Client::builder()
@@ -100,7 +100,9 @@ impl App {
             .redirect(reqwest::redirect::Policy::limited(3))
             .build()
             .map_err(|e| StartError::Serve(ServeError::Io(std::io::Error::other(e))))?;
-        let registry = Arc::new(Registry::new(http, tokio::runtime::Handle::current()));
+        let registry = Arc::new(
+            Registry::new(http, tokio::runtime::Handle::current()).with_dependencies(Dependencies::register(&metrics)),
+        );
         let file = settings.config_file.clone();
         // Runs on a blocking thread (spawn_blocking, the reloader): it may wait on discovery.
         let load: Arc<dyn Fn() -> Result<policy::Policies, ConfigErrors> + Send + Sync> = Arc::new(move || {
@@ -117,7 +119,7 @@ impl App {
                 .await
                 .map_err(|e| StartError::Serve(ServeError::Io(std::io::Error::other(e))))??
         };
-        let policies = Reloader::new(initial, &metrics, "extauth_config_load");
+        let policies = Reloader::new(initial, &metrics, "config");
         let signer = Signer::new(
             settings.signing_issuer.clone(),
             settings.signing_key_file.as_deref(),

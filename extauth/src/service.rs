@@ -28,6 +28,7 @@ impl Authorizer {
     /// children), with `extauth.decision` (`allowed`, `denied` or `error`) and, when there is
     /// an answer, `http.response.status_code`.
     pub async fn check(&self, request: &AuthRequest) -> (String, Result<Decision, Error>) {
+        let started = std::time::Instant::now();
         let policies = self.policies.load();
         let selection = {
             let span = tracing::info_span!("extauth.policy", otel.name = "policy selection", extauth.policy = Empty);
@@ -80,16 +81,16 @@ impl Authorizer {
         }
         match &result {
             Ok(Decision::Allow(allow)) => {
-                self.stats.allowed(&policy_name);
+                self.stats.allowed(&policy_name, started);
                 tracing::debug!(policy = %policy_name, subject = %allow.subject, path = %request.path, "allowed");
             }
             Ok(Decision::Deny(deny)) => {
                 let rule = deny.rule.as_deref().unwrap_or("");
-                self.stats.denied(&policy_name, deny.status, rule);
+                self.stats.denied(&policy_name, deny.status, rule, started);
                 tracing::info!(policy = %policy_name, status = deny.status, rule, reason = %deny.reason, path = %request.path, "denied");
             }
             Err(e) => {
-                self.stats.errored(&policy_name);
+                self.stats.errored(&policy_name, e, started);
                 tracing::warn!(policy = %policy_name, error = %e, path = %request.path, "cannot decide");
             }
         }

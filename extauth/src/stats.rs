@@ -1,9 +1,16 @@
-//! Prometheus metrics of decisions.
+//! Prometheus metrics: decisions and their durations, errors by kind, and the calls to
+//! identity providers and the caches in front of them (docs/observability.md#gatehouse-extauth).
 
-use gatehouse_common::metrics::Metrics;
+use std::future::Future;
+use std::time::Instant;
+
+use gatehouse_common::metrics::{CacheStats, CallStats, Durations, ErrorStats, Metrics, durations};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use tracing::Instrument as _;
+
+use crate::Error;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DecisionLabels {
@@ -16,37 +23,125 @@ pub struct DecisionLabels {
     pub rule: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DurationLabels {
+    policy: String,
+    result: &'static str,
+}
+
 #[derive(Clone)]
 pub struct Stats {
     decisions: Family<DecisionLabels, Counter>,
+    durations: Durations<DurationLabels>,
+    errors: ErrorStats,
 }
 
 impl Stats {
     pub fn new(metrics: &Metrics) -> Stats {
         Stats {
             decisions: metrics.register(
-                "extauth_decisions",
+                &metrics.name("decisions"),
                 "Check decisions by policy, result, status and failing rule",
                 Family::default(),
+            ),
+            durations: metrics.register(
+                &metrics.name("request_duration_seconds"),
+                "Duration of a check (gRPC or forward-auth) by policy and result",
+                durations(),
+            ),
+            errors: ErrorStats::register(
+                metrics,
+                "Checks that could not be decided, by kind: unavailable (an IdP, introspection \
+                 endpoint or Redis could not be reached), internal, bad_request",
             ),
         }
     }
 
-    fn count(&self, policy: &str, result: &'static str, status: u16, rule: &str) {
+    fn count(&self, policy: &str, result: &'static str, status: u16, rule: &str, started: Instant) {
         self.decisions
             .get_or_create(&DecisionLabels { policy: policy.to_string(), result, status, rule: rule.to_string() })
             .inc();
+        self.durations
+            .get_or_create(&DurationLabels { policy: policy.to_string(), result })
+            .observe(started.elapsed().as_secs_f64());
     }
 
-    pub fn allowed(&self, policy: &str) {
-        self.count(policy, "allow", 200, "");
+    /// A check of `policy` that began at `started` allowed the request.
+    pub fn allowed(&self, policy: &str, started: Instant) {
+        self.count(policy, "allow", 200, "", started);
     }
 
-    pub fn denied(&self, policy: &str, status: u16, rule: &str) {
-        self.count(policy, "deny", status, rule);
+    pub fn denied(&self, policy: &str, status: u16, rule: &str, started: Instant) {
+        self.count(policy, "deny", status, rule, started);
     }
 
-    pub fn errored(&self, policy: &str) {
-        self.count(policy, "error", 0, "");
+    pub fn errored(&self, policy: &str, error: &Error, started: Instant) {
+        self.count(policy, "error", 0, "", started);
+        self.errors.count(match error {
+            Error::Unavailable(_) => "unavailable",
+            Error::Internal(_) => "internal",
+            Error::BadRequest(_) => "bad_request",
+        });
+    }
+}
+
+/// The label of the IdP metrics: `discovery`, `jwks`, `introspection`, `token`, `refresh`,
+/// `revocation`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CallLabels {
+    pub call: &'static str,
+}
+
+/// What the identity methods depend on outside the process: identity providers
+/// (`gatehouse_extauth_idp_*`) and the caches that spare calls to them and to Redis
+/// (`gatehouse_extauth_cache_lookups_total`). Cloning shares the handles.
+#[derive(Clone, Debug)]
+pub struct Dependencies {
+    idp: CallStats<CallLabels>,
+    cache: CacheStats,
+}
+
+impl Dependencies {
+    pub fn register(metrics: &Metrics) -> Self {
+        Dependencies {
+            idp: CallStats::register(metrics, "idp", "HTTP calls to identity providers"),
+            cache: CacheStats::register(metrics),
+        }
+    }
+
+    /// Handles registered nowhere, for key sets and methods built outside a service (tests,
+    /// fuzz targets, `check-config`).
+    pub fn detached() -> Self {
+        Self::register(&Metrics::new())
+    }
+
+    /// Awaits one IdP call, timed and counted, and inside a traced check an `idp <call>`
+    /// span (no URL, token or answer on it).
+    pub async fn idp<T, E>(&self, call: &'static str, request: impl Future<Output = Result<T, E>>) -> Result<T, E> {
+        let span = if tracing::Span::current().is_none() {
+            tracing::Span::none()
+        } else {
+            tracing::info_span!(
+                "extauth.idp",
+                otel.name = %format_args!("idp {call}"),
+                otel.kind = "client",
+                extauth.idp.call = call,
+                otel.status_code = tracing::field::Empty,
+            )
+        };
+        async {
+            let result = self.idp.time(CallLabels { call }, request).await;
+            if result.is_err() {
+                tracing::Span::current().record("otel.status_code", "error");
+            }
+            result
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Counts a lookup in `cache`: a hit needed no network call.
+    pub fn cache(&self, cache: &'static str, hit: bool) {
+        self.cache.lookup(cache, hit);
     }
 }

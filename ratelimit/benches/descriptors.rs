@@ -82,7 +82,7 @@ fn should_rate_limit(c: &mut Criterion) {
     let stats = Stats::new(&metrics);
     let rules = RuleSet::from_yaml("bench.yaml", &config(), &stats).expect("valid bench config");
     let limiter = RateLimiter::new(
-        Reloader::new(rules, &metrics, "bench_config_load"),
+        Reloader::new(rules, &metrics, "config"),
         MemoryStore::new(1_000_000, Clock::System) as Arc<_>,
         Clock::System,
         stats,

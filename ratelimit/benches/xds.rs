@@ -50,7 +50,7 @@ fn resources(domains: usize, per_domain: usize) -> Vec<Any> {
 fn apply_update(c: &mut Criterion) {
     let metrics = Metrics::new();
     let stats = Stats::new(&metrics);
-    let rules = Reloader::new(RuleSet::default(), &metrics, "bench_config_load");
+    let rules = Reloader::new(RuleSet::default(), &metrics, "config");
     // 10 domains x 1,000 tenants, plus 1,000 nested user descriptors: 11,000 descriptors.
     let update = resources(10, 1_000);
     c.bench_function("xds_apply_10k_descriptors", |b| {

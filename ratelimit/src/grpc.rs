@@ -1,7 +1,9 @@
 //! The `envoy.service.ratelimit.v3.RateLimitService` gRPC endpoint.
 
 use std::sync::Arc;
+use std::time::Instant;
 
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::{
     RateLimitService, RateLimitServiceServer,
 };
@@ -42,7 +44,18 @@ impl RateLimitService for GrpcService {
             ratelimit.descriptors = request.get_ref().descriptors.len(),
             ratelimit.overall_code = tracing::field::Empty,
         );
+        let started = Instant::now();
         let result = self.limiter.should_rate_limit(request.get_ref()).instrument(span.clone()).await;
+        let stats = self.limiter.stats();
+        let duration = match &result {
+            Ok(response) if response.overall_code() == Code::OverLimit => &stats.durations.over_limit,
+            Ok(_) => &stats.durations.ok,
+            Err(e) => {
+                stats.errors.count(e.kind());
+                &stats.durations.error
+            }
+        };
+        duration.observe(started.elapsed().as_secs_f64());
         match result {
             Ok(response) => {
                 if !span.is_disabled() {

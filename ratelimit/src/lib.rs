@@ -63,10 +63,10 @@ pub fn load_rules(
 }
 
 /// LOCAL_CACHE_SIZE_IN_BYTES: the over-limit cache in front of `store`, unless 0.
-fn with_local_cache(store: impl CounterStore, size_bytes: usize) -> Arc<dyn CounterStore> {
+fn with_local_cache(store: impl CounterStore, size_bytes: usize, stats: &Stats) -> Arc<dyn CounterStore> {
     match size_bytes {
         0 => Arc::new(store),
-        bytes => Arc::new(OverLimitCache::new(store, bytes)),
+        bytes => Arc::new(OverLimitCache::new(store, bytes).counted(stats.cache.clone())),
     }
 }
 
@@ -111,7 +111,7 @@ pub struct App {
 
 impl App {
     pub async fn build(settings: Settings, clock: Clock) -> Result<App, StartError> {
-        let metrics = Metrics::new();
+        let metrics = Metrics::for_service("ratelimit");
         let stats = Stats::new(&metrics);
         let initial = match &settings.config_source {
             ConfigSource::File => {
@@ -120,7 +120,7 @@ impl App {
             // Rules arrive from the control plane once serving starts.
             ConfigSource::Xds(_) => RuleSet::default(),
         };
-        let rules = Reloader::new(initial, &metrics, "ratelimit_service_config_load");
+        let rules = Reloader::with_legacy_names(initial, &metrics, "config", "ratelimit_service_config_load");
         let mut memory = None;
         // The Redis handles, for REDIS_HEALTH_CHECK_ACTIVE_CONNECTION.
         let mut redis = Vec::new();
@@ -132,16 +132,20 @@ impl App {
             }
             Backend::Redis => {
                 let jitter = settings.expiration_jitter_max_secs;
-                let conn = RedisConn::connect(&settings.redis).await?;
+                let conn = RedisConn::connect(&settings.redis).await?.instrumented(&stats.redis);
                 redis.push(conn.clone());
                 let store = RedisStore::new(conn, settings.redis.timeout, jitter);
                 match &settings.redis_per_second {
-                    None => with_local_cache(store, settings.local_cache_size_bytes),
+                    None => with_local_cache(store, settings.local_cache_size_bytes, &stats),
                     Some(per_second) => {
-                        let conn = RedisConn::connect(per_second).await?;
+                        let conn = RedisConn::connect(per_second).await?.instrumented(&stats.redis);
                         redis.push(conn.clone());
                         let per_second = RedisStore::new(conn, per_second.timeout, jitter);
-                        with_local_cache(PerSecondSplit::new(per_second, store), settings.local_cache_size_bytes)
+                        with_local_cache(
+                            PerSecondSplit::new(per_second, store),
+                            settings.local_cache_size_bytes,
+                            &stats,
+                        )
                     }
                 }
             }

@@ -46,6 +46,16 @@ pub enum Error {
     Storage(#[from] StorageError),
 }
 
+impl Error {
+    /// The `kind` of `gatehouse_ratelimit_errors_total`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::InvalidRequest(_) => "invalid_request",
+            Error::Storage(e) => e.kind(),
+        }
+    }
+}
+
 /// The most hits one descriptor adds. Limits are `u32`, so any `hits_addend` above this is
 /// over every limit either way; capping it keeps counter sums far from `u64` overflow and
 /// exact in the Lua script's doubles, so memory and Redis answer alike.
@@ -269,6 +279,7 @@ impl RateLimiter {
                 Ok(states) => states,
                 Err(e) if self.options.failure_mode == FailureMode::Open => {
                     self.stats.backend_failure_allowed.inc();
+                    self.stats.errors.count(e.kind());
                     if let Some(held_back) = self.store_failures.admit() {
                         tracing::warn!(error = %e, held_back, "counter store failed; allowing (failure mode open)");
                     }

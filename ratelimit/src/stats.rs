@@ -8,7 +8,9 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 
-use gatehouse_common::metrics::Metrics;
+use gatehouse_common::metrics::{CacheStats, CallStats, Durations, ErrorStats, Metrics, durations};
+use gatehouse_common::redis::{OpLabels, redis_stats};
+use prometheus_client::metrics::histogram::Histogram;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RuleLabels {
@@ -42,6 +44,28 @@ pub struct Stats {
     /// Backend failures answered OK because the failure mode is open.
     pub backend_failure_allowed: Counter,
     pub total_requests: Counter,
+    /// `gatehouse_ratelimit_request_duration_seconds{code}`, one handle per answer.
+    pub durations: AnswerDurations,
+    /// `gatehouse_ratelimit_errors_total{kind}`.
+    pub errors: ErrorStats,
+    /// The Redis round trips (`gatehouse_ratelimit_redis_*`).
+    pub redis: CallStats<OpLabels>,
+    /// The local over-limit cache's lookups.
+    pub cache: CacheStats,
+}
+
+/// ShouldRateLimit durations by overall answer, resolved once so that recording one is a
+/// histogram observation without a label lookup.
+#[derive(Clone, Debug)]
+pub struct AnswerDurations {
+    pub ok: Histogram,
+    pub over_limit: Histogram,
+    pub error: Histogram,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CodeLabels {
+    code: &'static str,
 }
 
 /// The counters of one rule (or one dynamic stats key).
@@ -99,6 +123,22 @@ impl Stats {
                 "ShouldRateLimit calls received",
                 Counter::default(),
             ),
+            durations: {
+                let family: Durations<CodeLabels> = metrics.register(
+                    &metrics.name("request_duration_seconds"),
+                    "ShouldRateLimit duration by overall answer (OK, OVER_LIMIT, error)",
+                    durations(),
+                );
+                let code = |code| family.get_or_create_owned(&CodeLabels { code });
+                AnswerDurations { ok: code("OK"), over_limit: code("OVER_LIMIT"), error: code("error") }
+            },
+            errors: ErrorStats::register(
+                metrics,
+                "Calls answered with an error, or let through because the counter store failed (failure mode open), \
+                 by kind: invalid_request, store_unavailable, store_timeout",
+            ),
+            redis: redis_stats(metrics),
+            cache: CacheStats::register(metrics),
         }
     }
 

@@ -628,7 +628,9 @@ async fn rules_deny_with_403_and_name_the_rule() {
     let metrics =
         reqwest::get(format!("http://127.0.0.1:{}/metrics", s.extauth_http)).await.unwrap().text().await.unwrap();
     assert!(
-        metrics.contains(r#"extauth_decisions_total{policy="rules",result="deny",status="403",rule="no-deletes"} 1"#),
+        metrics.contains(
+            r#"gatehouse_extauth_decisions_total{policy="rules",result="deny",status="403",rule="no-deletes"} 1"#
+        ),
         "{metrics}"
     );
 }

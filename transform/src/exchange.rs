@@ -93,7 +93,8 @@ pub enum Outcome {
     Skipped,
     /// A transformation ran (whether or not a rule matched).
     Transformed,
-    Rejected(u16),
+    /// Answered locally with this status; the rejection's machine-readable `error`.
+    Rejected(u16, &'static str),
 }
 
 pub struct Exchange {
@@ -275,7 +276,7 @@ impl Exchange {
     }
 
     fn reject(&mut self, rejection: Rejection) -> Reply {
-        self.outcome = Outcome::Rejected(rejection.status);
+        self.outcome = Outcome::Rejected(rejection.status, rejection.error);
         Reply::Reject(rejection)
     }
 }
@@ -425,7 +426,7 @@ transformations:
         e.on_request_headers(request("/read"), false);
         let Reply::Reject(r) = e.on_request_body(b"{oops", true) else { panic!() };
         assert_eq!((r.status, r.error), (400, "invalid_body"));
-        assert_eq!(e.outcome, Outcome::Rejected(400));
+        assert_eq!(e.outcome, Outcome::Rejected(400, "invalid_body"));
         let Reply::Reject(r) = exchange(Some("nope")).on_request_headers(request("/x"), true) else { panic!() };
         assert_eq!((r.status, r.error), (500, "unknown_transformation"));
     }

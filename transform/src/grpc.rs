@@ -4,6 +4,7 @@
 //! `mode_override` and `clear_route_cache`, or an ImmediateResponse with a JSON body.
 
 use std::pin::Pin;
+use std::time::Instant;
 
 use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
 use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue, HeaderValueOption};
@@ -86,12 +87,18 @@ impl ExternalProcessor for ProcessService {
             loop {
                 match inbound.message().await {
                     Ok(Some(message)) => {
-                        let phase = phase_span(&counted.span, &message);
-                        let handled = phase.in_scope(|| handle(&mut counted.exchange, message));
+                        let started = Instant::now();
+                        let phase = phase_name(&message);
+                        let span = phase_span(&counted.span, phase, &message);
+                        let handled = span.in_scope(|| handle(&mut counted.exchange, message));
+                        if let Some(phase) = phase {
+                            counted.stats.answered(phase, started);
+                        }
                         match handled {
                             Ok(Some(response)) => return Some((Ok(response), Some((inbound, counted)))),
                             Ok(None) => {}
                             Err(status) => {
+                                counted.stats.protocol_error();
                                 counted.code = status.code();
                                 return Some((Err(status), None));
                             }
@@ -131,18 +138,15 @@ impl Drop for Counted {
 /// The span of one phase under the stream's span: `request_headers`, `request_body`,
 /// `response_headers`, `response_body` (with `transform.body.size`, the chunk's bytes) or a
 /// trailers phase. Only the phase and sizes: header and body contents never go on spans.
-fn phase_span(stream: &Span, message: &ProcessingRequest) -> Span {
+fn phase_span(stream: &Span, phase: Option<&'static str>, message: &ProcessingRequest) -> Span {
+    let Some(phase) = phase else { return Span::none() };
     if stream.is_disabled() || message.observability_mode {
         return Span::none();
     }
-    let (phase, body_size) = match &message.request {
-        Some(Phase::RequestHeaders(_)) => ("request_headers", None),
-        Some(Phase::RequestBody(b)) => ("request_body", Some(b.body.len())),
-        Some(Phase::ResponseHeaders(_)) => ("response_headers", None),
-        Some(Phase::ResponseBody(b)) => ("response_body", Some(b.body.len())),
-        Some(Phase::RequestTrailers(_)) => ("request_trailers", None),
-        Some(Phase::ResponseTrailers(_)) => ("response_trailers", None),
-        None => return Span::none(),
+    let body_size = match &message.request {
+        Some(Phase::RequestBody(b)) => Some(b.body.len()),
+        Some(Phase::ResponseBody(b)) => Some(b.body.len()),
+        _ => None,
     };
     tracing::info_span!(
         parent: stream,
@@ -151,6 +155,18 @@ fn phase_span(stream: &Span, message: &ProcessingRequest) -> Span {
         transform.phase = phase,
         transform.body.size = body_size,
     )
+}
+
+/// The phase `message` carries, as spans and metrics name it; `None` for a malformed message.
+fn phase_name(message: &ProcessingRequest) -> Option<&'static str> {
+    Some(match message.request.as_ref()? {
+        Phase::RequestHeaders(_) => "request_headers",
+        Phase::RequestBody(_) => "request_body",
+        Phase::ResponseHeaders(_) => "response_headers",
+        Phase::ResponseBody(_) => "response_body",
+        Phase::RequestTrailers(_) => "request_trailers",
+        Phase::ResponseTrailers(_) => "response_trailers",
+    })
 }
 
 /// Answers one message; `None` for messages that take no answer (observability mode). A

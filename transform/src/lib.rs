@@ -58,12 +58,12 @@ impl App {
     /// Loads the transformation file (failing on errors: a service must not start with a
     /// config it cannot apply).
     pub fn build(settings: Settings) -> Result<App, StartError> {
-        let metrics = Metrics::new();
+        let metrics = Metrics::for_service("transform");
         let stats = Stats::new(&metrics);
         let file = settings.config_file.clone();
         let env: BTreeMap<String, String> = settings.template_env.clone();
         let load: Loader = Arc::new(move || config::load(&file, &env));
-        let config = Reloader::new(load()?, &metrics, "transform_config_load");
+        let config = Reloader::new(load()?, &metrics, "config");
         Ok(App { settings, transformer: Transformer { config, stats }, metrics, load })
     }
 

@@ -1,6 +1,8 @@
 //! Prometheus metrics of exchanges.
 
-use gatehouse_common::metrics::Metrics;
+use std::time::Instant;
+
+use gatehouse_common::metrics::{Durations, ErrorStats, Metrics, durations};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -16,20 +18,46 @@ pub struct ExchangeLabels {
     pub status: u16,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PhaseLabels {
+    phase: &'static str,
+}
+
 #[derive(Clone)]
 pub struct Stats {
     exchanges: Family<ExchangeLabels, Counter>,
+    durations: Durations<PhaseLabels>,
+    errors: ErrorStats,
 }
 
 impl Stats {
     pub fn new(metrics: &Metrics) -> Stats {
         Stats {
             exchanges: metrics.register(
-                "transform_exchanges",
+                &metrics.name("exchanges"),
                 "Request/response exchanges a transformation ran on, by result",
                 Family::default(),
             ),
+            durations: metrics.register(
+                &metrics.name("request_duration_seconds"),
+                "Time to answer one ext_proc message, by phase",
+                durations(),
+            ),
+            errors: ErrorStats::register(
+                metrics,
+                "Exchanges that failed, by the rejection's error or `protocol` (a malformed ext_proc stream)",
+            ),
         }
+    }
+
+    /// Records the time one message of `phase` took to answer.
+    pub fn answered(&self, phase: &'static str, started: Instant) {
+        self.durations.get_or_create(&PhaseLabels { phase }).observe(started.elapsed().as_secs_f64());
+    }
+
+    /// Counts a stream Envoy sent that the service could not follow.
+    pub fn protocol_error(&self) {
+        self.errors.count("protocol");
     }
 
     /// Counts a finished exchange; exchanges on routes without a transformation are not counted.
@@ -37,7 +65,10 @@ impl Stats {
         let (result, status) = match exchange.outcome {
             Outcome::Skipped => return,
             Outcome::Transformed => ("transformed", 0),
-            Outcome::Rejected(status) => ("rejected", status),
+            Outcome::Rejected(status, error) => {
+                self.errors.count(error);
+                ("rejected", status)
+            }
         };
         let labels = ExchangeLabels { transformation: exchange.transformation_name().to_string(), result, status };
         self.exchanges.get_or_create(&labels).inc();

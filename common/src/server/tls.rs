@@ -7,7 +7,7 @@
 //! from all of them and swapped in only if it is complete and consistent: certificate and key
 //! match, the CA parses. Established connections keep the config they were made with, new
 //! ones get the new one, and the listener is never closed. A rejected set of files leaves the
-//! previous config serving, and is logged and counted (`grpc_server_tls_load_error_total`).
+//! previous config serving, and is logged and counted (`gatehouse_<service>_tls_reloads_total{result="error"}`).
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -196,7 +196,7 @@ impl TlsConfigs {
         metrics: &Metrics,
         stop: impl Future<Output = ()> + Send + 'static,
     ) -> Result<TlsConfigs, ConfigError> {
-        let configs = Reloader::new(files.load()?, metrics, "grpc_server_tls_load");
+        let configs = Reloader::new(files.load()?, metrics, "tls");
         let spec = WatchSpec::new(files.paths());
         let files = files.clone();
         configs.watch(spec, move || files.load().map_err(ConfigErrors::from), stop);

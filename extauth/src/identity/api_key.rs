@@ -21,6 +21,7 @@ use super::source::{Source, first_credential};
 use super::{Identity, Kind, Outcome, Rejection};
 use crate::Error;
 use crate::request::AuthRequest;
+use crate::stats::Dependencies;
 
 /// A key's identity and what it grants.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -66,19 +67,22 @@ pub struct RedisKeys {
     /// Found and not-found answers are cached this long: an added or revoked key takes
     /// effect within it.
     pub cache: Cache<Digest, Option<Arc<KeyInfo>>>,
+    deps: Dependencies,
 }
 
 impl RedisKeys {
-    pub fn new(conn: RedisConn, prefix: String, ttl: Duration) -> RedisKeys {
-        RedisKeys { conn, prefix, cache: Cache::builder().max_capacity(100_000).time_to_live(ttl).build() }
+    pub fn new(conn: RedisConn, prefix: String, ttl: Duration, deps: Dependencies) -> RedisKeys {
+        RedisKeys { conn, prefix, cache: Cache::builder().max_capacity(100_000).time_to_live(ttl).build(), deps }
     }
 
     async fn lookup(&self, digest: &Digest) -> Result<Option<Arc<KeyInfo>>, Error> {
-        if let Some(hit) = self.cache.get(digest) {
+        let cached = self.cache.get(digest);
+        self.deps.cache("api_key", cached.is_some());
+        if let Some(hit) = cached {
             return Ok(hit);
         }
         let key = format!("{}{}", self.prefix, hex(digest));
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn.op("api_key");
         let raw: Option<String> = redis::cmd("GET")
             .arg(&key)
             .query_async(&mut conn)

@@ -20,6 +20,7 @@ use super::source::{Source, first_credential};
 use super::{Identity, Kind, Outcome, Rejection};
 use crate::Error;
 use crate::request::AuthRequest;
+use crate::stats::Dependencies;
 
 /// Clock skew allowed on `exp` and `nbf` in answers, as a JWT's default leeway.
 const LEEWAY_SECS: u64 = 30;
@@ -43,6 +44,7 @@ pub struct Introspection {
     pub timeout: Duration,
     pub http: reqwest::Client,
     pub cache: Cache<Digest, CachedToken>,
+    pub deps: Dependencies,
 }
 
 impl Introspection {
@@ -54,7 +56,9 @@ impl Introspection {
             return Ok(Outcome::Rejected(Rejection::invalid_token("token too large")));
         }
         let digest = sha256(token.as_bytes());
-        if let Some(hit) = self.cache.get(&digest) {
+        let cached = self.cache.get(&digest);
+        self.deps.cache("introspection", cached.is_some());
+        if let Some(hit) = cached {
             let mut identity = (*hit.identity).clone();
             identity.method = name.clone();
             return Ok(Outcome::Authenticated(identity));
@@ -103,10 +107,14 @@ impl Introspection {
                 form.push(("client_secret", &self.client_secret));
             }
         }
-        let response = request.form(&form).send().await.map_err(|e| unavailable(e.to_string()))?;
-        if !response.status().is_success() {
-            return Err(unavailable(format!("HTTP {}", response.status())));
-        }
-        response.json::<Map<String, Value>>().await.map_err(|e| unavailable(e.to_string()))
+        self.deps
+            .idp("introspection", async {
+                let response = request.form(&form).send().await.map_err(|e| unavailable(e.to_string()))?;
+                if !response.status().is_success() {
+                    return Err(unavailable(format!("HTTP {}", response.status())));
+                }
+                response.json::<Map<String, Value>>().await.map_err(|e| unavailable(e.to_string()))
+            })
+            .await
     }
 }

@@ -21,6 +21,7 @@ use serde::Deserialize;
 use tokio::time::Instant;
 
 use crate::Error;
+use crate::stats::Dependencies;
 
 /// Where an issuer's keys come from.
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
@@ -105,6 +106,7 @@ pub struct Jwks {
     source: KeySource,
     refresh: Refresh,
     http: reqwest::Client,
+    deps: Dependencies,
     keys: ArcSwapOption<KeySet>,
     /// When the last fetch started; caps refetches.
     last_attempt: Mutex<Option<Instant>>,
@@ -115,11 +117,12 @@ pub struct Jwks {
 }
 
 impl Jwks {
-    fn new(source: KeySource, refresh: Refresh, http: reqwest::Client) -> Jwks {
+    fn new(source: KeySource, refresh: Refresh, http: reqwest::Client, deps: Dependencies) -> Jwks {
         Jwks {
             source,
             refresh,
             http,
+            deps,
             keys: ArcSwapOption::empty(),
             last_attempt: Mutex::new(None),
             discovered_issuer: Mutex::new(None),
@@ -130,7 +133,9 @@ impl Jwks {
     /// The keys for a token's `kid`. Fetches again if the kid is unknown and the last fetch
     /// is older than `min_refetch`. Fails only when no keys were ever fetched.
     pub async fn lookup(&self, kid: Option<&str>) -> Result<Lookup, Error> {
-        if let Some(found) = self.find(kid) {
+        let found = self.find(kid);
+        self.deps.cache("jwks", found.is_some());
+        if let Some(found) = found {
             return Ok(Lookup::Found(found));
         }
         let may_fetch = self.last_attempt.lock().is_none_or(|t| t.elapsed() >= self.refresh.min_refetch);
@@ -181,7 +186,7 @@ impl Jwks {
             KeySource::Uri(uri) => uri.clone(),
             KeySource::Discovery { issuer } => {
                 let url = discovery_url(issuer);
-                let doc: Discovery = self.get_json(&url).await?;
+                let doc: Discovery = self.get_json("discovery", &url).await?;
                 *self.discovered_issuer.lock() = Some(doc.issuer.clone());
                 // OIDC Discovery §4.3: identical, not merely equal up to a trailing `/`. Tokens
                 // are checked against the configured string, so anything looser would load a
@@ -192,7 +197,7 @@ impl Jwks {
                 doc.jwks_uri
             }
         };
-        let set: JwkSet = self.get_json(&jwks_uri).await?;
+        let set: JwkSet = self.get_json("jwks", &jwks_uri).await?;
         tracing::debug!(source = ?self.source, keys = set.keys.len(), "signing keys fetched");
         self.keys.store(Some(Arc::new(KeySet::from_jwks(&set))));
         Ok(())
@@ -202,7 +207,7 @@ impl Jwks {
     /// reach no IdP: a token with an unknown `kid` is refused.
     pub fn fixed(set: &JwkSet) -> Jwks {
         let never = Refresh { every: Duration::MAX, min_refetch: Duration::MAX, timeout: Duration::ZERO };
-        let jwks = Jwks::new(KeySource::Uri(String::new()), never, reqwest::Client::new());
+        let jwks = Jwks::new(KeySource::Uri(String::new()), never, reqwest::Client::new(), Dependencies::detached());
         jwks.keys.store(Some(Arc::new(KeySet::from_jwks(set))));
         // With `min_refetch` at its maximum, this attempt is never followed by another.
         *jwks.last_attempt.lock() = Some(Instant::now());
@@ -221,7 +226,7 @@ impl Jwks {
         if let Some(issuer) = self.discovered_issuer.lock().clone() {
             return Some(Discovered::Issuer { url, issuer });
         }
-        Some(match self.get_json::<Discovery>(&url).await {
+        Some(match self.get_json::<Discovery>("discovery", &url).await {
             Ok(doc) => {
                 *self.discovered_issuer.lock() = Some(doc.issuer.clone());
                 Discovered::Issuer { url, issuer: doc.issuer }
@@ -230,17 +235,22 @@ impl Jwks {
         })
     }
 
-    async fn get_json<T: serde::de::DeserializeOwned>(&self, url: &str) -> Result<T, String> {
-        let response =
-            self.http.get(url).timeout(self.refresh.timeout).send().await.map_err(|e| format!("{url}: {e}"))?;
-        if !response.status().is_success() {
-            return Err(format!("{url}: HTTP {}", response.status()));
-        }
-        let body = response.bytes().await.map_err(|e| format!("{url}: {e}"))?;
-        if body.len() > 1 << 20 {
-            return Err(format!("{url}: response over 1 MiB"));
-        }
-        serde_json::from_slice(&body).map_err(|e| format!("{url}: {e}"))
+    /// GETs `url` as JSON; `call` (`discovery` or `jwks`) labels its metrics and span.
+    async fn get_json<T: serde::de::DeserializeOwned>(&self, call: &'static str, url: &str) -> Result<T, String> {
+        self.deps
+            .idp(call, async {
+                let response =
+                    self.http.get(url).timeout(self.refresh.timeout).send().await.map_err(|e| format!("{url}: {e}"))?;
+                if !response.status().is_success() {
+                    return Err(format!("{url}: HTTP {}", response.status()));
+                }
+                let body = response.bytes().await.map_err(|e| format!("{url}: {e}"))?;
+                if body.len() > 1 << 20 {
+                    return Err(format!("{url}: response over 1 MiB"));
+                }
+                serde_json::from_slice(&body).map_err(|e| format!("{url}: {e}"))
+            })
+            .await
     }
 }
 
@@ -284,13 +294,25 @@ fn verify_key(jwk: &Jwk) -> Option<VerifyKey> {
 /// issuer's keys, and so each source has one refresh loop.
 pub struct Registry {
     http: reqwest::Client,
+    deps: Dependencies,
     runtime: tokio::runtime::Handle,
     live: Mutex<HashMap<(KeySource, Refresh), Weak<Jwks>>>,
 }
 
 impl Registry {
     pub fn new(http: reqwest::Client, runtime: tokio::runtime::Handle) -> Registry {
-        Registry { http, runtime, live: Mutex::new(HashMap::new()) }
+        Registry { http, deps: Dependencies::detached(), runtime, live: Mutex::new(HashMap::new()) }
+    }
+
+    /// Counts the key sets' fetches and lookups, and the other methods' IdP calls, in `deps`.
+    pub fn with_dependencies(mut self, deps: Dependencies) -> Registry {
+        self.deps = deps;
+        self
+    }
+
+    /// Where the identity methods count their IdP calls and cache lookups.
+    pub fn dependencies(&self) -> &Dependencies {
+        &self.deps
     }
 
     /// The key set for `source`, created (and first fetched in the background) if no live
@@ -302,7 +324,7 @@ impl Registry {
         if let Some(existing) = live.get(&id).and_then(Weak::upgrade) {
             return existing;
         }
-        let jwks = Arc::new(Jwks::new(source, refresh, self.http.clone()));
+        let jwks = Arc::new(Jwks::new(source, refresh, self.http.clone(), self.deps.clone()));
         live.insert(id, Arc::downgrade(&jwks));
         let weak = Arc::downgrade(&jwks);
         self.runtime.spawn(async move {

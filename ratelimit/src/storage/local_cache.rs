@@ -7,6 +7,7 @@
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
+use gatehouse_common::metrics::CacheStats;
 use moka::sync::Cache;
 
 use super::{Batch, CounterState, CounterStore, CounterUpdate, KeyPage, Mode, StorageError, Window};
@@ -32,6 +33,8 @@ impl moka::Expiry<String, Expires> for UntilWindowEnd {
 pub struct OverLimitCache<S> {
     inner: S,
     cache: Cache<String, Expires>,
+    /// `gatehouse_ratelimit_cache_lookups_total{cache="over_limit"}`, when counted.
+    stats: Option<CacheStats>,
 }
 
 impl<S> std::fmt::Debug for OverLimitCache<S> {
@@ -47,7 +50,13 @@ impl<S: CounterStore> OverLimitCache<S> {
             .weigher(|key: &String, _: &Expires| (key.len() as u32).saturating_add(ENTRY_OVERHEAD))
             .expire_after(UntilWindowEnd)
             .build();
-        OverLimitCache { inner, cache }
+        OverLimitCache { inner, cache, stats: None }
+    }
+
+    /// Counts each counter's lookup: a hit is answered without the store.
+    pub fn counted(mut self, stats: CacheStats) -> Self {
+        self.stats = Some(stats);
+        self
     }
 
     fn cache_key(counter: &CounterUpdate, window: &Window) -> Option<String> {
@@ -63,6 +72,11 @@ impl<S: CounterStore> OverLimitCache<S> {
             .map(|(c, w)| Self::cache_key(c, w).and_then(|k| self.cache.get(&k)).is_some_and(|e| e.at_ms > now_ms))
             .collect();
         let any_cached = cached.iter().any(|&c| c);
+        if let Some(stats) = &self.stats {
+            for &hit in &cached {
+                stats.lookup("over_limit", hit);
+            }
+        }
 
         let states = if !any_cached {
             self.inner.update(batch, now_ms).await?

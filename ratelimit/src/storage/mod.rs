@@ -97,6 +97,14 @@ impl StorageError {
     pub fn is_transient(&self) -> bool {
         matches!(self, StorageError::Timeout(_) | StorageError::Unavailable(_))
     }
+
+    /// The `kind` of `gatehouse_ratelimit_errors_total`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StorageError::Timeout(_) => "store_timeout",
+            _ => "store_unavailable",
+        }
+    }
 }
 
 /// A place counters live. `now_ms` is Unix time in milliseconds, from the caller's clock.

@@ -204,7 +204,7 @@ impl Shared {
             }
         }
         let counters = requests.iter().map(|r| r.counters).sum();
-        let mut conn = self.conn.next();
+        let mut conn = self.conn.next().op("update");
         let reply: Vec<i64> =
             call.invoke_async(&mut conn).await.map_err(|e| StorageError::Unavailable(e.to_string()))?;
         parse_reply(&reply, counters)
@@ -342,7 +342,7 @@ impl RedisStore {
             "" => 0,
             _ => cursor.parse().map_err(|_| StorageError::BadCursor(cursor.to_string()))?,
         };
-        let mut conn = self.shared.conn.next();
+        let mut conn = self.shared.conn.next().op("scan");
         let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
             .arg(position)
             .arg("MATCH")
@@ -361,7 +361,7 @@ impl RedisStore {
     async fn delete(&self, counters: &[CounterUpdate], now_ms: u64) -> Result<u64, StorageError> {
         let hash_tags = self.shared.conn.topology() == Topology::Cluster;
         let deletes = counters.iter().map(|c| {
-            let mut conn = self.shared.conn.next();
+            let mut conn = self.shared.conn.next().op("delete");
             let keys = stored_keys(c, now_ms, hash_tags);
             async move { redis::cmd("DEL").arg(keys).query_async::<u64>(&mut conn).await }
         });

@@ -241,6 +241,7 @@ impl XdsClient {
                 rules.xds_version = Some(response.version_info.clone());
                 let domains = rules.domain_count();
                 self.rules.apply(Ok(rules));
+                self.rules.set_version(response.version_info.clone());
                 {
                     let mut status = self.status.lock();
                     status.version = Some(response.version_info.clone());

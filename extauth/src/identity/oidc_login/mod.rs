@@ -45,6 +45,7 @@ use crate::identity::jwt::now_secs;
 use crate::identity::{Identity, Kind, Outcome, Rejection};
 use crate::policy::Deny;
 use crate::request::AuthRequest;
+use crate::stats::Dependencies;
 
 /// What discovery says beyond OpenID Connect Discovery's core fields.
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
@@ -164,6 +165,8 @@ pub struct OidcLogin {
     /// `None` only when validating the config without Redis (`check-config`).
     store: Option<Store>,
     http: reqwest::Client,
+    /// Times and counts the calls to the IdP.
+    deps: Dependencies,
     provider: ArcSwapOption<Provider>,
     discovering: tokio::sync::Mutex<Option<Instant>>,
     /// When the IdP was last seen to answer, and whether it did ([`OidcLogin::idp_answers`]).
@@ -195,6 +198,7 @@ impl OidcLogin {
         settings: Settings,
         store: Option<Store>,
         http: reqwest::Client,
+        deps: Dependencies,
         issuer_tokens: crate::identity::jwt::JwtAuth,
     ) -> Result<OidcLogin, String> {
         let redirect = openidconnect::url::Url::parse(&settings.redirect_uri)
@@ -208,6 +212,7 @@ impl OidcLogin {
             settings,
             store,
             http,
+            deps,
             provider: ArcSwapOption::empty(),
             discovering: tokio::sync::Mutex::new(None),
             idp_seen: tokio::sync::Mutex::new(None),
@@ -264,10 +269,15 @@ impl OidcLogin {
         let s = &self.settings;
         let unavailable = |e: String| Error::Unavailable(format!("identity provider {}: {e}", s.issuer));
         let issuer = IssuerUrl::new(s.issuer.clone()).map_err(|e| unavailable(e.to_string()))?;
-        let metadata = tokio::time::timeout(s.timeout, Metadata::discover_async(issuer, &self.http))
-            .await
-            .map_err(|_| unavailable("discovery timed out".into()))?
-            .map_err(|e| unavailable(format!("discovery: {e}")))?;
+        let metadata = self
+            .deps
+            .idp("discovery", async {
+                tokio::time::timeout(s.timeout, Metadata::discover_async(issuer, &self.http))
+                    .await
+                    .map_err(|_| unavailable("discovery timed out".into()))?
+                    .map_err(|e| unavailable(format!("discovery: {e}")))
+            })
+            .await?;
         let more = metadata.additional_metadata().clone();
         let redirect = RedirectUrl::new(s.redirect_uri.clone()).map_err(|e| Error::Internal(e.to_string()))?;
         let client = CoreClient::from_provider_metadata(
@@ -286,6 +296,28 @@ impl OidcLogin {
             end_session_endpoint: more.end_session_endpoint,
             revocation_endpoint: more.revocation_endpoint,
         })
+    }
+
+    /// One call to the IdP within the configured timeout (`Err` when it passes), timed and
+    /// counted as `call`: an error, a timeout or an answer `succeeded` refuses counts as failed.
+    async fn idp_call<T, E>(
+        &self,
+        call: &'static str,
+        succeeded: fn(&T) -> bool,
+        request: impl std::future::Future<Output = Result<T, E>>,
+    ) -> Result<Result<T, E>, tokio::time::error::Elapsed> {
+        let timed = tokio::time::timeout(self.settings.timeout, request);
+        // The outcome travels in the Ok side so that the caller keeps it; only whether it
+        // counts as failed goes to the metrics.
+        let outcome = self
+            .deps
+            .idp(call, async {
+                let outcome = timed.await;
+                let ok = matches!(&outcome, Ok(Ok(answer)) if succeeded(answer));
+                if ok { Ok(outcome) } else { Err(outcome) }
+            })
+            .await;
+        outcome.unwrap_or_else(|outcome| outcome)
     }
 
     /// Whether the IdP answers now (its discovery document, checked at most every
@@ -501,7 +533,7 @@ impl OidcLogin {
             Ok(r) => r,
             Err(e) => return Err(Error::Internal(format!("the provider has no token endpoint: {e}"))),
         };
-        let response = match tokio::time::timeout(self.settings.timeout, request.request_async(&self.http)).await {
+        let response = match self.idp_call("refresh", |_| true, request.request_async(&self.http)).await {
             Ok(Ok(response)) => {
                 self.idp_answered(true).await;
                 response
@@ -685,7 +717,10 @@ impl OidcLogin {
                 }
                 _ => form.push(("client_id", &self.settings.client_id)),
             }
-            match tokio::time::timeout(self.settings.timeout, request.form(&form).send()).await {
+            match self
+                .idp_call("revocation", |r: &reqwest::Response| r.status().is_success(), request.form(&form).send())
+                .await
+            {
                 Ok(Ok(response)) if response.status().is_success() => {}
                 Ok(Ok(response)) => {
                     tracing::warn!(status = %response.status(), hint, "logout: the IdP refused to revoke a token");
@@ -875,7 +910,8 @@ impl OidcLogin {
             .exchange_code(AuthorizationCode::new(code))
             .map_err(|e| Exchange::Refused(format!("the provider has no token endpoint: {e}")))?
             .set_pkce_verifier(PkceCodeVerifier::new(login.pkce_verifier.clone()));
-        let response = tokio::time::timeout(self.settings.timeout, request.request_async(&self.http))
+        let response = self
+            .idp_call("token", |_| true, request.request_async(&self.http))
             .await
             .map_err(|_| Exchange::Unavailable(Error::Unavailable("the token endpoint timed out".into())))?
             .map_err(|e| match e {

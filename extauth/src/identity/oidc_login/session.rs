@@ -5,6 +5,7 @@
 //! the id by SHA-256. So neither a Redis dump (no keys, no ids) nor a Redis key name (a hash)
 //! can be turned back into a working cookie, and a cookie is useless once its record is gone.
 
+use crate::stats::Dependencies;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -127,6 +128,8 @@ pub struct RedisSessions {
     /// When the log was last read, in ms since `epoch` (0: never, or the cache was dropped).
     log_read_at: AtomicU64,
     epoch: Instant,
+    /// Counts the session cache's lookups.
+    deps: Dependencies,
 }
 
 /// A cached session, with the key its cookie must carry.
@@ -159,7 +162,13 @@ fn unavailable(e: redis::RedisError) -> Error {
 
 impl RedisSessions {
     /// `cache_ttl` zero: no in-process cache; every check reads Redis.
-    pub fn new(conn: RedisConn, prefix: String, timeouts: Timeouts, cache_ttl: Duration) -> RedisSessions {
+    pub fn new(
+        conn: RedisConn,
+        prefix: String,
+        timeouts: Timeouts,
+        cache_ttl: Duration,
+        deps: Dependencies,
+    ) -> RedisSessions {
         let cache = (!cache_ttl.is_zero())
             .then(|| Cache::builder().max_capacity(100_000).time_to_live(cache_ttl.min(LOG_RETENTION / 2)).build());
         RedisSessions {
@@ -171,6 +180,7 @@ impl RedisSessions {
             log: tokio::sync::Mutex::new(LogCursor::default()),
             log_read_at: AtomicU64::new(0),
             epoch: Instant::now(),
+            deps,
         }
     }
 
@@ -197,7 +207,11 @@ impl RedisSessions {
             && constant_time_eq(&hit.key, &handle.key)
             && let Some(session) = self.in_use(handle, &hit)
         {
+            self.deps.cache("session", true);
             return Ok(Some(session));
+        }
+        if self.cache.is_some() {
+            self.deps.cache("session", false);
         }
         let Some(session) = self.load_stored(handle).await? else { return Ok(None) };
         if let Some(cache) = &self.cache
@@ -222,7 +236,7 @@ impl RedisSessions {
         if now.saturating_sub(touched) >= TOUCH_EVERY.as_millis() as u64
             && hit.touched_ms.compare_exchange(touched, now, Ordering::AcqRel, Ordering::Acquire).is_ok()
         {
-            let (key, mut conn) = (self.key(handle), self.conn.clone());
+            let (key, mut conn) = (self.key(handle), self.conn.op("session_load"));
             tokio::spawn(async move {
                 let touched: redis::RedisResult<()> =
                     redis::cmd("PEXPIRE").arg(key).arg(ttl.as_millis().max(1) as u64).query_async(&mut conn).await;
@@ -237,7 +251,7 @@ impl RedisSessions {
     /// The session as Redis has it now, bypassing the cache (the refresh path's re-checks).
     pub async fn load_stored(&self, handle: &SessionHandle) -> Result<Option<Session>, Error> {
         let key = self.key(handle);
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn.op("session_load");
         let sealed: Option<String> = redis::cmd("GET").arg(&key).query_async(&mut conn).await.map_err(unavailable)?;
         let Some(sealed) = sealed else { return Ok(None) };
         let Some(plain) = handle.seal_key().open(&handle.storage_id(), &sealed) else {
@@ -291,7 +305,7 @@ impl RedisSessions {
     }
 
     async fn read_log(&self, cursor: &mut LogCursor) -> Result<(), Error> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn.op("session_events");
         let Some(last) = cursor.last_id.clone() else {
             // A fresh start: nothing cached can predate it.
             if let Some(cache) = &self.cache {
@@ -364,7 +378,7 @@ impl RedisSessions {
             }
         }
         // Stream ids are Redis's clock in ms: trim what is older than the retention.
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn.op("session_events");
         let now_ms: (u64, u64) = redis::cmd("TIME").query_async(&mut conn).await.map_err(unavailable)?;
         let min_id = (now_ms.0 * 1000 + now_ms.1 / 1000).saturating_sub(LOG_RETENTION.as_millis() as u64);
         let mut pipe = redis::pipe();
@@ -382,7 +396,7 @@ impl RedisSessions {
         };
         let plain = serde_json::to_vec(session).map_err(|e| Error::Internal(format!("session: {e}")))?;
         let sealed = handle.seal_key().seal(&handle.storage_id(), &plain);
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn.op("session_save");
         redis::cmd("SET")
             .arg(self.key(handle))
             .arg(sealed)
@@ -403,7 +417,7 @@ impl RedisSessions {
     /// has it. The returned token releases it ([`RedisSessions::unlock`]).
     pub async fn try_lock(&self, handle: &SessionHandle, ttl: Duration) -> Result<Option<String>, Error> {
         let token = super::sealed::random_token::<12>();
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn.op("session_lock");
         let set: Option<String> = redis::cmd("SET")
             .arg(format!("{}lock:{}", self.prefix, handle.storage_id()))
             .arg(&token)
@@ -420,7 +434,7 @@ impl RedisSessions {
     pub async fn unlock(&self, handle: &SessionHandle, token: &str) {
         const RELEASE: &str =
             "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0";
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn.op("session_lock");
         let result: redis::RedisResult<i64> = redis::Script::new(RELEASE)
             .key(format!("{}lock:{}", self.prefix, handle.storage_id()))
             .arg(token)
@@ -440,7 +454,7 @@ impl RedisSessions {
             pipe.cmd("SADD").arg(&index).arg(handle.storage_id()).ignore();
             pipe.cmd("EXPIRE").arg(&index).arg(ttl).ignore();
         }
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn.op("session_save");
         pipe.query_async::<()>(&mut conn).await.map_err(unavailable)
     }
 
@@ -468,7 +482,7 @@ impl RedisSessions {
             Some(sid) => self.index_keys(issuer, Some(sid), None),
             None => self.index_keys(issuer, None, sub),
         };
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn.op("session_delete");
         let mut ended = Vec::new();
         for index in keys {
             let members: Vec<String> =
@@ -494,7 +508,7 @@ impl RedisSessions {
     pub async fn first_use(&self, jti: &str, until: u64) -> Result<bool, Error> {
         let digest = ring::digest::digest(&ring::digest::SHA256, jti.as_bytes());
         let ttl = until.saturating_sub(now_secs()).max(60);
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn.op("session_events");
         let set: Option<String> = redis::cmd("SET")
             .arg(format!("{}jti:{}", self.prefix, hex(digest.as_ref())))
             .arg(1)
@@ -509,7 +523,7 @@ impl RedisSessions {
 
     /// Ends a session, on every replica.
     pub async fn delete(&self, handle: &SessionHandle) -> Result<(), Error> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn.op("session_delete");
         redis::cmd("DEL").arg(self.key(handle)).query_async::<()>(&mut conn).await.map_err(unavailable)?;
         self.announce("ended", &[handle.storage_id()]).await
     }
