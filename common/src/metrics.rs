@@ -121,8 +121,14 @@ pub struct ErrorStats {
 }
 
 impl ErrorStats {
-    pub fn register(metrics: &Metrics, help: &str) -> Self {
-        ErrorStats { errors: metrics.register(&metrics.name("errors"), help, Family::default()) }
+    /// Registers the counter with a zero series for each of `kinds`, so that dashboards and
+    /// alerts see every kind before its first error.
+    pub fn register(metrics: &Metrics, help: &str, kinds: &[&'static str]) -> Self {
+        let errors: Family<KindLabels, Counter> = metrics.register(&metrics.name("errors"), help, Family::default());
+        for &kind in kinds {
+            errors.get_or_create_owned(&KindLabels { kind });
+        }
+        ErrorStats { errors }
     }
 
     pub fn count(&self, kind: &'static str) {
@@ -141,9 +147,9 @@ pub struct CallStats<L: Clone + Hash + Eq> {
 
 impl<L: Clone + Hash + Eq + EncodeLabelSet + std::fmt::Debug + Send + Sync + 'static> CallStats<L> {
     /// `dependency` is the name's middle part (`redis`, `idp`); `what` completes the help
-    /// texts, e.g. "Redis round trips".
-    pub fn register(metrics: &Metrics, dependency: &str, what: &str) -> Self {
-        CallStats {
+    /// texts, e.g. "Redis round trips". Each of `calls` starts with zero series.
+    pub fn register(metrics: &Metrics, dependency: &str, what: &str, calls: impl IntoIterator<Item = L>) -> Self {
+        let stats = CallStats {
             duration: metrics.register(
                 &metrics.name(&format!("{dependency}_request_duration_seconds")),
                 &format!("Duration of {what}"),
@@ -154,7 +160,12 @@ impl<L: Clone + Hash + Eq + EncodeLabelSet + std::fmt::Debug + Send + Sync + 'st
                 &format!("{what} that failed or timed out"),
                 Family::default(),
             ),
+        };
+        for labels in calls {
+            stats.duration.get_or_create_owned(&labels);
+            stats.errors.get_or_create_owned(&labels);
         }
+        stats
     }
 
     /// Awaits `call`, recording its duration and, if it fails, an error.
@@ -189,14 +200,19 @@ pub struct CacheStats {
 }
 
 impl CacheStats {
-    pub fn register(metrics: &Metrics) -> Self {
-        CacheStats {
-            lookups: metrics.register(
-                &metrics.name("cache_lookups"),
-                "Cache lookups by cache and result; a hit needed no network call",
-                Family::default(),
-            ),
+    /// Registers the counter with zero series for each of `caches`.
+    pub fn register(metrics: &Metrics, caches: &[&'static str]) -> Self {
+        let lookups: Family<CacheLabels, Counter> = metrics.register(
+            &metrics.name("cache_lookups"),
+            "Cache lookups by cache and result; a hit needed no network call",
+            Family::default(),
+        );
+        for &cache in caches {
+            for result in ["hit", "miss"] {
+                lookups.get_or_create_owned(&CacheLabels { cache, result });
+            }
         }
+        CacheStats { lookups }
     }
 
     pub fn lookup(&self, cache: &'static str, hit: bool) {
@@ -217,11 +233,11 @@ mod tests {
     async fn names_follow_the_scheme() {
         let metrics = Metrics::for_service("demo");
         assert_eq!(metrics.name("errors"), "gatehouse_demo_errors");
-        let calls = CallStats::<Op>::register(&metrics, "redis", "Redis round trips");
+        let calls = CallStats::register(&metrics, "redis", "Redis round trips", [Op { op: "set" }]);
         let _ = calls.time(Op { op: "get" }, async { Ok::<_, ()>(()) }).await;
         let _ = calls.time(Op { op: "get" }, async { Err::<(), _>(()) }).await;
-        ErrorStats::register(&metrics, "Errors").count("invalid_request");
-        CacheStats::register(&metrics).lookup("jwks", true);
+        ErrorStats::register(&metrics, "Errors", &["invalid_request", "internal"]).count("invalid_request");
+        CacheStats::register(&metrics, &["jwks"]).lookup("jwks", true);
         let text = metrics.encode();
         for line in [
             "gatehouse_demo_redis_request_duration_seconds_count{op=\"get\"} 2",
@@ -229,6 +245,10 @@ mod tests {
             "gatehouse_demo_redis_errors_total{op=\"get\"} 1",
             "gatehouse_demo_errors_total{kind=\"invalid_request\"} 1",
             "gatehouse_demo_cache_lookups_total{cache=\"jwks\",result=\"hit\"} 1",
+            // Declared label values are there before their first event.
+            "gatehouse_demo_redis_errors_total{op=\"set\"} 0",
+            "gatehouse_demo_errors_total{kind=\"internal\"} 0",
+            "gatehouse_demo_cache_lookups_total{cache=\"jwks\",result=\"miss\"} 0",
         ] {
             assert!(text.contains(line), "{line} missing from\n{text}");
         }

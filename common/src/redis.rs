@@ -161,9 +161,10 @@ impl Drop for Pending {
     }
 }
 
-/// Registers the Redis metrics of a service, for [`RedisConn::instrumented`].
-pub fn redis_stats(metrics: &Metrics) -> CallStats<OpLabels> {
-    CallStats::register(metrics, "redis", "Redis round trips")
+/// Registers the Redis metrics of a service, for [`RedisConn::instrumented`], with zero
+/// series for each of `ops`.
+pub fn redis_stats(metrics: &Metrics, ops: &[&'static str]) -> CallStats<OpLabels> {
+    CallStats::register(metrics, "redis", "Redis round trips", ops.iter().map(|&op| OpLabels { op }))
 }
 
 /// A handle to Redis in any topology. Clones share the same connections.

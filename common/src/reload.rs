@@ -149,6 +149,9 @@ impl ReloadMetrics {
                 )
             }),
         };
+        for result in ["success", "error"] {
+            this.reloads.get_or_create_owned(&ResultLabels { result });
+        }
         this.last_successful.set(1);
         this.last_success_time.set(unix_seconds(SystemTime::now()));
         this

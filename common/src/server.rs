@@ -303,8 +303,14 @@ impl ServiceSettings {
         }
     }
 
-    pub fn grpc_options(&self) -> GrpcOptions {
-        GrpcOptions { tls: self.grpc_tls.clone(), drain: self.drain, ..GrpcOptions::default() }
+    /// The gRPC server's options; its TLS reloads are counted in `metrics`.
+    pub fn grpc_options(&self, metrics: &Metrics) -> GrpcOptions {
+        GrpcOptions {
+            tls: self.grpc_tls.clone(),
+            drain: self.drain,
+            metrics: metrics.clone(),
+            ..GrpcOptions::default()
+        }
     }
 }
 

@@ -78,6 +78,10 @@ pub fn hash_key_sha256(secret: &str) -> String {
     format!("sha256:{}", identity::api_key::hex(&identity::api_key::sha256(secret.as_bytes())))
 }
 
+/// What extauth uses Redis for, the `op` label of its Redis metrics.
+const REDIS_OPS: &[&str] =
+    &["api_key", "session_load", "session_save", "session_delete", "session_lock", "session_events"];
+
 pub struct App {
     settings: Settings,
     authorizer: Authorizer,
@@ -91,8 +95,10 @@ impl App {
     pub async fn build(settings: Settings) -> Result<App, StartError> {
         let metrics = Metrics::for_service("extauth");
         let stats = Stats::new(&metrics);
+        // Registered with or without Redis, so dashboards find the same metrics everywhere.
+        let redis_stats = redis_stats(&metrics, REDIS_OPS);
         let redis = match &settings.redis {
-            Some(r) => Some(RedisConn::connect(r).await?.instrumented(&redis_stats(&metrics))),
+            Some(r) => Some(RedisConn::connect(r).await?.instrumented(&redis_stats)),
             None => None,
         };
         let http = reqwest::Client::builder()
@@ -147,7 +153,7 @@ impl App {
 
         let routes = tonic::service::Routes::default().add_service(grpc::server(self.authorizer.clone()));
         let http = listeners.http.map(|l| (l, http::router(self.authorizer.clone(), &self.metrics)));
-        let options = self.settings.service.grpc_options();
+        let options = self.settings.service.grpc_options(&self.metrics);
         server::serve_grpc_and_http(listeners.grpc, routes, http, options, shutdown).await?;
         Ok(())
     }

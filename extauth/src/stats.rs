@@ -53,6 +53,7 @@ impl Stats {
                 metrics,
                 "Checks that could not be decided, by kind: unavailable (an IdP, introspection \
                  endpoint or Redis could not be reached), internal, bad_request",
+                &["unavailable", "internal", "bad_request"],
             ),
         }
     }
@@ -104,8 +105,14 @@ pub struct Dependencies {
 impl Dependencies {
     pub fn register(metrics: &Metrics) -> Self {
         Dependencies {
-            idp: CallStats::register(metrics, "idp", "HTTP calls to identity providers"),
-            cache: CacheStats::register(metrics),
+            idp: CallStats::register(
+                metrics,
+                "idp",
+                "HTTP calls to identity providers",
+                ["discovery", "jwks", "introspection", "token", "refresh", "revocation"]
+                    .map(|call| CallLabels { call }),
+            ),
+            cache: CacheStats::register(metrics, &["jwks", "introspection", "api_key", "session"]),
         }
     }
 

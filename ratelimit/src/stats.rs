@@ -82,7 +82,15 @@ pub struct RuleStats {
 impl Stats {
     pub fn new(metrics: &Metrics) -> Self {
         let family = |name: &str, help: &str| metrics.register(name, help, Family::<RuleLabels, Counter>::default());
+        let should_rate_limit_error: Family<ErrorLabels, Counter> = metrics.register(
+            "ratelimit_service_should_rate_limit_error",
+            "ShouldRateLimit calls that failed, by error type",
+            Family::default(),
+        );
+        // A zero series from the start, for alerts on its rate (statsd skips zero deltas).
+        should_rate_limit_error.get_or_create_owned(&ErrorLabels { err_type: "redis_error" });
         Stats {
+            should_rate_limit_error,
             total_hits: family("ratelimit_service_rate_limit_total_hits", "Hits counted against a rule"),
             over_limit: family("ratelimit_service_rate_limit_over_limit", "Hits over a rule's limit"),
             near_limit: family(
@@ -108,11 +116,6 @@ impl Stats {
                 "Over-limit responses turned into OK by the global SHADOW_MODE",
                 Counter::default(),
             ),
-            should_rate_limit_error: metrics.register(
-                "ratelimit_service_should_rate_limit_error",
-                "ShouldRateLimit calls that failed, by error type",
-                Family::default(),
-            ),
             backend_failure_allowed: metrics.register(
                 "ratelimit_service_backend_failure_allowed",
                 "Calls answered OK because the counter store failed and the failure mode is open",
@@ -136,9 +139,10 @@ impl Stats {
                 metrics,
                 "Calls answered with an error, or let through because the counter store failed (failure mode open), \
                  by kind: invalid_request, store_unavailable, store_timeout",
+                &["invalid_request", "store_unavailable", "store_timeout"],
             ),
-            redis: redis_stats(metrics),
-            cache: CacheStats::register(metrics),
+            redis: redis_stats(metrics, &["update", "scan", "delete", "ping"]),
+            cache: CacheStats::register(metrics, &["over_limit"]),
         }
     }
 

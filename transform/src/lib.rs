@@ -80,7 +80,7 @@ impl App {
 
         let routes = tonic::service::Routes::default().add_service(grpc::server(self.transformer.clone()));
         let http = listeners.http.map(|l| (l, http::router(self.transformer.clone(), &self.metrics)));
-        let options = self.settings.service.grpc_options();
+        let options = self.settings.service.grpc_options(&self.metrics);
         server::serve_grpc_and_http(listeners.grpc, routes, http, options, shutdown).await?;
         Ok(())
     }

@@ -46,6 +46,14 @@ impl Stats {
             errors: ErrorStats::register(
                 metrics,
                 "Exchanges that failed, by the rejection's error or `protocol` (a malformed ext_proc stream)",
+                &[
+                    "invalid_body",
+                    "body_too_large",
+                    "transformation_failed",
+                    "unknown_transformation",
+                    "bad_upstream_response",
+                    "protocol",
+                ],
             ),
         }
     }
