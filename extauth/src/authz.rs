@@ -71,6 +71,15 @@ pub fn policy_input(request: &AuthRequest, identity: &Identity) -> Value {
 }
 
 impl Rule {
+    /// `require`, `cel` or `rego`, for spans.
+    pub fn kind(&self) -> &'static str {
+        match self.check {
+            Check::Require(_) => "require",
+            Check::Cel(_) => "cel",
+            Check::Rego { .. } => "rego",
+        }
+    }
+
     /// Whether the request passes this rule. `input` is built on first use.
     pub fn allows(&self, request: &AuthRequest, identity: &Identity, input: &mut Option<Value>) -> bool {
         if let Some(when) = &self.when

@@ -20,6 +20,7 @@ use axum::routing::{any, get};
 use gatehouse_common::metrics::Metrics;
 use gatehouse_common::server::HttpApp;
 use serde_json::json;
+use tracing::Instrument as _;
 
 use crate::policy::{Decision, Deny, POLICY_CONTEXT_KEY};
 use crate::request::AuthRequest;
@@ -166,8 +167,27 @@ async fn decide(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    // The server span of the proxy's call, continuing the trace its headers carry, as the gRPC
+    // Check's does; the same policy, identity and decision spans go under it.
+    let span = tracing::info_span!(
+        "extauth.forward_auth",
+        otel.name = "forward-auth",
+        otel.kind = "server",
+        http.request.method = %method,
+        http.response.status_code = tracing::field::Empty,
+    );
+    gatehouse_common::telemetry::grpc::continue_http_trace(&span, &headers);
     let request = forwarded_request(policy, path, &method, &headers, body);
-    let (policy, decision) = state.authorizer.check(&request).await;
+    let (policy, decision) = state.authorizer.check(&request).instrument(span.clone()).await;
+    let response = answer(decision, &policy, &request);
+    if !span.is_disabled() {
+        span.record("http.response.status_code", response.status().as_u16());
+    }
+    response
+}
+
+/// The forward-auth answer to a check's decision.
+fn answer(decision: Result<Decision, crate::Error>, policy: &str, request: &AuthRequest) -> Response {
     match decision {
         Ok(Decision::Allow(allow)) => {
             let mut response = StatusCode::OK.into_response();
@@ -191,8 +211,8 @@ async fn decide(
             }
             response
         }
-        Ok(Decision::Deny(deny)) => deny_response(&deny, &policy, &request),
-        Err(_) => cannot_decide(&policy),
+        Ok(Decision::Deny(deny)) => deny_response(&deny, policy, request),
+        Err(_) => cannot_decide(policy),
     }
 }
 

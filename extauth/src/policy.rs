@@ -173,7 +173,17 @@ impl Policy {
         };
         let mut input = None;
         for rule in &self.rules {
-            if !rule.allows(request, &identity, &mut input) {
+            // One span per rule: its name (from the config) and kind, and whether it allowed.
+            let span = tracing::info_span!(
+                "extauth.rule",
+                otel.name = "rule",
+                extauth.rule = &*rule.name,
+                extauth.rule.kind = rule.kind(),
+                extauth.rule.allowed = tracing::field::Empty,
+            );
+            let allowed = span.in_scope(|| rule.allows(request, &identity, &mut input));
+            span.record("extauth.rule.allowed", allowed);
+            if !allowed {
                 return Ok(Decision::Deny(Deny {
                     status: 403,
                     reason: format!("forbidden by rule {}", rule.name),

@@ -213,20 +213,15 @@ const CHECK_SPAN: &str = "envoy.service.auth.v3.Authorization/Check";
 /// The API key the extauth test sends; it must never appear in a span.
 const API_KEY: &str = "key-trace-0123456789abcdef";
 
-/// gatehouse-extauth (the real binary, OTEL_* set) behind Envoy's ext_authz on `/auth/keys`:
-/// our Check span continues Envoy's ext_authz span, with the policy, identity and decision
-/// spans under it, and the API key is in no span.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn extauth_check_joins_envoys_ext_authz_span() {
-    let dir = tempfile::tempdir().unwrap();
-    let receiver = Receiver::start().await;
-    let echo = Echo::start().await;
-    let policy = dir.path().join("extauth.yaml");
+/// gatehouse-extauth (the real binary, OTEL_* set, policy `keys` with [`API_KEY`]) and Envoy
+/// with its tracer on, both exporting to `receiver`.
+async fn start_extauth(dir: &Path, receiver: &Receiver, echo: &Echo) -> (Service, Envoy) {
+    let policy = dir.join("extauth.yaml");
     let hash = gatehouse_extauth::hash_key_sha256(API_KEY);
     std::fs::write(
         &policy,
         format!(
-            "policies:\n  - name: keys\n    identity:\n      any_of:\n        - name: keys\n          api_key:\n            from: [{{ header: x-api-key }}]\n            keys:\n              - {{ id: team-a, hash: \"{hash}\" }}\n"
+            "policies:\n  - name: keys\n    identity:\n      any_of:\n        - name: keys\n          api_key:\n            from: [{{ header: x-api-key }}]\n            keys:\n              - {{ id: team-a, hash: \"{hash}\" }}\n    authorization:\n      - name: no-deletes\n        cel: request.method != 'DELETE'\n"
         ),
     )
     .unwrap();
@@ -235,12 +230,24 @@ async fn extauth_check_joins_envoys_ext_authz_span() {
         ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint()),
         ("OTEL_BSP_SCHEDULE_DELAY", "100".to_string()),
     ];
-    let service = Service::start(Kind::Extauth, &env, dir.path()).await;
+    let service = Service::start(Kind::Extauth, &env, dir).await;
     let mut vars: BTreeMap<String, String> = default_vars();
     vars.insert("UPSTREAM_PORT".into(), echo.port.to_string());
     vars.insert("EXTAUTH_PORT".into(), service.grpc_port.to_string());
     vars.insert("EXTAUTH_HTTP_PORT".into(), service.http_port.to_string());
     let envoy = Envoy::start_edited(&vars, otlp::envoy_tracing(receiver.port())).await;
+    (service, envoy)
+}
+
+/// gatehouse-extauth (the real binary, OTEL_* set) behind Envoy's ext_authz on `/auth/keys`:
+/// our Check span continues Envoy's ext_authz span, with the policy, identity and decision
+/// spans under it, and the API key is in no span.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extauth_check_joins_envoys_ext_authz_span() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start().await;
+    let echo = Echo::start().await;
+    let (service, envoy) = start_extauth(dir.path(), &receiver, &echo).await;
 
     let status = reqwest::Client::new()
         .get(envoy.url("/auth/keys/orders"))
@@ -252,7 +259,7 @@ async fn extauth_check_joins_envoys_ext_authz_span() {
         .as_u16();
     assert_eq!(status, 200, "service log:\n{}", service.log());
 
-    let wanted = [CHECK_SPAN, "policy selection", "identity", "decision"];
+    let wanted = [CHECK_SPAN, "policy selection", "identity", "rule", "decision"];
     let (spans, server, parent) = joined_to_envoy(&receiver, &service, &wanted, CHECK_SPAN).await;
     assert_eq!(parent.kind, Span::KIND_CLIENT, "{}", describe(&spans));
     assert!(parent.name.contains("envoy.service.auth.v3.Authorization"), "{parent:?}");
@@ -278,7 +285,46 @@ async fn extauth_check_joins_envoys_ext_authz_span() {
     assert_eq!(identity.parent_span_id, decision.span_id);
     assert_eq!(identity.attribute("extauth.method.kind"), Some("api_key"));
     assert_eq!(identity.attribute("extauth.outcome"), Some("authenticated"));
+    let rule = child("rule");
+    assert_eq!(rule.parent_span_id, decision.span_id);
+    assert_eq!(rule.attribute("extauth.rule"), Some("no-deletes"));
+    assert_eq!(rule.attribute("extauth.rule.kind"), Some("cel"));
+    assert_eq!(rule.attribute("extauth.rule.allowed"), Some("true"));
 
+    for span in &spans {
+        for (key, value) in span.attributes.iter().chain(&span.resource) {
+            assert!(!value.contains(API_KEY), "{key}={value} in {}", span.name);
+        }
+    }
+}
+
+/// Envoy's HTTP ext_authz (`/auth/http`, as NGINX or Traefik would call it) sends the trace
+/// context in the forward-auth request's headers: the service's `forward-auth` span continues
+/// Envoy's trace, with the same check spans under it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forward_auth_continues_the_callers_trace() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start().await;
+    let echo = Echo::start().await;
+    let (service, envoy) = start_extauth(dir.path(), &receiver, &echo).await;
+
+    let status = reqwest::Client::new()
+        .get(envoy.url("/auth/http/orders"))
+        .header("x-api-key", API_KEY)
+        .send()
+        .await
+        .expect("request through envoy")
+        .status()
+        .as_u16();
+    assert_eq!(status, 200, "service log:\n{}", service.log());
+
+    let wanted = ["forward-auth", "policy selection", "identity", "rule", "decision"];
+    let (spans, server, parent) = joined_to_envoy(&receiver, &service, &wanted, "forward-auth").await;
+    assert_eq!(server.trace_id, parent.trace_id);
+    assert_eq!(server.kind, Span::KIND_SERVER);
+    assert_eq!(server.attribute("http.response.status_code"), Some("200"));
+    let decision = spans.iter().find(|s| s.name == "decision").unwrap();
+    assert_eq!(decision.parent_span_id, server.span_id, "{}", describe(&spans));
     for span in &spans {
         for (key, value) in span.attributes.iter().chain(&span.resource) {
             assert!(!value.contains(API_KEY), "{key}={value} in {}", span.name);

@@ -66,11 +66,21 @@ macro_rules! grpc_server_span {
 /// Makes the caller's span, found in `metadata`, the parent of `span`. Must run before the
 /// span is first entered. Does nothing when the span is disabled (tracing off).
 pub fn continue_trace(span: &Span, metadata: &tonic::metadata::MetadataMap) {
-    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
-    if span.is_disabled() {
-        return;
+    if !span.is_disabled() {
+        set_parent(span, super::propagation::extract_from_metadata(metadata));
     }
-    let parent = super::propagation::extract_from_metadata(metadata);
+}
+
+/// [`continue_trace`] for an HTTP request: the caller's span from W3C or B3 headers (a proxy's
+/// forward-auth call, Envoy's HTTP ext_authz).
+pub fn continue_http_trace(span: &Span, headers: &axum::http::HeaderMap) {
+    if !span.is_disabled() {
+        set_parent(span, super::propagation::extract_from_headers(headers));
+    }
+}
+
+fn set_parent(span: &Span, parent: opentelemetry::Context) {
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
     // Errors mean no trace layer or a span already started: either way there is nothing to join.
     let _ = span.set_parent(parent);
 }
