@@ -67,6 +67,30 @@ EXTAUTH_HOST=127.0.0.1 EXTAUTH_PORT=9191 EXTAUTH_HTTP_PORT=9192 EXTAUTH_FAILURE_
 TRANSFORM_HOST=127.0.0.1 TRANSFORM_PORT=9291 TRANSFORM_FAILURE_MODE_ALLOW=false \
 TLS_CERT_FILE="$PWD/$pki/server.crt" TLS_KEY_FILE="$PWD/$pki/server.key" TLS_CA_FILE="$PWD/$pki/ca.crt" \
     scripts/render-envoy.sh envoy/gateway.yaml "$run/envoy.yaml"
+# With OTEL_EXPORTER_OTLP_ENDPOINT set (an OTLP/gRPC collector, e.g. http://127.0.0.1:4317), the
+# services export their spans there (they read the variable themselves) and Envoy's optional
+# tracer is switched on, pointed at the same collector: one trace per request.
+if [ -n "${OTEL_EXPORTER_OTLP_ENDPOINT:-}" ]; then
+    hostport=${OTEL_EXPORTER_OTLP_ENDPOINT#*://}
+    hostport=${hostport%%/*}
+    otel_host=${hostport%:*}
+    otel_port=${hostport##*:}
+    [ "$otel_port" != "$hostport" ] || otel_port=4317
+    echo "[up] tracing: Envoy and the services export to $otel_host:$otel_port"
+    # Uncomment the blocks between the `--- begin/end optional tracing ---` markers.
+    awk -v host="$otel_host" -v port="$otel_port" '
+        /# --- begin optional tracing ---/ { inside = 1; next }
+        /# --- end optional tracing ---/ { inside = 0; next }
+        inside {
+            match($0, /^ */); indent = substr($0, 1, RLENGTH); body = substr($0, RLENGTH + 1)
+            sub(/^# ?/, "", body)
+            sub(/address: 127\.0\.0\.1/, "address: " host, body)
+            sub(/port_value: 4317/, "port_value: " port, body)
+            print indent body; next
+        }
+        { print }' "$run/envoy.yaml" >"$run/envoy.yaml.tmp"
+    mv "$run/envoy.yaml.tmp" "$run/envoy.yaml"
+fi
 .venv/bin/envoy -c "$run/envoy.yaml" --disable-hot-restart -l warning >"$run/envoy.log" 2>&1 &
 pids+=($!)
 
