@@ -4,6 +4,8 @@
 #
 #   scripts/bench-ratelimit.sh            # defaults below
 #   N=200000 C=16 M=16 scripts/bench-ratelimit.sh
+#   TRACING=1 scripts/bench-ratelimit.sh  # only memory, with tracing off and then on (100%
+#                                         # sampling, to a span-counting OTLP sink), interleaved
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -71,6 +73,22 @@ PY
     echo "RSS after the runs: $(awk '/VmRSS/{print $2" "$3}' "/proc/${pids[-1]}/status")"
     kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true
 }
+
+if [ "${TRACING:-}" = 1 ]; then
+    cargo build -q --release -p gatehouse-testkit --example otlp_sink
+    sink_port=$(free_port)
+    target/release/examples/otlp_sink "127.0.0.1:$sink_port" >"$work/sink.log" &
+    pids+=($!)
+    # Off and on twice each, alternating, so that drift in the machine's speed hits both.
+    for round in 1 2; do
+        run "memory-tracing-off-$round" BACKEND_TYPE=memory
+        run "memory-tracing-on-$round" BACKEND_TYPE=memory OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$sink_port" \
+            OTEL_TRACES_SAMPLER=always_on
+    done
+    sleep 2
+    echo "spans the sink received: $(tail -n 1 "$work/sink.log")"
+    exit 0
+fi
 
 run ceiling
 run memory BACKEND_TYPE=memory

@@ -66,6 +66,21 @@ struct Collector {
 
 impl Receiver {
     pub async fn start() -> Receiver {
+        Self::start_with(None).await
+    }
+
+    /// A receiver whose gRPC port serves TLS with `cert`/`key` (PEM) and, with `client_ca`,
+    /// requires a client certificate it signed: an `https://` collector, at [`Receiver::tls_endpoint`].
+    pub async fn start_tls(cert: &[u8], key: &[u8], client_ca: Option<&[u8]>) -> Receiver {
+        let mut tls =
+            tonic::transport::ServerTlsConfig::new().identity(tonic::transport::Identity::from_pem(cert, key));
+        if let Some(ca) = client_ca {
+            tls = tls.client_ca_root(tonic::transport::Certificate::from_pem(ca));
+        }
+        Self::start_with(Some(tls)).await
+    }
+
+    async fn start_with(tls: Option<tonic::transport::ServerTlsConfig>) -> Receiver {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind the OTLP receiver");
         let addr = listener.local_addr().expect("receiver address");
         let spans = Arc::new(Mutex::new(Vec::new()));
@@ -78,9 +93,12 @@ impl Receiver {
             axum::Router::new().route("/v1/traces", axum::routing::post(export_http)).with_state(collector.clone());
         tokio::spawn(async move {
             let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-            let grpc = tonic::transport::Server::builder()
-                .add_service(TraceServiceServer::new(collector))
-                .serve_with_incoming_shutdown(incoming, async {
+            let mut server = tonic::transport::Server::builder();
+            if let Some(tls) = tls {
+                server = server.tls_config(tls).expect("the receiver's TLS config");
+            }
+            let grpc =
+                server.add_service(TraceServiceServer::new(collector)).serve_with_incoming_shutdown(incoming, async {
                     let _ = stopped.await;
                 });
             // Both stop when the gRPC server does.
@@ -104,6 +122,11 @@ impl Receiver {
     /// The URL for `OTEL_EXPORTER_OTLP_ENDPOINT`.
     pub fn endpoint(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// The URL for `OTEL_EXPORTER_OTLP_ENDPOINT` of a [`Receiver::start_tls`] receiver.
+    pub fn tls_endpoint(&self) -> String {
+        format!("https://{}", self.addr)
     }
 
     /// Every span received so far.

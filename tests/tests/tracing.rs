@@ -11,6 +11,7 @@ use gatehouse_testkit::echo::Echo;
 use gatehouse_testkit::envoy::{Envoy, default_vars};
 use gatehouse_testkit::otlp::{self, Receiver, Span};
 use gatehouse_testkit::service::{Kind, Service};
+use gatehouse_testkit::tls::Pki;
 
 const SERVER_SPAN: &str = "envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit";
 /// Sent with the request; it must never appear in a span.
@@ -207,6 +208,39 @@ async fn tracing_enabled_exports_over_http_into_envoys_trace() {
     assert_eq!(server.trace_id, parent.trace_id);
     assert_eq!(parent.kind, Span::KIND_CLIENT);
     assert_eq!(server.service, "gatehouse-ratelimit");
+}
+
+/// An `https://` collector that requires a client certificate: the service trusts it through
+/// OTEL_EXPORTER_OTLP_CERTIFICATE and presents OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE/_KEY.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exports_to_an_https_collector_over_mtls() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::generate(dir.path());
+    let read = |p: &Path| std::fs::read(p).unwrap();
+    let receiver =
+        Receiver::start_tls(&read(&pki.server_cert), &read(&pki.server_key), Some(&read(&pki.ca_cert))).await;
+    let echo = Echo::start().await;
+    let (endpoint, ca, cert, key) = (
+        receiver.tls_endpoint(),
+        pki.ca_cert.display().to_string(),
+        pki.client_cert.display().to_string(),
+        pki.client_key.display().to_string(),
+    );
+    let extra = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_EXPORTER_OTLP_CERTIFICATE", ca.as_str()),
+        ("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", cert.as_str()),
+        ("OTEL_EXPORTER_OTLP_CLIENT_KEY", key.as_str()),
+    ];
+    let service = start_ratelimit(dir.path(), &receiver, &extra).await;
+    let mut vars: BTreeMap<String, String> = default_vars();
+    vars.insert("UPSTREAM_PORT".into(), echo.port.to_string());
+    vars.insert("RATELIMIT_PORT".into(), service.grpc_port.to_string());
+    let envoy = Envoy::start(&vars).await;
+
+    assert_eq!(request(&envoy).await, 200);
+    let span = receiver.wait_for_span(SERVER_SPAN, SPANS_TIMEOUT).await;
+    assert!(span.is_some(), "nothing arrived over TLS; service log:\n{}", service.log());
 }
 
 const CHECK_SPAN: &str = "envoy.service.auth.v3.Authorization/Check";

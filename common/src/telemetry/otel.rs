@@ -20,7 +20,7 @@ use std::time::Duration;
 use axum::body::Bytes;
 use opentelemetry::KeyValue;
 use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
-use opentelemetry_otlp::{Protocol as OtlpProtocol, WithExportConfig, WithHttpConfig};
+use opentelemetry_otlp::{Protocol as OtlpProtocol, WithExportConfig, WithHttpConfig, WithTonicConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::{BatchSpanProcessor, Sampler as SdkSampler, SdkTracerProvider};
 use tracing_subscriber::fmt::FmtContext;
@@ -88,6 +88,65 @@ pub struct TracingSettings {
     pub sampler: Sampler,
     /// The resource's other attributes (`OTEL_RESOURCE_ATTRIBUTES` and a service's own).
     pub resource: Vec<(String, String)>,
+    /// For an `https://` collector: whom to trust and, for mTLS, who we are.
+    pub tls: Option<CollectorTls>,
+}
+
+/// TLS to an `https://` collector (OTLP/gRPC), from the spec's variables, read at start-up:
+/// `OTEL_EXPORTER_OTLP_CERTIFICATE` (the CA bundle to trust; the system's roots without it),
+/// `OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE` and `OTEL_EXPORTER_OTLP_CLIENT_KEY` (mTLS).
+#[derive(Clone, Default, PartialEq)]
+pub struct CollectorTls {
+    pub ca_pem: Option<Vec<u8>>,
+    pub client: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl fmt::Debug for CollectorTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CollectorTls")
+            .field("ca", &self.ca_pem.is_some())
+            .field("client_certificate", &self.client.is_some())
+            .finish()
+    }
+}
+
+impl CollectorTls {
+    fn from_env(env: &Env) -> Result<CollectorTls, ConfigError> {
+        let read = |name: &str| -> Result<Option<Vec<u8>>, ConfigError> {
+            match env.get(name).map(str::trim).filter(|p| !p.is_empty()) {
+                None => Ok(None),
+                Some(path) => std::fs::read(path).map(Some).map_err(|e| env.error(name, format!("{path}: {e}"))),
+            }
+        };
+        let client = match (read("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE")?, read("OTEL_EXPORTER_OTLP_CLIENT_KEY")?) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(
+                    env.error("OTEL_EXPORTER_OTLP_CLIENT_KEY", "needed with OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE")
+                );
+            }
+            (None, Some(_)) => {
+                return Err(
+                    env.error("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", "needed with OTEL_EXPORTER_OTLP_CLIENT_KEY")
+                );
+            }
+        };
+        Ok(CollectorTls { ca_pem: read("OTEL_EXPORTER_OTLP_CERTIFICATE")?, client })
+    }
+
+    fn client_config(&self) -> tonic::transport::ClientTlsConfig {
+        use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+        let mut config = ClientTlsConfig::new();
+        config = match &self.ca_pem {
+            Some(pem) => config.ca_certificate(Certificate::from_pem(pem)),
+            None => config.with_native_roots(),
+        };
+        if let Some((cert, key)) = &self.client {
+            config = config.identity(Identity::from_pem(cert, key));
+        }
+        config
+    }
 }
 
 /// What a service adds to the standard variables: its default service name, and its own
@@ -130,13 +189,14 @@ impl TracingSettings {
             None => defaults.protocol.unwrap_or(Protocol::Grpc),
         };
         let endpoint = match (traces_endpoint, base_endpoint) {
-            (Some(url), _) => check_url(env, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", url)?,
+            (Some(url), _) => check_url(env, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", url, protocol)?,
             (None, Some(url)) => {
-                let base = check_url(env, "OTEL_EXPORTER_OTLP_ENDPOINT", url)?;
+                let base = check_url(env, "OTEL_EXPORTER_OTLP_ENDPOINT", url, protocol)?;
                 signal_url(&base, protocol)
             }
             (None, None) => signal_url(protocol.default_endpoint(), protocol),
         };
+        let tls = if endpoint.starts_with("https://") { Some(CollectorTls::from_env(env)?) } else { None };
         let mut resource = parse_resource_attributes(env)?;
         let resource_name = resource.iter().position(|(key, _)| key == "service.name").map(|i| resource.remove(i).1);
         let service_name = match env.get("OTEL_SERVICE_NAME") {
@@ -152,7 +212,7 @@ impl TracingSettings {
             Some(_) => parse_sampler(env)?,
             None => defaults.sampler.unwrap_or(Sampler::ParentBased(Box::new(Sampler::AlwaysOn))),
         };
-        Ok(Some(TracingSettings { endpoint, protocol, service_name, sampler, resource }))
+        Ok(Some(TracingSettings { endpoint, protocol, service_name, sampler, resource, tls }))
     }
 }
 
@@ -165,20 +225,21 @@ fn parse_protocol(env: &Env, name: &str) -> Result<Protocol, ConfigError> {
     }
 }
 
-/// An `http://host:port[/path]` URL. TLS to the collector is not built in: a collector is
-/// usually a local agent or sidecar, reached in clear over loopback or the pod network.
-/// A bare `host:port`, as Go's gRPC exporter (and so envoyproxy/ratelimit) accepts it, means
-/// `http://host:port`.
-fn check_url(env: &Env, name: &str, url: &str) -> Result<String, ConfigError> {
+/// An `http://` or (for gRPC) `https://host:port[/path]` URL. A bare `host:port`, as Go's gRPC
+/// exporter (and so envoyproxy/ratelimit) accepts it, means `http://host:port`.
+fn check_url(env: &Env, name: &str, url: &str, protocol: Protocol) -> Result<String, ConfigError> {
     let url = url.trim();
     let url = &if url.contains("://") { url.to_string() } else { format!("http://{url}") };
     let uri: axum::http::Uri = url.parse().map_err(|e| env.error(name, format!("not a URL: {e}")))?;
+    let has_host = uri.host().is_some_and(|h| !h.is_empty());
     match uri.scheme_str() {
-        Some("http") if uri.host().is_some_and(|h| !h.is_empty()) => Ok(url.to_string()),
-        Some("https") => {
-            Err(env.error(name, "https is not supported yet; send to a local collector agent over http://"))
-        }
-        _ => Err(env.error(name, "expected an http:// URL with a host, such as http://otel-collector:4317")),
+        Some("http") if has_host => Ok(url.to_string()),
+        Some("https") if has_host && protocol == Protocol::Grpc => Ok(url.to_string()),
+        Some("https") if has_host => Err(env.error(
+            name,
+            "https is supported with OTEL_EXPORTER_OTLP_PROTOCOL=grpc; with http/protobuf, send to a local collector over http://",
+        )),
+        _ => Err(env.error(name, "expected an http:// or https:// URL with a host, such as http://otel-collector:4317")),
     }
 }
 
@@ -274,12 +335,16 @@ impl Pipeline {
     pub(crate) fn start(settings: &TracingSettings) -> Result<Pipeline, TelemetryError> {
         let exporter_error = |e: opentelemetry_otlp::ExporterBuildError| TelemetryError::Exporter(e.to_string());
         let exporter = match settings.protocol {
-            Protocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
-                .with_tonic()
-                .with_protocol(OtlpProtocol::Grpc)
-                .with_endpoint(settings.endpoint.clone())
-                .build()
-                .map_err(exporter_error)?,
+            Protocol::Grpc => {
+                let mut builder = opentelemetry_otlp::SpanExporter::builder()
+                    .with_tonic()
+                    .with_protocol(OtlpProtocol::Grpc)
+                    .with_endpoint(settings.endpoint.clone());
+                if let Some(tls) = &settings.tls {
+                    builder = builder.with_tls_config(tls.client_config());
+                }
+                builder.build().map_err(exporter_error)?
+            }
             Protocol::HttpProtobuf => {
                 let runtime = tokio::runtime::Handle::try_current()
                     .map_err(|e| TelemetryError::Exporter(format!("no Tokio runtime for the HTTP exporter: {e}")))?;

@@ -132,16 +132,36 @@ fn service_name_and_resource() {
 }
 
 #[test]
+fn https_collectors_over_grpc() {
+    let s = on(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "https://c:4317")]);
+    assert_eq!(s.endpoint, "https://c:4317");
+    let tls = s.tls.expect("TLS settings for https");
+    assert!(tls.ca_pem.is_none() && tls.client.is_none(), "the system's roots, no client certificate");
+    assert!(on(&[ENDPOINT]).tls.is_none());
+}
+
+#[test]
 fn bad_values_name_their_variable() {
     error(
         &[("OTEL_EXPORTER_OTLP_ENDPOINT", "ftp://collector")],
         "OTEL_EXPORTER_OTLP_ENDPOINT",
-        "expected an http:// URL",
+        "expected an http:// or https:// URL",
     );
     error(
-        &[("OTEL_EXPORTER_OTLP_ENDPOINT", "https://c:4317")],
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", "https://c:4318"), ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")],
         "OTEL_EXPORTER_OTLP_ENDPOINT",
-        "https is not supported",
+        "https is supported with OTEL_EXPORTER_OTLP_PROTOCOL=grpc",
+    );
+    let https = ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://c:4317");
+    error(
+        &[https, ("OTEL_EXPORTER_OTLP_CERTIFICATE", "/nonexistent/ca.crt")],
+        "OTEL_EXPORTER_OTLP_CERTIFICATE",
+        "/nonexistent/ca.crt",
+    );
+    error(
+        &[https, ("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", "Cargo.toml")],
+        "OTEL_EXPORTER_OTLP_CLIENT_KEY",
+        "needed with OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
     );
     error(&[("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "not a url")], "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "not a URL");
     error(&[ENDPOINT, ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")], "OTEL_EXPORTER_OTLP_PROTOCOL", "not supported");
