@@ -5,7 +5,9 @@
 #   scripts/bench-ratelimit.sh            # defaults below
 #   N=200000 C=16 M=16 scripts/bench-ratelimit.sh
 #   TRACING=1 scripts/bench-ratelimit.sh  # only memory, with tracing off and then on (100%
-#                                         # sampling, to a span-counting OTLP sink), interleaved
+#                                         # sampling, to a span-counting OTLP sink), interleaved;
+#                                         # BASE_BIN=<a release binary of an older commit> adds
+#                                         # it to each round, for an A/B of tracing off
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -81,6 +83,9 @@ if [ "${TRACING:-}" = 1 ]; then
     pids+=($!)
     # Off and on twice each, alternating, so that drift in the machine's speed hits both.
     for round in 1 2; do
+        if [ -n "${BASE_BIN:-}" ]; then
+            bin=$BASE_BIN run "memory-base-$round" BACKEND_TYPE=memory
+        fi
         run "memory-tracing-off-$round" BACKEND_TYPE=memory
         run "memory-tracing-on-$round" BACKEND_TYPE=memory OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$sink_port" \
             OTEL_TRACES_SAMPLER=always_on

@@ -291,3 +291,101 @@ async fn every_metric_the_dashboards_and_alerts_query_is_exported() {
         "queried by dashboards/ but exported by no service: {missing:?}\nexported: {exported:?}"
     );
 }
+
+/// The sum of the samples of `name` whose labels contain every `label="value"` pair given.
+fn sample(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|line| line.starts_with(&format!("{name}{{")) || line.starts_with(&format!("{name} ")))
+        .filter(|line| labels.iter().all(|label| line.contains(label)))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// gatehouse-extauth's calls out, through Envoy: an API key looked up in Redis is a
+/// `redis api_key` span under the `identity` span and a timed round trip in the metrics, and
+/// the next request is a cache hit without one; a JWT issuer's discovery document and key set
+/// are timed IdP calls, and a token verified with the cached keys is a `jwks` cache hit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extauth_reports_its_redis_and_idp_calls() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start().await;
+    let echo = Echo::start().await;
+    let redis = gatehouse_testkit::redis::RedisServer::start();
+    let issuer = gatehouse_testkit::issuer::TestIssuer::start(dir.path()).await;
+    const REDIS_KEY: &str = "key-in-redis-0123456789abcdef";
+    let digest = &gatehouse_extauth::hash_key_sha256(REDIS_KEY)["sha256:".len()..];
+    redis.cli(&["SET", &format!("gatehouse:apikey:{digest}"), r#"{"id":"from-redis"}"#]).unwrap();
+    let policy = dir.path().join("extauth.yaml");
+    std::fs::write(
+        &policy,
+        format!(
+            r#"policies:
+  - name: keys
+    identity:
+      any_of:
+        - name: keys
+          api_key:
+            from: [{{ header: x-api-key }}]
+            redis_prefix: "gatehouse:apikey:"
+            redis_cache_ttl: 1m
+  - name: jwt
+    identity:
+      any_of:
+        - name: bearer
+          jwt: {{ issuer: "{}", audiences: [gatehouse] }}
+"#,
+            issuer.issuer()
+        ),
+    )
+    .unwrap();
+    let env = [
+        ("EXTAUTH_CONFIG", policy.display().to_string()),
+        ("REDIS_URL", redis.url()),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100".to_string()),
+    ];
+    let service = Service::start(Kind::Extauth, &env, dir.path()).await;
+    let mut vars = default_vars();
+    vars.insert("UPSTREAM_PORT".into(), echo.port.to_string());
+    vars.insert("EXTAUTH_PORT".into(), service.grpc_port.to_string());
+    vars.insert("EXTAUTH_HTTP_PORT".into(), service.http_port.to_string());
+    let envoy = Envoy::start_edited(&vars, otlp::envoy_tracing(receiver.port())).await;
+    let client = reqwest::Client::new();
+    let get = |path: &str, header: (&'static str, String)| {
+        client.get(envoy.url(path)).header(header.0, header.1).send()
+    };
+
+    for _ in 0..2 {
+        let status = get("/auth/keys/orders", ("x-api-key", REDIS_KEY.into())).await.unwrap().status();
+        assert_eq!(status, 200, "{}", service.log());
+    }
+    let token = issuer.mint(&issuer.claims("gatehouse"));
+    let status = get("/auth/jwt/orders", ("authorization", format!("Bearer {token}"))).await.unwrap().status();
+    assert_eq!(status, 200, "{}", service.log());
+
+    // The spans: one Redis round trip, under the API key method's identity span.
+    let Ok(spans) = receiver.wait_for_spans(&["redis api_key"], SPANS_TIMEOUT).await else {
+        panic!("no redis span; received:\n{}\n{}", describe(&receiver.spans()), service.log())
+    };
+    let redis_spans: Vec<&Span> = spans.iter().filter(|s| s.name == "redis api_key").collect();
+    assert_eq!(redis_spans.len(), 1, "the second request is served from the cache:\n{}", describe(&spans));
+    let parent = spans.iter().find(|s| s.span_id == redis_spans[0].parent_span_id).expect("the redis span's parent");
+    assert_eq!(parent.name, "identity", "{}", describe(&spans));
+    assert_eq!(redis_spans[0].attribute("db.operation.name"), Some("api_key"));
+    assert_eq!(redis_spans[0].kind, Span::KIND_CLIENT);
+
+    // The metrics.
+    let url = format!("http://127.0.0.1:{}/metrics", service.http_port);
+    let text = reqwest::get(&url).await.unwrap().text().await.unwrap();
+    let value = |name: &str, labels: &[&str]| sample(&text, name, labels);
+    assert_eq!(value("gatehouse_extauth_redis_request_duration_seconds_count", &[r#"op="api_key""#]), 1.0, "{text}");
+    assert_eq!(value("gatehouse_extauth_redis_errors_total", &[r#"op="api_key""#]), 0.0);
+    assert_eq!(value("gatehouse_extauth_cache_lookups_total", &[r#"cache="api_key""#, r#"result="miss""#]), 1.0);
+    assert_eq!(value("gatehouse_extauth_cache_lookups_total", &[r#"cache="api_key""#, r#"result="hit""#]), 1.0);
+    assert!(value("gatehouse_extauth_idp_request_duration_seconds_count", &[r#"call="discovery""#]) >= 1.0, "{text}");
+    assert!(value("gatehouse_extauth_idp_request_duration_seconds_count", &[r#"call="jwks""#]) >= 1.0, "{text}");
+    assert_eq!(value("gatehouse_extauth_idp_errors_total", &[]), 0.0, "{text}");
+    assert_eq!(value("gatehouse_extauth_cache_lookups_total", &[r#"cache="jwks""#, r#"result="hit""#]), 1.0);
+    assert_eq!(value("gatehouse_extauth_request_duration_seconds_count", &[r#"result="allow""#]), 3.0);
+    assert_eq!(value("gatehouse_extauth_decisions_total", &[r#"policy="jwt""#, r#"result="allow""#]), 1.0);
+}
