@@ -388,6 +388,9 @@ impl Pipeline {
             .with_tracer(tracer)
             .with_location(false)
             .with_threads(false)
+            // No busy/idle time per span: it reads the clock on every poll of every future a span
+            // instruments.
+            .with_tracked_inactivity(false)
             .with_target(false)
             .with_filter(tracing_subscriber::filter::filter_fn(|metadata| {
                 if metadata.is_span() {
