@@ -351,9 +351,8 @@ async fn extauth_reports_its_redis_and_idp_calls() {
     vars.insert("EXTAUTH_HTTP_PORT".into(), service.http_port.to_string());
     let envoy = Envoy::start_edited(&vars, otlp::envoy_tracing(receiver.port())).await;
     let client = reqwest::Client::new();
-    let get = |path: &str, header: (&'static str, String)| {
-        client.get(envoy.url(path)).header(header.0, header.1).send()
-    };
+    let get =
+        |path: &str, header: (&'static str, String)| client.get(envoy.url(path)).header(header.0, header.1).send();
 
     for _ in 0..2 {
         let status = get("/auth/keys/orders", ("x-api-key", REDIS_KEY.into())).await.unwrap().status();
