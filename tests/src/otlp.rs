@@ -249,6 +249,24 @@ fn hex(bytes: &[u8]) -> String {
 /// optional tracing ---`, uncommented) and points its `otel_collector` cluster at `port`.
 /// Panics if the config has no such blocks, so a renamed marker cannot silently turn the
 /// tracing tests into tests of nothing.
+/// One line per span (service, name, ids, attributes), for assertion messages.
+pub fn describe(spans: &[Span]) -> String {
+    spans
+        .iter()
+        .map(|s| format!("{}: {} {}<-{} {:?}\n", s.service, s.name, s.span_id, s.parent_span_id, s.attributes))
+        .collect()
+}
+
+/// Fails if `secret` appears in any attribute or resource attribute of `spans`, whoever
+/// recorded them.
+pub fn assert_no_secret(spans: &[Span], secret: &str) {
+    for span in spans {
+        for (key, value) in span.attributes.iter().chain(&span.resource) {
+            assert!(!value.contains(secret), "{key}={value} in {} ({})", span.name, span.service);
+        }
+    }
+}
+
 pub fn envoy_tracing(port: u16) -> impl FnOnce(String) -> String {
     move |config| {
         let mut out = String::with_capacity(config.len());

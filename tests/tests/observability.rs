@@ -14,7 +14,7 @@ use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
 use gatehouse_testkit::echo::Echo;
 use gatehouse_testkit::envoy::{Envoy, default_vars};
-use gatehouse_testkit::otlp::{self, Receiver, Span};
+use gatehouse_testkit::otlp::{self, Receiver, Span, describe};
 use gatehouse_testkit::repo_root;
 use gatehouse_testkit::service::{Kind, Service};
 use gatehouse_testkit::tls::Pki;
@@ -136,13 +136,6 @@ async fn request(envoy: &Envoy) -> u16 {
         .as_u16()
 }
 
-fn describe(spans: &[Span]) -> String {
-    spans
-        .iter()
-        .map(|s| format!("{}: {} {}<-{} {:?}\n", s.service, s.name, s.span_id, s.parent_span_id, s.attributes))
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_request_through_the_full_gateway_is_one_trace() {
     let dir = tempfile::tempdir().unwrap();
@@ -203,11 +196,7 @@ async fn one_request_through_the_full_gateway_is_one_trace() {
     }
 
     // No credential anywhere, whoever recorded the span.
-    for span in &spans {
-        for (key, value) in span.attributes.iter().chain(&span.resource) {
-            assert!(!value.contains(API_KEY), "{key}={value} in {} ({})", span.name, span.service);
-        }
-    }
+    otlp::assert_no_secret(&spans, API_KEY);
 }
 
 /// The metric names a Prometheus text exposition declares: from each `# TYPE name type` line,

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use gatehouse_testkit::echo::Echo;
 use gatehouse_testkit::envoy::{Envoy, default_vars};
-use gatehouse_testkit::otlp::{self, Receiver, Span};
+use gatehouse_testkit::otlp::{self, Receiver, Span, describe};
 use gatehouse_testkit::service::{Kind, Service};
 use gatehouse_testkit::tls::Pki;
 
@@ -57,13 +57,6 @@ async fn request(envoy: &Envoy) -> u16 {
         .expect("request through envoy")
         .status()
         .as_u16()
-}
-
-fn describe(spans: &[Span]) -> String {
-    spans
-        .iter()
-        .map(|s| format!("{}: {} {}<-{} {:?}\n", s.service, s.name, s.span_id, s.parent_span_id, s.attributes))
-        .collect()
 }
 
 /// Waits for the `wanted` spans, then for Envoy's span that is the parent of `server_name`
@@ -160,11 +153,7 @@ async fn one_trace_from_envoy_through_gatehouse_ratelimit() {
     assert_eq!(store.attribute("ratelimit.backend"), Some("memory"));
 
     // No credential from the request in any span, Envoy's included.
-    for span in &spans {
-        for (key, value) in span.attributes.iter().chain(&span.resource) {
-            assert!(!value.contains(SECRET), "{key}={value} in {}", span.name);
-        }
-    }
+    otlp::assert_no_secret(&spans, SECRET);
 }
 
 /// OTEL_TRACES_SAMPLER=always_off: Envoy still traces (its spans arrive), the service
@@ -273,6 +262,19 @@ async fn start_extauth(dir: &Path, receiver: &Receiver, echo: &Echo) -> (Service
     (service, envoy)
 }
 
+/// GETs `path` through Envoy with [`API_KEY`], which must be let through.
+async fn allowed_with_key(envoy: &Envoy, service: &Service, path: &str) {
+    let status = reqwest::Client::new()
+        .get(envoy.url(path))
+        .header("x-api-key", API_KEY)
+        .send()
+        .await
+        .expect("request through envoy")
+        .status()
+        .as_u16();
+    assert_eq!(status, 200, "service log:\n{}", service.log());
+}
+
 /// gatehouse-extauth (the real binary, OTEL_* set) behind Envoy's ext_authz on `/auth/keys`:
 /// our Check span continues Envoy's ext_authz span, with the policy, identity and decision
 /// spans under it, and the API key is in no span.
@@ -283,15 +285,7 @@ async fn extauth_check_joins_envoys_ext_authz_span() {
     let echo = Echo::start().await;
     let (service, envoy) = start_extauth(dir.path(), &receiver, &echo).await;
 
-    let status = reqwest::Client::new()
-        .get(envoy.url("/auth/keys/orders"))
-        .header("x-api-key", API_KEY)
-        .send()
-        .await
-        .expect("request through envoy")
-        .status()
-        .as_u16();
-    assert_eq!(status, 200, "service log:\n{}", service.log());
+    allowed_with_key(&envoy, &service, "/auth/keys/orders").await;
 
     let wanted = [CHECK_SPAN, "policy selection", "identity", "rule", "decision"];
     let (spans, server, parent) = joined_to_envoy(&receiver, &service, &wanted, CHECK_SPAN).await;
@@ -325,11 +319,7 @@ async fn extauth_check_joins_envoys_ext_authz_span() {
     assert_eq!(rule.attribute("extauth.rule.kind"), Some("cel"));
     assert_eq!(rule.attribute("extauth.rule.allowed"), Some("true"));
 
-    for span in &spans {
-        for (key, value) in span.attributes.iter().chain(&span.resource) {
-            assert!(!value.contains(API_KEY), "{key}={value} in {}", span.name);
-        }
-    }
+    otlp::assert_no_secret(&spans, API_KEY);
 }
 
 /// Envoy's HTTP ext_authz (`/auth/http`, as NGINX or Traefik would call it) sends the trace
@@ -342,15 +332,7 @@ async fn forward_auth_continues_the_callers_trace() {
     let echo = Echo::start().await;
     let (service, envoy) = start_extauth(dir.path(), &receiver, &echo).await;
 
-    let status = reqwest::Client::new()
-        .get(envoy.url("/auth/http/orders"))
-        .header("x-api-key", API_KEY)
-        .send()
-        .await
-        .expect("request through envoy")
-        .status()
-        .as_u16();
-    assert_eq!(status, 200, "service log:\n{}", service.log());
+    allowed_with_key(&envoy, &service, "/auth/http/orders").await;
 
     let wanted = ["forward-auth", "policy selection", "identity", "rule", "decision"];
     let (spans, server, parent) = joined_to_envoy(&receiver, &service, &wanted, "forward-auth").await;
@@ -359,11 +341,7 @@ async fn forward_auth_continues_the_callers_trace() {
     assert_eq!(server.attribute("http.response.status_code"), Some("200"));
     let decision = spans.iter().find(|s| s.name == "decision").unwrap();
     assert_eq!(decision.parent_span_id, server.span_id, "{}", describe(&spans));
-    for span in &spans {
-        for (key, value) in span.attributes.iter().chain(&span.resource) {
-            assert!(!value.contains(API_KEY), "{key}={value} in {}", span.name);
-        }
-    }
+    otlp::assert_no_secret(&spans, API_KEY);
 }
 
 const PROCESS_SPAN: &str = "envoy.service.ext_proc.v3.ExternalProcessor/Process";
