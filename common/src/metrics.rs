@@ -36,7 +36,7 @@ pub fn durations<L: Clone + Hash + Eq>() -> Durations<L> {
 }
 
 /// One histogram with [`DURATION_BUCKETS`].
-pub fn duration_histogram() -> Histogram {
+fn duration_histogram() -> Histogram {
     Histogram::new(DURATION_BUCKETS)
 }
 
