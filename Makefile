@@ -1,6 +1,6 @@
 # The two entry points: `make up` runs the local gateway, `make test` installs what the
 # tests need and runs every check CI runs.
-.PHONY: up test deps check lint unit bench bench-load bench-extauth bench-transform fuzz chaos soak \
+.PHONY: up test deps check lint unit bench bench-load bench-extauth bench-transform bench-tracing fuzz chaos soak \
 	images deploy-check
 
 up:
@@ -41,6 +41,9 @@ bench-extauth: deps
 
 bench-transform: deps
 	scripts/bench-transform.sh
+
+bench-tracing: deps
+	scripts/bench-tracing.sh
 
 # Fuzzing, not part of `make test` or CI: every cargo-fuzz target in fuzz/ for FUZZ_SECONDS
 # each (nightly toolchain; scripts/fuzz.sh installs cargo-fuzz). Fails if any target crashes.

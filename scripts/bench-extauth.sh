@@ -132,7 +132,7 @@ start_extauth() {
     http_port=$(free_port)
     local fetched_before; fetched_before=$(jwks_fetches)
     env EXTAUTH_CONFIG="$work/extauth/policies.yaml" REDIS_URL="127.0.0.1:$redis_port" GRPC_HOST=127.0.0.1 GRPC_PORT="$grpc_port" \
-        HOST=127.0.0.1 PORT="$http_port" LOG_LEVEL="$LOG_LEVEL" "$bin" >>"$work/extauth.log" 2>&1 &
+        HOST=127.0.0.1 PORT="$http_port" LOG_LEVEL="$LOG_LEVEL" $(service_tracing) "$bin" >>"$work/extauth.log" 2>&1 &
     extauth_pid=$!
     pids+=("$extauth_pid")
     wait_port "$grpc_port"

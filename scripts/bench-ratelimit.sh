@@ -5,9 +5,10 @@
 #   scripts/bench-ratelimit.sh            # defaults below
 #   N=200000 C=16 M=16 scripts/bench-ratelimit.sh
 #   TRACING=1 scripts/bench-ratelimit.sh  # only memory, with tracing off and then on (100%
-#                                         # sampling, to a span-counting OTLP sink), interleaved;
+#                                         # sampling, to a span-counting OTLP sink), interleaved,
+#                                         # over gRPC and then through Envoy (wrk);
 #                                         # BASE_BIN=<a release binary of an older commit> adds
-#                                         # it to each round, for an A/B of tracing off
+#                                         # it to each gRPC round, for an A/B of tracing off
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -76,6 +77,42 @@ PY
     kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true
 }
 
+# run_envoy NAME [ENV=VALUE...]: the service with that environment behind Envoy
+# (envoy/bench/ratelimit.yaml, --concurrency 1) and wrk -t1 -c32 -d10s through it; req/s,
+# latency and CPU per request of Envoy and of the service. Fails unless Envoy's filter got an
+# OK from the service for every request.
+run_envoy() {
+    local name=$1; shift
+    local port; port=$(free_port)
+    env RUNTIME_ROOT="$work/rt" GRPC_HOST=127.0.0.1 GRPC_PORT="$port" HOST=127.0.0.1 PORT=0 \
+        DEBUG_HOST=127.0.0.1 DEBUG_PORT=0 LOG_LEVEL=error "$@" "$bin" &
+    local service_pid=$!
+    pids+=("$service_pid")
+    wait_port "$port"
+    start_envoy "$name" envoy/bench/ratelimit.yaml 1 RATELIMIT_PORT="$port"
+    local url="http://127.0.0.1:$envoy_port/"
+    wrk -t1 -c32 -d2s "$url" >/dev/null
+    local ok_before e_ticks s_ticks
+    ok_before=$(ratelimit_ok "$envoy_admin")
+    e_ticks=$(cpu_ticks "$envoy_pid"); s_ticks=$(cpu_ticks "$service_pid")
+    wrk -t1 -c32 -d10s --latency "$url" >"$work/$name.wrk"
+    local e_ms s_ms; e_ms=$(cpu_ms "$envoy_pid" "$e_ticks"); s_ms=$(cpu_ms "$service_pid" "$s_ticks")
+    local rps requests non2xx ok
+    rps=$(awk '/^Requests\/sec:/ { print $2 }' "$work/$name.wrk")
+    requests=$(awk '/requests in/ { print $1 }' "$work/$name.wrk")
+    non2xx=$(awk '/Non-2xx/ { print $NF }' "$work/$name.wrk")
+    ok=$(($(ratelimit_ok "$envoy_admin") - ok_before))
+    local lat; lat=$(awk '$1 ~ /^(50|90|99)%$/ { printf "p%s %s  ", substr($1, 1, length($1) - 1), $2 }' "$work/$name.wrk")
+    echo "=== $name: wrk -t1 -c32 -d10s --latency http://127.0.0.1:PORT/ through Envoy"
+    printf '%s %s req/s  %s non-2xx %s  CPU/request: envoy %s µs, ratelimit %s µs  ratelimit.ok %s\n' \
+        "$name" "$rps" "$lat" "${non2xx:-0}" "$((e_ms * 1000 / requests))" "$((s_ms * 1000 / requests))" "$ok"
+    [ -z "$non2xx" ] || fail "$name: non-2xx responses"
+    [ "$ok" -ge "$requests" ] || fail "$name: $requests requests but $ok rate-limit answers"
+    kill "$envoy_pid" "$service_pid"; wait "$envoy_pid" "$service_pid" 2>/dev/null || true
+}
+# ratelimit_ok ADMIN_PORT: OK answers the filter got (counted under the route's cluster).
+ratelimit_ok() { curl -fs "http://127.0.0.1:$1/stats?filter=^cluster\.upstream\.ratelimit\.ok$" | awk '{ print $2 + 0 }'; }
+
 if [ "${TRACING:-}" = 1 ]; then
     cargo build -q --release -p gatehouse-testkit --example otlp_sink
     sink_port=$(free_port)
@@ -88,6 +125,15 @@ if [ "${TRACING:-}" = 1 ]; then
         fi
         run "memory-tracing-off-$round" BACKEND_TYPE=memory
         run "memory-tracing-on-$round" BACKEND_TYPE=memory OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$sink_port" \
+            OTEL_TRACES_SAMPLER=always_on
+    done
+    # Through Envoy: the ratelimit filter asks the service before proxying to a plain upstream.
+    unset upstream_port
+    start_envoy upstream envoy/bench/transform-upstream.yaml 1
+    upstream_port=$envoy_port
+    for round in 1 2; do
+        run_envoy "envoy-tracing-off-$round" BACKEND_TYPE=memory
+        run_envoy "envoy-tracing-on-$round" BACKEND_TYPE=memory OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$sink_port" \
             OTEL_TRACES_SAMPLER=always_on
     done
     sleep 2

@@ -125,7 +125,7 @@ upstream_pid=$envoy_pid upstream_port=$envoy_port
 grpc_port=$(free_port)
 http_port=$(free_port)
 env TRANSFORM_CONFIG="$work/transformations.yaml" GRPC_HOST=127.0.0.1 GRPC_PORT="$grpc_port" \
-    HOST=127.0.0.1 PORT="$http_port" LOG_LEVEL="$LOG_LEVEL" "$bin" >>"$work/transform.log" 2>&1 &
+    HOST=127.0.0.1 PORT="$http_port" LOG_LEVEL="$LOG_LEVEL" $(service_tracing) "$bin" >>"$work/transform.log" 2>&1 &
 transform_pid=$!
 pids+=("$transform_pid")
 wait_port "$grpc_port"

@@ -181,7 +181,7 @@ async fn decide(
     let (policy, decision) = state.authorizer.check(&request).instrument(span.clone()).await;
     let response = answer(decision, &policy, &request);
     if !span.is_disabled() {
-        span.record("http.response.status_code", response.status().as_u16());
+        span.record("http.response.status_code", i64::from(response.status().as_u16()));
     }
     response
 }

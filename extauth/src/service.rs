@@ -71,7 +71,7 @@ impl Authorizer {
                 }
                 Ok(Decision::Deny(deny)) => {
                     span.record("extauth.decision", "denied");
-                    span.record("http.response.status_code", deny.status);
+                    span.record("http.response.status_code", i64::from(deny.status));
                 }
                 Err(_) => {
                     span.record("extauth.decision", "error");

@@ -40,8 +40,8 @@ impl RateLimitService for GrpcService {
         let span = gatehouse_common::grpc_server_span!(
             SHOULD_RATE_LIMIT,
             request.metadata(),
-            ratelimit.domain = %request.get_ref().domain,
-            ratelimit.descriptors = request.get_ref().descriptors.len(),
+            ratelimit.domain = request.get_ref().domain.as_str(),
+            ratelimit.descriptors = request.get_ref().descriptors.len() as i64,
             ratelimit.overall_code = tracing::field::Empty,
         );
         let started = Instant::now();

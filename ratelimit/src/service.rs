@@ -203,12 +203,14 @@ impl RateLimiter {
             .map(|d| d.hits_addend.as_ref().map_or(default_hits, |h| h.value.min(MAX_HITS)))
             .collect();
 
-        // Resolve every descriptor, then drop rules that another matched rule replaces.
+        // Resolve every descriptor, then drop rules that another matched rule replaces. The
+        // lookup's span is a leaf, so it times the lookup without being entered.
         let lookup = tracing::info_span!("rule lookup", ratelimit.rules_matched = tracing::field::Empty);
         let resolved: Vec<Resolved<'_>> =
-            lookup.in_scope(|| request.descriptors.iter().map(|d| self.resolve(domain, &request.domain, d)).collect());
+            request.descriptors.iter().map(|d| self.resolve(domain, &request.domain, d)).collect();
         if !lookup.is_disabled() {
-            lookup.record("ratelimit.rules_matched", resolved.iter().filter(|r| !matches!(r, Resolved::None)).count());
+            let matched = resolved.iter().filter(|r| !matches!(r, Resolved::None)).count();
+            lookup.record("ratelimit.rules_matched", matched as i64);
         }
         drop(lookup);
         let replaced: HashSet<&str> = resolved
@@ -266,7 +268,7 @@ impl RateLimiter {
             // One span per store round trip: its size and backend are what explain its latency.
             let store_span = tracing::info_span!(
                 "counter store update",
-                batch.size = batch.counters.len(),
+                batch.size = batch.counters.len() as i64,
                 ratelimit.backend = self.store.name(),
                 otel.status_code = tracing::field::Empty,
             );

@@ -33,6 +33,12 @@ wait_port() {
     echo "$bench_name: nothing listens on port $1" >&2
     return 1
 }
+# service_tracing: the variables that turn a service's tracing on, at 100% sampling, exporting
+# to the OTLP/gRPC collector at $TRACE_TO, when that is set (scripts/bench-tracing.sh sets it);
+# nothing otherwise. Used unquoted: `env ... $(service_tracing) "$bin"`.
+service_tracing() {
+    [ -z "${TRACE_TO:-}" ] || echo "OTEL_EXPORTER_OTLP_ENDPOINT=$TRACE_TO OTEL_TRACES_SAMPLER=always_on"
+}
 rss() { awk '/VmRSS/{print $2" "$3}' "/proc/$1/status"; }
 clk_tck=$(getconf CLK_TCK)
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }

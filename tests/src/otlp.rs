@@ -7,7 +7,7 @@
 //! their resource's `service.name` and their attributes as strings, which is what assertions
 //! read.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -34,6 +34,9 @@ pub struct Span {
     pub kind: i32,
     /// Every attribute, its value as text (arrays and maps in their debug form).
     pub attributes: BTreeMap<String, String>,
+    /// The keys of the attributes whose value is an integer (OTLP `IntValue`), so that a test
+    /// can tell `1` from `"1"`.
+    pub integers: BTreeSet<String>,
     /// The resource's attributes, as `attributes`.
     pub resource: BTreeMap<String, String>,
 }
@@ -44,6 +47,11 @@ impl Span {
 
     pub fn attribute(&self, key: &str) -> Option<&str> {
         self.attributes.get(key).map(String::as_str)
+    }
+
+    /// The attribute `key` if it is an integer (counts and status codes must not arrive as text).
+    pub fn integer(&self, key: &str) -> Option<i64> {
+        self.integers.contains(key).then(|| self.attribute(key)?.parse().ok()).flatten()
     }
 }
 
@@ -211,6 +219,14 @@ impl Collector {
                         parent_span_id: hex(&span.parent_span_id),
                         kind: span.kind,
                         attributes: attributes(&span.attributes),
+                        integers: span
+                            .attributes
+                            .iter()
+                            .filter(|kv| {
+                                matches!(kv.value.as_ref().and_then(|v| v.value.as_ref()), Some(Value::IntValue(_)))
+                            })
+                            .map(|kv| kv.key.clone())
+                            .collect(),
                         resource: resource.clone(),
                     });
                 }

@@ -133,23 +133,24 @@ async fn one_trace_from_envoy_through_gatehouse_ratelimit() {
         ("rpc.system", "grpc"),
         ("rpc.service", "envoy.service.ratelimit.v3.RateLimitService"),
         ("rpc.method", "ShouldRateLimit"),
-        ("rpc.grpc.status_code", "0"),
         ("ratelimit.domain", "gateway"),
-        ("ratelimit.descriptors", "1"),
         ("ratelimit.overall_code", "OK"),
     ];
     for (key, value) in expected {
         assert_eq!(server.attribute(key), Some(value), "{key} on {server:?}");
     }
+    // Counts and codes are integers, not text.
+    assert_eq!(server.integer("rpc.grpc.status_code"), Some(0), "{server:?}");
+    assert_eq!(server.integer("ratelimit.descriptors"), Some(1), "{server:?}");
     assert_eq!(server.resource.get("service.name").map(String::as_str), Some("gatehouse-ratelimit"));
 
     // Its children: the rule lookup and the store call with its batch.
     let lookup = ours.iter().find(|s| s.name == "rule lookup").unwrap();
     assert_eq!(lookup.parent_span_id, server.span_id);
-    assert_eq!(lookup.attribute("ratelimit.rules_matched"), Some("1"));
+    assert_eq!(lookup.integer("ratelimit.rules_matched"), Some(1), "{lookup:?}");
     let store = ours.iter().find(|s| s.name == "counter store update").unwrap();
     assert_eq!(store.parent_span_id, server.span_id);
-    assert_eq!(store.attribute("batch.size"), Some("1"));
+    assert_eq!(store.integer("batch.size"), Some(1), "{store:?}");
     assert_eq!(store.attribute("ratelimit.backend"), Some("memory"));
 
     // No credential from the request in any span, Envoy's included.
@@ -295,7 +296,7 @@ async fn extauth_check_joins_envoys_ext_authz_span() {
     assert_eq!(server.kind, Span::KIND_SERVER);
     assert_eq!(server.service, "gatehouse-extauth");
     assert_eq!(server.attribute("rpc.method"), Some("Check"));
-    assert_eq!(server.attribute("rpc.grpc.status_code"), Some("0"));
+    assert_eq!(server.integer("rpc.grpc.status_code"), Some(0), "{server:?}");
 
     let child = |name: &str| {
         let span = spans.iter().find(|s| s.name == name).unwrap();
@@ -308,7 +309,7 @@ async fn extauth_check_joins_envoys_ext_authz_span() {
     let decision = child("decision");
     assert_eq!(decision.parent_span_id, server.span_id);
     assert_eq!(decision.attribute("extauth.decision"), Some("allowed"));
-    assert_eq!(decision.attribute("http.response.status_code"), Some("200"));
+    assert_eq!(decision.integer("http.response.status_code"), Some(200), "{decision:?}");
     let identity = child("identity");
     assert_eq!(identity.parent_span_id, decision.span_id);
     assert_eq!(identity.attribute("extauth.method.kind"), Some("api_key"));
@@ -338,7 +339,7 @@ async fn forward_auth_continues_the_callers_trace() {
     let (spans, server, parent) = joined_to_envoy(&receiver, &service, &wanted, "forward-auth").await;
     assert_eq!(server.trace_id, parent.trace_id);
     assert_eq!(server.kind, Span::KIND_SERVER);
-    assert_eq!(server.attribute("http.response.status_code"), Some("200"));
+    assert_eq!(server.integer("http.response.status_code"), Some(200), "{server:?}");
     let decision = spans.iter().find(|s| s.name == "decision").unwrap();
     assert_eq!(decision.parent_span_id, server.span_id, "{}", describe(&spans));
     otlp::assert_no_secret(&spans, API_KEY);
@@ -391,5 +392,5 @@ async fn transform_stream_joins_envoys_trace_with_a_span_per_phase() {
         assert_eq!(span.attribute("transform.phase"), Some(*phase));
     }
     let request_body = spans.iter().find(|s| s.name == "request_body").unwrap();
-    assert_eq!(request_body.attribute("transform.body.size"), Some(body.len().to_string().as_str()));
+    assert_eq!(request_body.integer("transform.body.size"), Some(body.len() as i64), "{request_body:?}");
 }

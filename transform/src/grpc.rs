@@ -153,7 +153,7 @@ fn phase_span(stream: &Span, phase: Option<&'static str>, message: &ProcessingRe
         "transform.phase",
         otel.name = phase,
         transform.phase = phase,
-        transform.body.size = body_size,
+        transform.body.size = body_size.map(|size| size as i64),
     )
 }
 

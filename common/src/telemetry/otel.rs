@@ -391,6 +391,11 @@ impl Pipeline {
             // No busy/idle time per span: it reads the clock on every poll of every future a span
             // instruments.
             .with_tracked_inactivity(false)
+            // Nor an OpenTelemetry context attached on every enter: nothing here reads
+            // `Context::current()` (trace ids come from the span itself, through
+            // `OpenTelemetrySpanExt::context`), and attaching costs a clone and a thread-local
+            // push per poll.
+            .with_context_activation(false)
             .with_target(false)
             .with_filter(tracing_subscriber::filter::filter_fn(|metadata| {
                 if metadata.is_span() {
