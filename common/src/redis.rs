@@ -299,27 +299,15 @@ impl RedisConn {
     fn observed<'a, T: Send + 'a>(&self, call: RedisFuture<'a, T>) -> RedisFuture<'a, T> {
         let Some(stats) = self.stats.clone() else { return call };
         let op = self.op;
-        let span = if tracing::Span::current().is_none() {
-            tracing::Span::none()
-        } else {
-            tracing::info_span!(
-                "redis",
-                otel.name = %format_args!("redis {op}"),
-                otel.kind = "client",
-                db.system.name = "redis",
-                db.operation.name = op,
-                otel.status_code = tracing::field::Empty,
-            )
-        };
+        let span =
+            crate::client_span!("redis", format_args!("redis {op}"), db.system.name = "redis", db.operation.name = op);
         Box::pin(
             async move {
                 // Dropped unfinished (a caller's timeout): counted as a failed round trip.
                 let mut pending = Pending { stats, op, started: Instant::now(), ok: None };
                 let result = call.await;
                 pending.ok = Some(result.is_ok());
-                if result.is_err() {
-                    tracing::Span::current().record("otel.status_code", "error");
-                }
+                crate::telemetry::record_failure(&result);
                 result
             }
             .instrument(span),

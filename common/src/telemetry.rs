@@ -171,6 +171,34 @@ pub enum TelemetryError {
     Exporter(String),
 }
 
+/// The client span of a call out of the process (a Redis round trip, an IdP request), named
+/// `$otel_name` and with the given fields, as in `tracing::info_span!`; a disabled span outside
+/// a traced request, so that a call made for many requests at once (ratelimit's coalescer) or
+/// in the background never starts a trace of its own. Pair it with [`record_failure`].
+#[macro_export]
+macro_rules! client_span {
+    ($name:literal, $otel_name:expr, $($fields:tt)*) => {
+        if $crate::telemetry::grpc::__tracing::Span::current().is_none() {
+            $crate::telemetry::grpc::__tracing::Span::none()
+        } else {
+            $crate::telemetry::grpc::__tracing::info_span!(
+                $name,
+                otel.name = %$otel_name,
+                otel.kind = "client",
+                otel.status_code = $crate::telemetry::grpc::__tracing::field::Empty,
+                $($fields)*
+            )
+        }
+    };
+}
+
+/// Marks the current span failed (OpenTelemetry status `ERROR`) when `result` is an error.
+pub fn record_failure<T, E>(result: &Result<T, E>) {
+    if result.is_err() {
+        tracing::Span::current().record("otel.status_code", "error");
+    }
+}
+
 /// A failure that can repeat on every request (a store that is down) is logged at most once
 /// per interval, with how many occurrences were held back, so an outage is visible in the
 /// logs without flooding them. Lock-free: one atomic read on the hot path.

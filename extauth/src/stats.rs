@@ -125,22 +125,10 @@ impl Dependencies {
     /// Awaits one IdP call, timed and counted, and inside a traced check an `idp <call>`
     /// span (no URL, token or answer on it).
     pub async fn idp<T, E>(&self, call: &'static str, request: impl Future<Output = Result<T, E>>) -> Result<T, E> {
-        let span = if tracing::Span::current().is_none() {
-            tracing::Span::none()
-        } else {
-            tracing::info_span!(
-                "extauth.idp",
-                otel.name = %format_args!("idp {call}"),
-                otel.kind = "client",
-                extauth.idp.call = call,
-                otel.status_code = tracing::field::Empty,
-            )
-        };
+        let span = gatehouse_common::client_span!("extauth.idp", format_args!("idp {call}"), extauth.idp.call = call);
         async {
             let result = self.idp.time(CallLabels { call }, request).await;
-            if result.is_err() {
-                tracing::Span::current().record("otel.status_code", "error");
-            }
+            gatehouse_common::telemetry::record_failure(&result);
             result
         }
         .instrument(span)
