@@ -254,6 +254,15 @@ async fn every_metric_the_dashboards_and_alerts_query_is_exported() {
     let descriptor = RateLimitDescriptor { entries: vec![entry], ..Default::default() };
     let unknown = RateLimitRequest { domain: "undefined".into(), descriptors: vec![descriptor], ..Default::default() };
     client.should_rate_limit(unknown).await.expect("an unknown domain is answered");
+    // transform counts an exchange when Envoy ends its stream, which can be after the client
+    // has its answer: wait for that count before scraping.
+    let transform_metrics = format!("http://127.0.0.1:{}/metrics", services.transform.http_port);
+    let counted = gatehouse_testkit::eventually(Duration::from_secs(5), || async {
+        let text = reqwest::get(&transform_metrics).await.ok()?.text().await.ok()?;
+        text.contains("gatehouse_transform_exchanges_total{").then_some(())
+    })
+    .await;
+    assert!(counted.is_some(), "transform never counted the exchange:\n{}", services.logs());
 
     let mut exported = BTreeSet::new();
     for text in services.scrape().await {
