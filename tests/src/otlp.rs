@@ -283,6 +283,37 @@ pub fn assert_no_secret(spans: &[Span], secret: &str) {
     }
 }
 
+/// [`envoy_tracing`] with Envoy's Zipkin tracer in place of its OpenTelemetry one: Envoy then
+/// passes the trace on in B3 headers (`x-b3-*`), as a Zipkin user's gateway does. Its own
+/// spans go nowhere useful (the collector cluster speaks OTLP): a test reads the services'.
+pub fn envoy_zipkin_tracing(port: u16) -> impl FnOnce(String) -> String {
+    move |config| {
+        let config = envoy_tracing(port)(config);
+        let lines: Vec<&str> = config.lines().collect();
+        let start = lines.iter().position(|l| l.trim() == "name: envoy.tracers.opentelemetry");
+        let end = lines.iter().position(|l| l.trim() == "service_name: gatehouse-envoy");
+        let (Some(start), Some(end)) = (start, end) else {
+            panic!("envoy/gateway.yaml: the optional tracer is not the OpenTelemetry provider this edit replaces")
+        };
+        let indent = &lines[start][..lines[start].len() - lines[start].trim_start().len()];
+        let zipkin = [
+            "name: envoy.tracers.zipkin",
+            "typed_config:",
+            "  \"@type\": type.googleapis.com/envoy.config.trace.v3.ZipkinConfig",
+            "  collector_cluster: otel_collector",
+            "  collector_endpoint: /api/v2/spans",
+            "  collector_endpoint_version: HTTP_JSON",
+            "  trace_id_128bit: true",
+        ];
+        let replaced = zipkin.iter().map(|line| format!("{indent}{line}"));
+        let kept = |range: &[&str]| range.iter().map(|l| l.to_string()).collect::<Vec<_>>();
+        let mut out = kept(&lines[..start]);
+        out.extend(replaced);
+        out.extend(kept(&lines[end + 1..]));
+        out.join("\n") + "\n"
+    }
+}
+
 pub fn envoy_tracing(port: u16) -> impl FnOnce(String) -> String {
     move |config| {
         let mut out = String::with_capacity(config.len());

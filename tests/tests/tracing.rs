@@ -1,7 +1,8 @@
 //! OpenTelemetry traces through real Envoy (the reference config with its optional tracer on)
 //! and the real gatehouse-ratelimit binary, both exporting to the test kit's OTLP receiver:
 //! one request makes one trace, in which Envoy's ratelimit client span is the parent of the
-//! service's server span; and the service's sampler settings decide whether it exports.
+//! service's server span (W3C from Envoy's OpenTelemetry tracer, B3 from its Zipkin tracer); and
+//! the service's sampler settings decide whether it exports.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -40,11 +41,15 @@ async fn start_ratelimit(dir: &Path, receiver: &Receiver, extra: &[(&str, &str)]
 }
 
 async fn start_envoy(echo: &Echo, service: &Service, receiver: &Receiver) -> Envoy {
+    start_envoy_edited(echo, service, otlp::envoy_tracing(receiver.port())).await
+}
+
+async fn start_envoy_edited(echo: &Echo, service: &Service, edit: impl FnOnce(String) -> String) -> Envoy {
     let mut vars: BTreeMap<String, String> = default_vars();
     vars.insert("UPSTREAM_PORT".into(), echo.port.to_string());
     vars.insert("RATELIMIT_PORT".into(), service.grpc_port.to_string());
     vars.insert("RATELIMIT_FAILURE_MODE_DENY".into(), "true".into());
-    Envoy::start_edited(&vars, otlp::envoy_tracing(receiver.port())).await
+    Envoy::start_edited(&vars, edit).await
 }
 
 async fn request(envoy: &Envoy) -> u16 {
@@ -178,6 +183,42 @@ async fn always_off_exports_nothing_from_the_service() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let ours: Vec<Span> = receiver.spans().into_iter().filter(|s| s.service == "gatehouse-ratelimit").collect();
     assert!(ours.is_empty(), "always_off, yet:\n{}", describe(&ours));
+}
+
+/// Zipkin users: Envoy's Zipkin tracer continues the client's B3 trace and passes it on to the
+/// service in `x-b3-*` headers; the service's server span joins that trace, under a span of
+/// Envoy's (not the client's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn b3_headers_from_envoys_zipkin_tracer_are_the_parent() {
+    const TRACE_ID: &str = "463ac35c9f6413ad48485a3953bb6124";
+    const CLIENT_SPAN_ID: &str = "a2fb4a1d1a96d312";
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start().await;
+    let echo = Echo::start().await;
+    let service = start_ratelimit(dir.path(), &receiver, &[]).await;
+    let envoy = start_envoy_edited(&echo, &service, otlp::envoy_zipkin_tracing(receiver.port())).await;
+
+    let status = reqwest::Client::new()
+        .get(envoy.url("/rl/generic"))
+        .header("x-b3-traceid", TRACE_ID)
+        .header("x-b3-spanid", CLIENT_SPAN_ID)
+        .header("x-b3-sampled", "1")
+        .send()
+        .await
+        .expect("request through envoy")
+        .status()
+        .as_u16();
+    assert_eq!(status, 200);
+
+    let server = receiver
+        .wait_for_span(SERVER_SPAN, SPANS_TIMEOUT)
+        .await
+        .unwrap_or_else(|| panic!("no server span; received:\n{}\n{}", describe(&receiver.spans()), service.log()));
+    assert_eq!(server.trace_id, TRACE_ID, "{server:?}");
+    assert!(
+        !server.parent_span_id.is_empty() && server.parent_span_id != CLIENT_SPAN_ID,
+        "the parent must be Envoy's ratelimit span: {server:?}"
+    );
 }
 
 /// envoyproxy/ratelimit's way: TRACING_ENABLED=true exports OTLP over HTTP (its default) to
